@@ -1,0 +1,190 @@
+//! Fuzz harness shared by the cargo-fuzz targets (`fuzz/`), the proptest no-panic tests and the
+//! crash-regression replay. Each entry point takes arbitrary bytes and drives one network-facing
+//! parser or verifier of `verifier`: raw, and as structured mutations of *valid* inputs so the
+//! fuzzer gets past the DER outer layer quickly.
+//!
+//! Contract: no input may panic, and a verdict must be deterministic.
+
+use crate::{KeyKind, Spec, TestCa, TestDevice, now};
+use std::sync::LazyLock;
+use verifier::Timestamp;
+use verifier::challenge::{Challenge, ChallengePolicy, DeviceKey, DigestMode, SignatureFormat};
+use verifier::x509::{
+    Crl, ProvisioningCa, RegistrationCode, RevokedSerials, TrustStore, certificates_from_pem_or_der,
+    check_ca_registration, crls_from_pem_or_der, describe_certificate,
+};
+
+/// A small world of valid inputs to mutate.
+pub struct World {
+    pub store: TrustStore,
+    pub leaf: Vec<u8>,
+    pub intermediate: Vec<u8>,
+    pub stsafe_leaf: Vec<u8>,
+    pub crl: Vec<u8>,
+    pub ca: Vec<u8>,
+    pub verification: Vec<u8>,
+    pub code: String,
+    pub device: TestDevice,
+    pub device_key: DeviceKey,
+    pub challenge: [u8; 32],
+    pub signature_raw: Vec<u8>,
+    pub signature_der: Vec<u8>,
+    pub now: Timestamp,
+}
+
+pub static WORLD: LazyLock<World> = LazyLock::new(|| {
+    let stsafe = TestCa::stsafe_root("STSAFE CA");
+    let root = TestCa::root(KeyKind::P256, "Root");
+    let int = root.intermediate(KeyKind::P384, "Factory", Some(0));
+    let leaf = int.issue_device_with(
+        KeyKind::P256,
+        &[(rcgen::DnType::CommonName, "dev-1")],
+        &Spec {
+            serial: Some(vec![0x10, 0x01]),
+            ..Spec::default()
+        },
+    );
+    let stsafe_leaf = stsafe.issue_stsafe_device("eval3", &[0x02, 0x09, 0xB0, 0x84]);
+    let crl = int.crl(&[&[0x10, 0x02]], "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z");
+    let mut store = TrustStore::new();
+    let mut serials = RevokedSerials::new();
+    serials.insert(&[0x77]);
+    store.add_ca(
+        ProvisioningCa::from_der(&root.der)
+            .expect("root")
+            .with_revoked_serials(serials),
+    );
+    store.add_ca(ProvisioningCa::from_der(&stsafe.der).expect("stsafe root"));
+    store.add_crl(Crl::from_der(&crl).expect("crl"));
+    let code = RegistrationCode::from_random([7; 20]).as_str().to_owned();
+    let verification = root.verification_certificate(&code);
+    let challenge = [0x5c; 32];
+    let signature_raw = stsafe_leaf.answer_direct(&challenge);
+    let signature_der = stsafe_leaf.se_sign_digest_der(&challenge);
+    let device_key = DeviceKey::from_certificate_der(&stsafe_leaf.der).expect("device key");
+    World {
+        store,
+        leaf: leaf.der.clone(),
+        intermediate: int.der.clone(),
+        stsafe_leaf: stsafe_leaf.der.clone(),
+        crl,
+        ca: root.der.clone(),
+        verification,
+        code,
+        device: stsafe_leaf,
+        device_key,
+        challenge,
+        signature_raw,
+        signature_der,
+        now: Timestamp::from(now()),
+    }
+});
+
+/// Applies `edits` to `base`: each 3-byte chunk is (position hi, position lo, xor mask).
+fn mutate(base: &[u8], edits: &[u8]) -> Vec<u8> {
+    let mut out = base.to_vec();
+    if out.is_empty() {
+        return out;
+    }
+    for e in edits.chunks_exact(3) {
+        let pos = usize::from(u16::from_be_bytes([e[0], e[1]])) % out.len();
+        out[pos] ^= e[2];
+    }
+    out
+}
+
+/// Splices: keeps `base[..cut]` and appends `tail`, `cut` from the first two bytes.
+fn splice(base: &[u8], data: &[u8]) -> Vec<u8> {
+    let (cut, tail) = match data {
+        [a, b, rest @ ..] => (usize::from(u16::from_be_bytes([*a, *b])) % (base.len() + 1), rest),
+        _ => (base.len(), data),
+    };
+    [&base[..cut], tail].concat()
+}
+
+/// Chain validation, certificate/CRL parsing and PEM decoding.
+pub fn chain(data: &[u8]) {
+    let w = &*WORLD;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (leaf, ints): (Vec<u8>, Vec<Vec<u8>>) = match mode % 6 {
+        0 => (rest.to_vec(), vec![]),
+        1 => (mutate(&w.leaf, rest), vec![w.intermediate.clone()]),
+        2 => (w.leaf.clone(), vec![mutate(&w.intermediate, rest)]),
+        3 => (splice(&w.stsafe_leaf, rest), vec![]),
+        4 => (w.leaf.clone(), vec![w.intermediate.clone(), rest.to_vec()]),
+        _ => (mutate(&w.stsafe_leaf, rest), vec![w.leaf.clone()]),
+    };
+    let refs: Vec<&[u8]> = ints.iter().map(Vec::as_slice).collect();
+    let first = w.store.verify_device(&leaf, &refs, w.now);
+    let again = w.store.verify_device(&leaf, &refs, w.now);
+    assert_eq!(first, again, "verdicts must be deterministic");
+    if let Err(e) = &first {
+        // Every rejection renders and serializes.
+        let _ = e.to_string();
+        let _ = e.check();
+    }
+    let _ = describe_certificate(rest);
+    let _ = certificates_from_pem_or_der(rest);
+    let _ = crls_from_pem_or_der(rest);
+    if let Ok(crl) = Crl::from_der(&mutate(&w.crl, rest)) {
+        let _ = crl.check_issued_by(&w.ca);
+    }
+    let _ = Crl::from_der(rest);
+}
+
+/// Challenge signatures and nonce redemption.
+pub fn challenge(data: &[u8]) {
+    let w = &*WORLD;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let format = [SignatureFormat::Raw, SignatureFormat::Der, SignatureFormat::Auto][usize::from(mode % 3)];
+    let digest = [DigestMode::Direct, DigestMode::Sha256, DigestMode::Sha384][usize::from((mode / 3) % 3)];
+    let (challenge, signature): (Vec<u8>, Vec<u8>) = match (mode / 9) % 5 {
+        0 => (w.challenge.to_vec(), rest.to_vec()),
+        1 => (w.challenge.to_vec(), mutate(&w.signature_raw, rest)),
+        2 => (w.challenge.to_vec(), splice(&w.signature_der, rest)),
+        3 => (mutate(&w.challenge, rest), w.signature_raw.clone()),
+        _ => {
+            let (c, s) = rest.split_at(rest.len().min(32));
+            (c.to_vec(), s.to_vec())
+        }
+    };
+    let verdict = w.device_key.verify_challenge(&challenge, &signature, format, digest);
+    // Only the genuine answer in the right mode may pass.
+    if verdict.is_ok() {
+        assert!(
+            digest == DigestMode::Direct && challenge == w.challenge,
+            "forged answer accepted"
+        );
+    }
+    let _ = DeviceKey::from_certificate_der(rest);
+    let _ = DeviceKey::from_spki_der(rest);
+    let issued = Challenge::issue("dev-1", w.challenge, w.now, &ChallengePolicy::default());
+    let _ = issued.redeem("dev-1", rest, w.now);
+}
+
+/// CA registration (proof of possession and key checks).
+pub fn registration(data: &[u8]) {
+    let w = &*WORLD;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (ca, proof) = match mode % 4 {
+        0 => (rest.to_vec(), w.verification.clone()),
+        1 => (mutate(&w.ca, rest), w.verification.clone()),
+        2 => (w.ca.clone(), mutate(&w.verification, rest)),
+        _ => (w.ca.clone(), rest.to_vec()),
+    };
+    let code = RegistrationCode::from_issued(&w.code);
+    if let Err(e) = check_ca_registration(&ca, &proof, &code, w.now) {
+        let _ = e.to_string();
+    }
+}
+
+/// The genuine answer of the world's device (for tests of the harness itself).
+pub fn genuine_answer() -> Vec<u8> {
+    WORLD.device.answer_direct(&WORLD.challenge)
+}

@@ -1,0 +1,153 @@
+//! Revocation inputs: per-CA revoked-serial lists (what an operator types in) and CRLs
+//! (what a CA publishes). rustls-webpki checks CRLs during path validation (signature,
+//! issuer, nextUpdate); the serial lists are checked on the validated path.
+
+use super::cert::{minimal, name_to_string};
+use crate::Timestamp;
+use der::Decode;
+use serde::Serialize;
+use std::collections::BTreeSet;
+use webpki::{CertRevocationList, OwnedCertRevocationList};
+use x509_cert::crl::CertificateList;
+use x509_cert::name::Name;
+
+/// Serial numbers an operator has revoked under one provisioning CA. A listed serial revokes
+/// any certificate with that serial in a chain ending at that CA (device or intermediate).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RevokedSerials(BTreeSet<Vec<u8>>);
+
+impl RevokedSerials {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a serial given as big-endian bytes.
+    pub fn insert(&mut self, serial: &[u8]) {
+        self.0.insert(minimal(serial).to_vec());
+    }
+
+    /// Adds a serial given as hex (`0209B0846159E439520139`, `02:09:b0:…` and `0x…` accepted).
+    pub fn insert_hex(&mut self, serial: &str) -> Result<(), hex::FromHexError> {
+        let cleaned: String = serial
+            .trim()
+            .trim_start_matches("0x")
+            .chars()
+            .filter(|c| *c != ':')
+            .collect();
+        let cleaned = if cleaned.len() % 2 == 1 {
+            format!("0{cleaned}")
+        } else {
+            cleaned
+        };
+        self.insert(&hex::decode(cleaned)?);
+        Ok(())
+    }
+
+    pub fn contains(&self, serial: &[u8]) -> bool {
+        self.0.contains(minimal(serial))
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A summary of a CRL, for logs and the API.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CrlInfo {
+    pub issuer: String,
+    pub this_update: Timestamp,
+    pub next_update: Timestamp,
+    pub revoked: usize,
+}
+
+/// A parsed certificate revocation list. Its signature is checked against its issuer when a
+/// chain through that issuer is validated (or up front with [`Crl::check_issued_by`]).
+#[derive(Debug)]
+pub struct Crl {
+    pub(crate) webpki: CertRevocationList<'static>,
+    pub(crate) issuer: Name,
+    pub(crate) der: Vec<u8>,
+    info: CrlInfo,
+}
+
+/// Why bytes are not a CRL we can use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, Serialize)]
+#[serde(tag = "problem", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum CrlError {
+    #[error("not a CRL: {detail}")]
+    Malformed { detail: String },
+    #[error("CRL from `{issuer}` is not usable: {detail}")]
+    Unsupported { issuer: String, detail: String },
+    #[error("CRL from `{issuer}` has no nextUpdate (RFC 5280 requires one; without it staleness cannot be judged)")]
+    NoNextUpdate { issuer: String },
+    #[error("CRL from `{issuer}` is not signed by `{ca}`")]
+    NotIssuedBy { issuer: String, ca: String },
+}
+
+impl Crl {
+    pub fn from_der(der: &[u8]) -> Result<Self, CrlError> {
+        let parsed = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(der)
+            .map_err(|e| CrlError::Malformed { detail: e.to_string() })?;
+        let tbs = &parsed.tbs_cert_list;
+        let issuer_str = name_to_string(&tbs.issuer);
+        let next_update = tbs.next_update.ok_or_else(|| CrlError::NoNextUpdate {
+            issuer: issuer_str.clone(),
+        })?;
+        let owned = OwnedCertRevocationList::from_der(der).map_err(|e| CrlError::Unsupported {
+            issuer: issuer_str.clone(),
+            detail: format!("{e:?}"),
+        })?;
+        let info = CrlInfo {
+            issuer: issuer_str,
+            this_update: Timestamp::from_unix(tbs.this_update.to_unix_duration().as_secs() as i64),
+            next_update: Timestamp::from_unix(next_update.to_unix_duration().as_secs() as i64),
+            revoked: tbs.revoked_certificates.as_ref().map_or(0, Vec::len),
+        };
+        Ok(Crl {
+            webpki: CertRevocationList::Owned(owned),
+            issuer: tbs.issuer.clone(),
+            der: der.to_vec(),
+            info,
+        })
+    }
+
+    pub fn info(&self) -> &CrlInfo {
+        &self.info
+    }
+
+    /// Whether this CRL lists `serial` (big-endian bytes).
+    pub(crate) fn lists(&self, serial: &[u8]) -> bool {
+        matches!(self.webpki.find_serial(serial), Ok(Some(_)))
+    }
+
+    /// Checks, before accepting a CRL for a registered CA, that the CA really signed it.
+    pub fn check_issued_by(&self, ca_der: &[u8]) -> Result<(), CrlError> {
+        let ca = super::cert::ParsedCert::from_der(ca_der).map_err(|e| CrlError::Malformed {
+            detail: format!("CA: {e}"),
+        })?;
+        let not_issued = || CrlError::NotIssuedBy {
+            issuer: self.info.issuer.clone(),
+            ca: ca.info.subject.clone(),
+        };
+        if ca.subject() != &self.issuer {
+            return Err(not_issued());
+        }
+        let parsed = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&self.der)
+            .map_err(|e| CrlError::Malformed { detail: e.to_string() })?;
+        let tbs = super::signed_data::signed_part(&self.der).ok_or_else(not_issued)?;
+        let signature = parsed.signature.as_bytes().ok_or_else(not_issued)?;
+        super::signed_data::verify_signed_data(
+            ca.cert.tbs_certificate().subject_public_key_info(),
+            &parsed.signature_algorithm,
+            tbs,
+            signature,
+        )
+        .map_err(|_| not_issued())
+    }
+}
