@@ -531,3 +531,15 @@ fn expired_intermediate_via_cli_names_it() {
         stdout(&o)
     );
 }
+
+#[test]
+fn readme_first_command_works_on_the_sample_pki() {
+    let pki = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pki");
+    let ca = format!("{pki}/stsafe-root.pem");
+    let o = fleetward(&["verify", "chain", "--ca", &ca, &format!("{pki}/device.pem")]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("VALID  device `eval3-0209B0846159E439520139`"));
+    let o = fleetward(&["verify", "chain", "--ca", &ca, &format!("{pki}/counterfeit-device.pem")]);
+    assert_eq!(o.status.code(), Some(1), "{}", stdout(&o));
+    assert!(stdout(&o).contains("[bad_signature]"));
+}

@@ -76,6 +76,8 @@ pub struct Spec {
     /// Adds a critical extension nobody understands (OID 1.3.6.1.4.1.55555.1).
     pub unknown_critical_extension: bool,
     pub serial: Option<Vec<u8>>,
+    /// keyUsage of a CA (default: keyCertSign, cRLSign, digitalSignature).
+    pub ca_key_usages: Option<Vec<KeyUsagePurpose>>,
 }
 
 impl Default for Spec {
@@ -85,8 +87,19 @@ impl Default for Spec {
             not_after: "2034-01-01T00:00:00Z".into(),
             unknown_critical_extension: false,
             serial: None,
+            ca_key_usages: None,
         }
     }
+}
+
+fn ca_key_usages(spec: &Spec) -> Vec<KeyUsagePurpose> {
+    spec.ca_key_usages.clone().unwrap_or_else(|| {
+        vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ]
+    })
 }
 
 fn base_params(dn: &[(DnType, &str)], spec: &Spec) -> CertificateParams {
@@ -167,11 +180,7 @@ impl TestCa {
             Some(n) => BasicConstraints::Constrained(n),
             None => BasicConstraints::Unconstrained,
         });
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = ca_key_usages(spec);
         params.key_identifier_method = KeyIdMethod::Sha256;
         let key = kind.generate();
         let der = params.self_signed(&key).unwrap().der().to_vec();
@@ -192,11 +201,7 @@ impl TestCa {
             Some(n) => BasicConstraints::Constrained(n),
             None => BasicConstraints::Unconstrained,
         });
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.key_usages = ca_key_usages(spec);
         params.use_authority_key_identifier_extension = true;
         let key = kind.generate();
         let der = params.signed_by(&key, &self.issuer()).unwrap().der().to_vec();

@@ -748,3 +748,20 @@ fn x509_fields(der: &[u8]) -> Fields {
             .unwrap_or_default(),
     }
 }
+
+#[test]
+fn intermediate_without_key_cert_sign_cannot_issue() {
+    // RFC 5280 §4.2.1.3: a CA key whose keyUsage lacks keyCertSign must not sign certificates.
+    let root = TestCa::root(KeyKind::P256, "Root");
+    let spec = Spec {
+        ca_key_usages: Some(vec![rcgen::KeyUsagePurpose::DigitalSignature]),
+        ..Spec::default()
+    };
+    let int = root.intermediate_with(KeyKind::P256, "Signing-only Factory", None, &spec);
+    let device = int.issue_device(KeyKind::P256, "dev");
+    let err = store_with(&[&root])
+        .verify_device(&device.der, &[&int.der], now())
+        .unwrap_err();
+    assert_eq!(err.check(), "issuer_cannot_sign_certificates", "{err:?}");
+    assert!(err.to_string().contains("Signing-only Factory"), "{err}");
+}

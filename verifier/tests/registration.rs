@@ -186,3 +186,19 @@ fn garbage_is_malformed() {
         })
     ));
 }
+
+#[test]
+fn ca_key_usage_must_allow_certificate_signing() {
+    use rcgen::KeyUsagePurpose;
+    let spec = Spec {
+        ca_key_usages: Some(vec![KeyUsagePurpose::DigitalSignature]),
+        ..Spec::default()
+    };
+    let ca = TestCa::root_with(KeyKind::P256, "Signing-only", None, &spec);
+    assert_eq!(
+        check_ca_certificate(&ca.der, now()),
+        Err(RegistrationError::CannotSignCertificates {
+            subject: "CN=Signing-only,O=fleetward test".into()
+        })
+    );
+}

@@ -207,10 +207,34 @@ fn chain(args: ChainArgs, out: &mut dyn Write) -> Result<Outcome> {
                 writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
             } else {
                 writeln!(out, "REFUSED  [{}] {e}", e.check())?;
+                if let Some(hint) = chain_hint(e.check()) {
+                    writeln!(out, "  next: {hint}")?;
+                }
             }
             Ok(Outcome::Rejected)
         }
     }
+}
+
+/// What an operator can do about a refusal (the server will say the same in its events).
+fn chain_hint(check: &str) -> Option<&'static str> {
+    Some(match check {
+        "unknown_issuer" => {
+            "register the device's provisioning CA (--ca), or supply the missing intermediate \
+             (--intermediate, or append it to the device PEM)"
+        }
+        "bad_signature" => {
+            "the certificate was not signed by the CA it names: a counterfeit, or the wrong CA \
+             file was given for that name"
+        }
+        "expired" | "not_yet_valid" => {
+            "check the validity dates above (and the clock of whoever checks: --at tests another instant)"
+        }
+        "crl_expired" => "fetch a current CRL from the CA (its nextUpdate has passed)",
+        "identity_invalid" => "choose another identity source (--identity) or pattern (--cn-pattern) for this CA",
+        "unsupported_version" => "devices need X.509 v3 certificates; reissue this one as v3",
+        _ => return None,
+    })
 }
 
 fn source_name(s: IdentitySource) -> &'static str {

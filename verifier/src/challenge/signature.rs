@@ -101,6 +101,14 @@ impl SignatureFormat {
             _ => None,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SignatureFormat::Raw => "raw",
+            SignatureFormat::Der => "der",
+            SignatureFormat::Auto => "auto",
+        }
+    }
 }
 
 /// Why a challenge signature was refused.

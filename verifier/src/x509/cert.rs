@@ -7,7 +7,7 @@ use rustls_pki_types::CertificateDer;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use x509_cert::Certificate;
-use x509_cert::ext::pkix::BasicConstraints;
+use x509_cert::ext::pkix::{BasicConstraints, KeyUsage};
 use x509_cert::name::Name;
 
 /// What an operator needs to know about one certificate; part of every verdict.
@@ -42,6 +42,8 @@ pub(crate) struct ParsedCert {
     pub(crate) basic_constraints: Option<(bool, Option<u8>)>,
     /// The public key kind, or why it is not one we understand.
     pub(crate) key: Result<PublicKeyKind, String>,
+    /// keyUsage is absent or includes keyCertSign (RFC 5280 §4.2.1.3).
+    pub(crate) can_sign_certificates: bool,
 }
 
 /// Why bytes are not a certificate we can read.
@@ -56,6 +58,10 @@ impl ParsedCert {
         let basic_constraints = match tbs.get_extension::<BasicConstraints>() {
             Ok(bc) => bc.map(|(_, bc)| (bc.ca, bc.path_len_constraint)),
             Err(e) => return Err(NotACertificate(format!("basicConstraints: {e}"))),
+        };
+        let can_sign_certificates = match tbs.get_extension::<KeyUsage>() {
+            Ok(ku) => ku.is_none_or(|(_, ku)| ku.key_cert_sign()),
+            Err(e) => return Err(NotACertificate(format!("keyUsage: {e}"))),
         };
         let spki_der = tbs
             .subject_public_key_info()
@@ -83,6 +89,7 @@ impl ParsedCert {
             info,
             basic_constraints,
             key,
+            can_sign_certificates,
         })
     }
 
@@ -104,15 +111,16 @@ impl ParsedCert {
     }
 
     /// Critical extensions rustls-webpki does not process (it rejects certificates carrying any).
+    /// The list mirrors rustls-webpki 0.103's `remember_cert_extension`.
     pub(crate) fn unknown_critical_extension(&self) -> Option<String> {
         const UNDERSTOOD: &[&str] = &[
-            "2.5.29.15", // keyUsage
-            "2.5.29.17", // subjectAltName
-            "2.5.29.19", // basicConstraints
-            "2.5.29.30", // nameConstraints
-            "2.5.29.31", // cRLDistributionPoints
-            "2.5.29.37", // extKeyUsage
-            "2.5.29.32", // certificatePolicies (webpki ignores, but does not reject)
+            "2.5.29.15",               // keyUsage
+            "2.5.29.17",               // subjectAltName
+            "2.5.29.19",               // basicConstraints
+            "2.5.29.30",               // nameConstraints
+            "2.5.29.31",               // cRLDistributionPoints
+            "2.5.29.37",               // extKeyUsage
+            "1.3.6.1.4.1.11129.2.4.2", // embedded SCT list
         ];
         self.cert
             .tbs_certificate()

@@ -48,6 +48,8 @@ pub enum ChainError {
         "certificate `{subject}` is not a CA (no basicConstraints cA=TRUE) but issued another certificate in the chain"
     )]
     LeafUsedAsCa { subject: String },
+    #[error("CA `{subject}` issued a certificate in the chain but its keyUsage lacks keyCertSign")]
+    IssuerCannotSignCertificates { subject: String },
     #[error("CA `{subject}` allows {path_len} intermediate(s) below it (pathLenConstraint) but the chain has more")]
     PathLenExceeded { subject: String, path_len: u8 },
     #[error("certificate `{subject}` carries an unsupported critical extension {oid}")]
@@ -96,6 +98,7 @@ impl ChainError {
             ChainError::BadSignature { .. } => "bad_signature",
             ChainError::CaUsedAsLeaf { .. } => "ca_used_as_leaf",
             ChainError::LeafUsedAsCa { .. } => "leaf_used_as_ca",
+            ChainError::IssuerCannotSignCertificates { .. } => "issuer_cannot_sign_certificates",
             ChainError::PathLenExceeded { .. } => "path_len_exceeded",
             ChainError::UnsupportedCriticalExtension { .. } => "unsupported_critical_extension",
             ChainError::UnsupportedVersion { .. } => "unsupported_version",

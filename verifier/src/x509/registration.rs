@@ -13,7 +13,6 @@ use crate::Timestamp;
 use const_oid::db::rfc4519::COMMON_NAME;
 use serde::Serialize;
 use subtle::ConstantTimeEq;
-use x509_cert::ext::pkix::KeyUsage;
 
 /// Bytes of randomness in a registration code.
 pub const REGISTRATION_CODE_BYTES: usize = 20;
@@ -148,17 +147,8 @@ fn check_parsed_ca(ca: &ParsedCert, now: Timestamp) -> Result<CaRegistration, Re
         Some((true, path_len)) => path_len,
         _ => return Err(RegistrationError::NotACa { subject: subject() }),
     };
-    match ca.cert.tbs_certificate().get_extension::<KeyUsage>() {
-        Ok(Some((_, ku))) if !ku.key_cert_sign() => {
-            return Err(RegistrationError::CannotSignCertificates { subject: subject() });
-        }
-        Ok(_) => {}
-        Err(e) => {
-            return Err(RegistrationError::Malformed {
-                what: "CA keyUsage",
-                detail: e.to_string(),
-            });
-        }
+    if !ca.can_sign_certificates {
+        return Err(RegistrationError::CannotSignCertificates { subject: subject() });
     }
     if now > ca.info.not_after {
         return Err(RegistrationError::Expired {

@@ -14,9 +14,15 @@ use crate::Timestamp;
 use crate::challenge::DigestMode;
 use rustls_pki_types::{CertificateDer, TrustAnchor};
 use serde::Serialize;
+use std::cell::RefCell;
 use webpki::{
     CertRevocationList, ExpirationPolicy, KeyUsage, RevocationCheckDepth, RevocationOptionsBuilder, UnknownStatusPolicy,
 };
+
+/// What our path-policy hook returns to webpki for a rejection it recorded itself. webpki never
+/// raises this error while building client-certificate chains (it comes only from name checks we
+/// do not ask for), so seeing it back means "the recorded policy reason is the answer".
+const POLICY_SENTINEL: webpki::Error = webpki::Error::UnsupportedNameType;
 
 /// At most this many intermediates may accompany a device certificate. Real chains are 0–3
 /// deep; the bound keeps path building cheap for hostile peers.
@@ -241,11 +247,14 @@ impl TrustStore {
                 .with_expiration_policy(ExpirationPolicy::Enforce)
                 .build()
         });
-        // rustls-webpki treats a trust anchor as bare name + key (RFC 5280 §6.1.1 leaves anchor
-        // constraints optional), so a registered CA's own pathLenConstraint would go unenforced:
-        // a root registered with pathLen 0 would accept a sub-CA slipped in below it. We
-        // enforce it on each candidate path; a rejection lets webpki try other paths.
-        let anchor_path_len = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
+        // Policy on each candidate path webpki has validated; a rejection lets webpki try others.
+        // - The anchor's own pathLenConstraint: webpki treats a trust anchor as bare name + key
+        //   (RFC 5280 §6.1.1 leaves anchor constraints optional), so a root registered with
+        //   pathLen 0 would otherwise accept a sub-CA slipped in below it.
+        // - keyCertSign (RFC 5280 §4.2.1.3): webpki does not read issuers' keyUsage, so a CA key
+        //   restricted to, say, digitalSignature could otherwise mint device certificates.
+        let policy_rejection: RefCell<Option<ChainError>> = RefCell::new(None);
+        let path_policy = |path: &webpki::VerifiedPath<'_>| -> Result<(), webpki::Error> {
             let Some(ca) = self.ca_for_anchor(path.anchor()) else {
                 return Ok(());
             };
@@ -253,6 +262,18 @@ impl TrustStore {
                 && path.intermediate_certificates().count() > usize::from(max)
             {
                 return Err(webpki::Error::PathLenConstraintViolated);
+            }
+            let issuers = path
+                .intermediate_certificates()
+                .filter_map(|c| pool.iter().copied().find(|p| p.der.as_ref() == c.der().as_ref()))
+                .chain(std::iter::once(&ca.cert));
+            for issuer in issuers {
+                if !issuer.can_sign_certificates {
+                    *policy_rejection.borrow_mut() = Some(ChainError::IssuerCannotSignCertificates {
+                        subject: issuer.info.subject.clone(),
+                    });
+                    return Err(POLICY_SENTINEL);
+                }
             }
             Ok(())
         };
@@ -264,9 +285,12 @@ impl TrustStore {
                 now.to_unix_time(),
                 KeyUsage::client_auth(),
                 revocation,
-                Some(&anchor_path_len),
+                Some(&path_policy),
             )
-            .map_err(explain)?;
+            .map_err(|e| match policy_rejection.take() {
+                Some(ours) if e == POLICY_SENTINEL => ours,
+                _ => explain(e),
+            })?;
 
         let ca = self.ca_for_anchor(path.anchor()).ok_or_else(|| ChainError::Other {
             subject: leaf.info.subject.clone(),
