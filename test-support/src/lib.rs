@@ -92,14 +92,24 @@ impl Default for Spec {
     }
 }
 
-fn ca_key_usages(spec: &Spec) -> Vec<KeyUsagePurpose> {
-    spec.ca_key_usages.clone().unwrap_or_else(|| {
+/// A conventional CA: `O=fleetward test, CN=<cn>`, basicConstraints (with `path_len`), keyUsage.
+fn ca_params(cn: &str, path_len: Option<u8>, spec: &Spec) -> CertificateParams {
+    let mut params = base_params(
+        &[(DnType::OrganizationName, "fleetward test"), (DnType::CommonName, cn)],
+        spec,
+    );
+    params.is_ca = IsCa::Ca(match path_len {
+        Some(n) => BasicConstraints::Constrained(n),
+        None => BasicConstraints::Unconstrained,
+    });
+    params.key_usages = spec.ca_key_usages.clone().unwrap_or_else(|| {
         vec![
             KeyUsagePurpose::KeyCertSign,
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ]
-    })
+    });
+    params
 }
 
 fn base_params(dn: &[(DnType, &str)], spec: &Spec) -> CertificateParams {
@@ -172,15 +182,7 @@ impl TestCa {
     }
 
     pub fn root_with(kind: KeyKind, cn: &str, path_len: Option<u8>, spec: &Spec) -> TestCa {
-        let mut params = base_params(
-            &[(DnType::OrganizationName, "fleetward test"), (DnType::CommonName, cn)],
-            spec,
-        );
-        params.is_ca = IsCa::Ca(match path_len {
-            Some(n) => BasicConstraints::Constrained(n),
-            None => BasicConstraints::Unconstrained,
-        });
-        params.key_usages = ca_key_usages(spec);
+        let mut params = ca_params(cn, path_len, spec);
         params.key_identifier_method = KeyIdMethod::Sha256;
         let key = kind.generate();
         let der = params.self_signed(&key).unwrap().der().to_vec();
@@ -193,15 +195,7 @@ impl TestCa {
     }
 
     pub fn intermediate_with(&self, kind: KeyKind, cn: &str, path_len: Option<u8>, spec: &Spec) -> TestCa {
-        let mut params = base_params(
-            &[(DnType::OrganizationName, "fleetward test"), (DnType::CommonName, cn)],
-            spec,
-        );
-        params.is_ca = IsCa::Ca(match path_len {
-            Some(n) => BasicConstraints::Constrained(n),
-            None => BasicConstraints::Unconstrained,
-        });
-        params.key_usages = ca_key_usages(spec);
+        let mut params = ca_params(cn, path_len, spec);
         params.use_authority_key_identifier_extension = true;
         let key = kind.generate();
         let der = params.signed_by(&key, &self.issuer()).unwrap().der().to_vec();

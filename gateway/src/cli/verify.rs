@@ -201,19 +201,26 @@ fn chain(args: ChainArgs, out: &mut dyn Write) -> Result<Outcome> {
             }
             Ok(Outcome::Valid)
         }
-        Err(e) => {
-            if args.json {
-                let v = json!({ "valid": false, "check": e.check(), "message": e.to_string(), "error": e, "checked_at": now });
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                writeln!(out, "REFUSED  [{}] {e}", e.check())?;
-                if let Some(hint) = chain_hint(e.check()) {
-                    writeln!(out, "  next: {hint}")?;
-                }
-            }
-            Ok(Outcome::Rejected)
+        Err(e) => refused(out, args.json, e.check(), &e, chain_hint(e.check())),
+    }
+}
+
+/// Reports a refusal: `REFUSED  [check] message` (+ a next step), or with `--json`
+/// `{"valid": false, "check", "message", "error"}`. Exit status 1.
+fn refused<E>(out: &mut dyn Write, json: bool, check: &str, e: &E, hint: Option<&str>) -> Result<Outcome>
+where
+    E: std::fmt::Display + serde::Serialize,
+{
+    if json {
+        let v = json!({ "valid": false, "check": check, "message": e.to_string(), "error": e });
+        writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
+    } else {
+        writeln!(out, "REFUSED  [{check}] {e}")?;
+        if let Some(hint) = hint {
+            writeln!(out, "  next: {hint}")?;
         }
     }
+    Ok(Outcome::Rejected)
 }
 
 /// What an operator can do about a refusal (the server will say the same in its events).
@@ -283,15 +290,7 @@ fn challenge(args: ChallengeArgs, out: &mut dyn Write) -> Result<Outcome> {
             }
             Ok(Outcome::Valid)
         }
-        Err(e) => {
-            if args.json {
-                let v = json!({ "valid": false, "check": e.check(), "message": e.to_string(), "error": e });
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                writeln!(out, "REFUSED  [{}] {e}", e.check())?;
-            }
-            Ok(Outcome::Rejected)
-        }
+        Err(e) => refused(out, args.json, e.check(), &e, None),
     }
 }
 
@@ -321,14 +320,6 @@ fn registration(args: RegistrationArgs, out: &mut dyn Write) -> Result<Outcome> 
             }
             Ok(Outcome::Valid)
         }
-        Err(e) => {
-            if args.json {
-                let v = json!({ "valid": false, "check": e.check(), "message": e.to_string(), "error": e });
-                writeln!(out, "{}", serde_json::to_string_pretty(&v)?)?;
-            } else {
-                writeln!(out, "REFUSED  [{}] {e}", e.check())?;
-            }
-            Ok(Outcome::Rejected)
-        }
+        Err(e) => refused(out, args.json, e.check(), &e, None),
     }
 }
