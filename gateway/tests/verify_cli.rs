@@ -533,6 +533,33 @@ fn expired_intermediate_via_cli_names_it() {
 }
 
 #[test]
+fn readme_first_command_verifies_the_real_stsafe_device() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/stsafe-a110");
+    let o = fleetward(&[
+        "verify",
+        "chain",
+        "--ca",
+        &format!("{dir}/stm-stsafe-a-prod-ca-01.pem"),
+        &format!("{dir}/eval3-0209B0846159E439520139.pem"),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("VALID  device `eval3-0209B0846159E439520139`"));
+    assert!(stdout(&o).contains("provisioning CA: CN=STM STSAFE-A PROD CA 01,O=STMicroelectronics nv,C=NL"));
+    let o = fleetward(&[
+        "verify",
+        "challenge",
+        "--cert",
+        &format!("{dir}/eval3-0209B0846159E439520139.pem"),
+        "--challenge",
+        "591A3568FDFCCF1B3550BA79E9D17276349EBFC6590DA66E6A1D5825FDC321EE",
+        "--signature",
+        "4E1E5AA11E8F62AEC287ABECAAF5B8FE512141AD2C6D251B59CFC3251596488F75447BB9A838FB30B1C95E7C092860968C19B4746529F90384E0CD0C1AB14164",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", stdout(&o));
+    assert!(stdout(&o).contains("VALID  P-256 signature (raw, digest mode direct)"));
+}
+
+#[test]
 fn readme_first_command_works_on_the_sample_pki() {
     let pki = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/pki");
     let ca = format!("{pki}/stsafe-root.pem");

@@ -30,6 +30,22 @@ fn bench(c: &mut Criterion) {
         b.iter(|| s.verify_device(black_box(&device.der), &[], at).unwrap())
     });
 
+    // Depth 2 on the real thing: an STSAFE-A110 certificate ← ST's production CA.
+    let read = |f: &str| {
+        let path = format!("{}/../examples/stsafe-a110/{f}", env!("CARGO_MANIFEST_DIR"));
+        verifier::x509::certificates_from_pem_or_der(&std::fs::read(path).unwrap()).unwrap()[0].to_vec()
+    };
+    let (st_root, st_dev) = (
+        read("stm-stsafe-a-prod-ca-01.pem"),
+        read("eval3-0209B0846159E439520139.pem"),
+    );
+    let mut st = TrustStore::new();
+    st.add_ca(ProvisioningCa::from_der(&st_root).unwrap());
+    assert!(st.verify_device(&st_dev, &[], at).is_ok());
+    g.bench_function("depth2_real_stsafe_a110", |b| {
+        b.iter(|| st.verify_device(black_box(&st_dev), &[], at).unwrap())
+    });
+
     // Depth 3: device ← intermediate (sent by the device) ← root, all P-256.
     let root = TestCa::root(KeyKind::P256, "Root");
     let int = root.intermediate(KeyKind::P256, "Factory", None);

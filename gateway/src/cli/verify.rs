@@ -284,7 +284,8 @@ fn challenge(args: ChallengeArgs, out: &mut dyn Write) -> Result<Outcome> {
             } else {
                 writeln!(
                     out,
-                    "VALID  {curve} signature ({used:?}, digest mode {}) by the key of the certificate",
+                    "VALID  {curve} signature ({}, digest mode {}) by the key of the certificate",
+                    used.as_str(),
                     mode.as_str()
                 )?;
             }
