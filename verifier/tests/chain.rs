@@ -765,3 +765,50 @@ fn intermediate_without_key_cert_sign_cannot_issue() {
     assert_eq!(err.check(), "issuer_cannot_sign_certificates", "{err:?}");
     assert!(err.to_string().contains("Signing-only Factory"), "{err}");
 }
+
+#[test]
+fn crl_without_next_update_is_refused() {
+    // rcgen, OpenSSL and pyca all insist on nextUpdate, so build a v2 CRL by hand: issuer =
+    // the CA's subject, thisUpdate only, signed with the CA key (ECDSA-SHA256).
+    use p256::ecdsa::signature::Signer;
+    use p256::pkcs8::DecodePrivateKey;
+    let root = TestCa::root(KeyKind::P256, "Root");
+    let issuer = {
+        use der::{Decode, Encode};
+        let cert = x509_cert::Certificate::from_der(&root.der).unwrap();
+        cert.tbs_certificate().subject().to_der().unwrap()
+    };
+    fn tlv(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        match body.len() {
+            n if n < 0x80 => out.push(n as u8),
+            n if n < 0x100 => out.extend([0x81, n as u8]),
+            n => out.extend([0x82, (n >> 8) as u8, n as u8]),
+        }
+        out.extend_from_slice(body);
+        out
+    }
+    let alg = tlv(0x30, &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02]);
+    let tbs = tlv(
+        0x30,
+        &[&[0x02, 0x01, 0x01][..], &alg, &issuer, &tlv(0x17, b"261101000000Z")].concat(),
+    );
+    let key = p256::ecdsa::SigningKey::from_pkcs8_der(&root.key.serialize_der()).unwrap();
+    let sig: p256::ecdsa::DerSignature = key.sign(&tbs);
+    let bits = [&[0u8][..], sig.as_bytes()].concat();
+    let crl = tlv(0x30, &[tbs, alg, tlv(0x03, &bits)].concat());
+    assert_eq!(
+        Crl::from_der(&crl).unwrap_err(),
+        verifier::x509::CrlError::NoNextUpdate {
+            issuer: "CN=Root,O=fleetward test".into()
+        }
+    );
+}
+
+#[test]
+fn shared_across_threads() {
+    fn send_sync<T: Send + Sync>() {}
+    send_sync::<TrustStore>();
+    send_sync::<verifier::challenge::DeviceKey>();
+    send_sync::<ChainError>();
+}

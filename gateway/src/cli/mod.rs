@@ -9,7 +9,12 @@ pub use verify::{ChainArgs, ChallengeArgs, RegistrationArgs, VerifyCommand};
 
 /// fleetward — proves, for every byte a device sends, that it really is that device.
 #[derive(Debug, Parser)]
-#[command(name = "fleetward", version, about, long_about = None)]
+#[command(
+    name = "fleetward",
+    version,
+    about = "fleetward: proves, for every byte a device sends, that it really is that device",
+    long_about = None
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
