@@ -1,9 +1,186 @@
 //! # registry — the fleet database
 //!
-//! Owns every byte of fleetward's persistent state and every SQL statement: provisioning CAs,
-//! devices, events, telemetry, pending commands, keys sealed at rest. It arrives with the
-//! registry issue; until then this crate only fixes its place in the workspace (it may use
-//! `verifier` types, never the reverse).
-#![forbid(unsafe_code)]
+//! Owns every byte of fleetward's persistent state and every SQL statement. One API over two
+//! backends through sqlx's `Any` driver: **SQLite** (a file in the data directory, WAL, the
+//! embedded default) and **PostgreSQL** (by URL, for scale and several gateway nodes). The
+//! statements are portable (`$N` parameters, `ON CONFLICT`, `RETURNING`); each backend has its
+//! own migration set (`migrations/sqlite`, `migrations/postgres`), applied by [`Registry::open`]
+//! and by `fleetward migrate`.
+//!
+//! Rules every module keeps:
+//! - times are unix **milliseconds** passed in by the caller (`now_ms`), so tests control time;
+//! - races are settled by the database (unique keys + `ON CONFLICT`, conditional `UPDATE`s), never
+//!   by read-then-write in the application, so two gateway nodes cannot both win;
+//! - LPWAN root and session keys are sealed (AES-256-GCM, bound to their row) before they reach
+//!   SQL: see [`Keyring`];
+//! - errors are [`RegistryError`]: typed, retryable or not, and free of SQL.
 
-pub use verifier;
+mod cas;
+mod devices;
+mod error;
+mod events;
+mod lpwan;
+mod seal;
+mod sql;
+mod telemetry;
+
+pub use cas::{CaRecord, CaStatus, NewCa};
+pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
+pub use error::RegistryError;
+pub use events::{Event, EventFilter, NewEvent};
+pub use lpwan::{LorawanRootKeys, NewLorawanDevice};
+pub use seal::{Kek, Keyring};
+pub use telemetry::{Source, StoredMessage, TelemetryMessage};
+
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Transaction};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub type Result<T, E = RegistryError> = std::result::Result<T, E>;
+
+/// Which database is behind the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    fn of(url: &str) -> Result<Self> {
+        if url.starts_with("sqlite:") {
+            Ok(Backend::Sqlite)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Ok(Backend::Postgres)
+        } else {
+            Err(RegistryError::Invalid {
+                what: "database URL",
+                detail: "use sqlite://PATH or postgres://USER@HOST/DB".into(),
+            })
+        }
+    }
+}
+
+/// The fleet database. Cheap to clone (a pool handle and the keyring).
+#[derive(Clone)]
+pub struct Registry {
+    pool: AnyPool,
+    backend: Backend,
+    keys: Arc<Keyring>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("backend", &self.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
+static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
+
+impl Registry {
+    /// The SQLite URL for a data directory (`DIR/fleetward.db`, created if missing).
+    pub fn sqlite_url(dir: &std::path::Path) -> String {
+        format!("sqlite://{}?mode=rwc", dir.join("fleetward.db").display())
+    }
+
+    /// Connects and applies pending migrations.
+    pub async fn open(url: &str, keys: Keyring) -> Result<Self> {
+        let registry = Self::connect(url, keys).await?;
+        registry.migrate().await?;
+        Ok(registry)
+    }
+
+    /// Connects without migrating (for `fleetward migrate` to report first).
+    pub async fn connect(url: &str, keys: Keyring) -> Result<Self> {
+        install_default_drivers();
+        let backend = Backend::of(url)?;
+        let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
+        let pool = match backend {
+            Backend::Sqlite => {
+                options
+                    .max_connections(8)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            // WAL: readers never block the writer. synchronous=FULL: a commit
+                            // survives power loss, not only a crash (QoS 1 acks wait for it).
+                            for pragma in [
+                                "PRAGMA journal_mode = WAL",
+                                "PRAGMA synchronous = FULL",
+                                "PRAGMA busy_timeout = 5000",
+                                "PRAGMA foreign_keys = ON",
+                            ] {
+                                sqlx::query(pragma).execute(&mut *conn).await?;
+                            }
+                            Ok(())
+                        })
+                    })
+                    .connect(url)
+                    .await?
+            }
+            Backend::Postgres => options.max_connections(16).connect(url).await?,
+        };
+        Ok(Registry {
+            pool,
+            backend,
+            keys: Arc::new(keys),
+        })
+    }
+
+    /// Applies pending migrations; returns how many were applied.
+    pub async fn migrate(&self) -> Result<usize> {
+        let migrator = match self.backend {
+            Backend::Sqlite => &SQLITE_MIGRATIONS,
+            Backend::Postgres => &POSTGRES_MIGRATIONS,
+        };
+        let before = self.applied_migrations().await.unwrap_or(0);
+        migrator.run(&self.pool).await.map_err(|e| match e {
+            sqlx::migrate::MigrateError::Execute(e) => RegistryError::from(e),
+            other => {
+                tracing::error!(error = %other, "migration failed");
+                RegistryError::Database { code: None }
+            }
+        })?;
+        Ok(self.applied_migrations().await?.saturating_sub(before))
+    }
+
+    async fn applied_migrations(&self) -> Result<usize> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations WHERE success")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(usize::try_from(n).unwrap_or(0))
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// A round trip to the database (readiness probes).
+    pub async fn ping(&self) -> Result<()> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// A transaction that will write. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
+    /// so concurrent writers queue on `busy_timeout` instead of failing to upgrade a read lock.
+    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>> {
+        Ok(match self.backend {
+            Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => self.pool.begin().await?,
+        })
+    }
+
+    pub(crate) fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
+    pub(crate) fn keys(&self) -> &Keyring {
+        &self.keys
+    }
+}

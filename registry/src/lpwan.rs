@@ -1,0 +1,297 @@
+//! Key custody and replay state for LPWAN devices.
+//!
+//! Root keys (LoRaWAN AppKey/NwkKey, Sigfox NAK) and LoRaWAN session keys are sealed
+//! ([`crate::Keyring`]) and bound to their row and column. Counters (FCntUp, Sigfox sequence
+//! numbers) advance by **compare-and-swap**: the verifier computes the new value from the one it
+//! read (it owns wrap-around and gap rules), and the registry stores it only if the stored value
+//! is still the one read — so of two gateway nodes handling the same frame, exactly one wins.
+//! DevNonces are unique per device: a second use of one is a replay.
+
+use crate::seal::Keyring;
+use crate::{Registry, RegistryError, Result};
+use sqlx::Row;
+use zeroize::Zeroizing;
+
+/// A LoRaWAN device's root keys and identity, as provisioned.
+#[derive(Clone, Debug)]
+pub struct NewLorawanDevice<'a> {
+    /// DevEUI, 16 hex characters.
+    pub dev_eui: &'a str,
+    pub join_eui: &'a str,
+    /// `1.0.x` or `1.1`.
+    pub mac_version: &'a str,
+    pub app_key: &'a [u8; 16],
+    /// LoRaWAN 1.1 only.
+    pub nwk_key: Option<&'a [u8; 16]>,
+}
+
+/// Root keys, opened (zeroized on drop).
+pub struct LorawanRootKeys {
+    pub app_key: Zeroizing<Vec<u8>>,
+    pub nwk_key: Option<Zeroizing<Vec<u8>>>,
+    pub join_eui: String,
+    pub mac_version: String,
+}
+
+impl std::fmt::Debug for LorawanRootKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LorawanRootKeys")
+            .field("join_eui", &self.join_eui)
+            .field("mac_version", &self.mac_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where sealed secrets live: (table, key column, sealed column).
+const SEALED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("lorawan_devices", "dev_eui", "app_key"),
+    ("lorawan_devices", "dev_eui", "nwk_key"),
+    ("lorawan_devices", "dev_eui", "session_keys"),
+    ("sigfox_devices", "device_id", "nak"),
+];
+
+fn hex_id(what: &'static str, id: &str, bytes: usize) -> Result<String> {
+    let ok = id.len() == bytes * 2 && id.bytes().all(|b| b.is_ascii_hexdigit());
+    if ok {
+        Ok(id.to_ascii_uppercase())
+    } else {
+        Err(RegistryError::Invalid {
+            what,
+            detail: format!("expected {} hex characters", bytes * 2),
+        })
+    }
+}
+
+impl Registry {
+    /// Provisions a LoRaWAN device's root keys (sealed). `Conflict` if the DevEUI exists.
+    pub async fn insert_lorawan_device(&self, d: &NewLorawanDevice<'_>, now_ms: i64) -> Result<()> {
+        let dev_eui = hex_id("DevEUI", d.dev_eui, 8)?;
+        let join_eui = hex_id("JoinEUI", d.join_eui, 8)?;
+        let keys = self.keys();
+        let app_key = keys.seal(&Keyring::aad("lorawan_devices", &dev_eui, "app_key"), d.app_key)?;
+        let nwk_key = d
+            .nwk_key
+            .map(|k| keys.seal(&Keyring::aad("lorawan_devices", &dev_eui, "nwk_key"), k))
+            .transpose()?;
+        let n = sqlx::query(
+            "INSERT INTO lorawan_devices (dev_eui, join_eui, mac_version, app_key, nwk_key, n_f_cnt_down, a_f_cnt_down, \
+             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, 0, 0, $6, $6) ON CONFLICT (dev_eui) DO NOTHING",
+        )
+        .bind(&dev_eui)
+        .bind(&join_eui)
+        .bind(d.mac_version)
+        .bind(app_key)
+        .bind(nwk_key)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(RegistryError::Conflict {
+                what: "LoRaWAN device",
+                detail: format!("DevEUI {dev_eui} exists"),
+            });
+        }
+        Ok(())
+    }
+
+    /// Opens a LoRaWAN device's root keys (for the join server).
+    pub async fn lorawan_root_keys(&self, dev_eui: &str) -> Result<LorawanRootKeys> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let row = sqlx::query("SELECT join_eui, mac_version, app_key, nwk_key FROM lorawan_devices WHERE dev_eui = $1")
+            .bind(&dev_eui)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))?;
+        let keys = self.keys();
+        let app_key: Vec<u8> = row.try_get("app_key")?;
+        let nwk_key: Option<Vec<u8>> = row.try_get("nwk_key")?;
+        Ok(LorawanRootKeys {
+            app_key: keys.open(&Keyring::aad("lorawan_devices", &dev_eui, "app_key"), &app_key)?,
+            nwk_key: nwk_key
+                .map(|k| keys.open(&Keyring::aad("lorawan_devices", &dev_eui, "nwk_key"), &k))
+                .transpose()?,
+            join_eui: row.try_get("join_eui")?,
+            mac_version: row.try_get("mac_version")?,
+        })
+    }
+
+    /// Records a DevNonce; `false` if this device already used it (a replayed join).
+    pub async fn record_dev_nonce(&self, dev_eui: &str, dev_nonce: u16, now_ms: i64) -> Result<bool> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let n = sqlx::query(
+            "INSERT INTO lorawan_dev_nonces (dev_eui, dev_nonce, used_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (dev_eui, dev_nonce) DO NOTHING",
+        )
+        .bind(&dev_eui)
+        .bind(i64::from(dev_nonce))
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Stores a new session (after a join): DevAddr and the sealed session-key blob; counters
+    /// restart. `Conflict` if another device holds that DevAddr.
+    pub async fn set_lorawan_session(
+        &self,
+        dev_eui: &str,
+        dev_addr: &str,
+        session_keys: &[u8],
+        now_ms: i64,
+    ) -> Result<()> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let dev_addr = hex_id("DevAddr", dev_addr, 4)?;
+        let sealed = self
+            .keys()
+            .seal(&Keyring::aad("lorawan_devices", &dev_eui, "session_keys"), session_keys)?;
+        let n = sqlx::query(
+            "UPDATE lorawan_devices SET dev_addr = $2, session_keys = $3, f_cnt_up = NULL, n_f_cnt_down = 0, \
+             a_f_cnt_down = 0, updated_at = $4 WHERE dev_eui = $1",
+        )
+        .bind(&dev_eui)
+        .bind(&dev_addr)
+        .bind(sealed)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(RegistryError::not_found("LoRaWAN device", &dev_eui));
+        }
+        Ok(())
+    }
+
+    /// The current session of the device holding `dev_addr`: (DevEUI, opened session keys,
+    /// last FCntUp).
+    pub async fn lorawan_session_by_addr(&self, dev_addr: &str) -> Result<(String, Zeroizing<Vec<u8>>, Option<i64>)> {
+        let dev_addr = hex_id("DevAddr", dev_addr, 4)?;
+        let row = sqlx::query("SELECT dev_eui, session_keys, f_cnt_up FROM lorawan_devices WHERE dev_addr = $1")
+            .bind(&dev_addr)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| RegistryError::not_found("LoRaWAN session", &dev_addr))?;
+        let dev_eui: String = row.try_get("dev_eui")?;
+        let sealed: Option<Vec<u8>> = row.try_get("session_keys")?;
+        let sealed = sealed.ok_or_else(|| RegistryError::not_found("LoRaWAN session", &dev_addr))?;
+        let keys = self
+            .keys()
+            .open(&Keyring::aad("lorawan_devices", &dev_eui, "session_keys"), &sealed)?;
+        Ok((dev_eui, keys, row.try_get("f_cnt_up")?))
+    }
+
+    /// Advances FCntUp from `expected` (what the caller read; `None` = no uplink yet) to `new`.
+    /// `false` if the stored value is no longer `expected` (another node accepted a frame).
+    pub async fn cas_lorawan_f_cnt_up(
+        &self,
+        dev_eui: &str,
+        expected: Option<i64>,
+        new: i64,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let n = sqlx::query(
+            "UPDATE lorawan_devices SET f_cnt_up = $2, updated_at = $4 WHERE dev_eui = $1 \
+             AND (f_cnt_up = $3 OR (f_cnt_up IS NULL AND $3 IS NULL))",
+        )
+        .bind(&dev_eui)
+        .bind(new)
+        .bind(expected)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.
+    pub async fn insert_sigfox_device(&self, device_id: &str, nak: &[u8; 16], now_ms: i64) -> Result<()> {
+        let id = hex_id("Sigfox device id", device_id, 4)?;
+        let sealed = self.keys().seal(&Keyring::aad("sigfox_devices", &id, "nak"), nak)?;
+        let n = sqlx::query(
+            "INSERT INTO sigfox_devices (device_id, nak, created_at, updated_at) VALUES ($1, $2, $3, $3) \
+             ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(sealed)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(RegistryError::Conflict {
+                what: "Sigfox device",
+                detail: format!("{id} exists"),
+            });
+        }
+        Ok(())
+    }
+
+    /// A Sigfox device's NAK (opened) and last accepted sequence number.
+    pub async fn sigfox_device(&self, device_id: &str) -> Result<(Zeroizing<Vec<u8>>, Option<i64>)> {
+        let id = hex_id("Sigfox device id", device_id, 4)?;
+        let row = sqlx::query("SELECT nak, last_seq FROM sigfox_devices WHERE device_id = $1")
+            .bind(&id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or_else(|| RegistryError::not_found("Sigfox device", &id))?;
+        let sealed: Vec<u8> = row.try_get("nak")?;
+        Ok((
+            self.keys().open(&Keyring::aad("sigfox_devices", &id, "nak"), &sealed)?,
+            row.try_get("last_seq")?,
+        ))
+    }
+
+    /// Advances a Sigfox device's sequence number by compare-and-swap (see the module docs).
+    pub async fn cas_sigfox_seq(&self, device_id: &str, expected: Option<i64>, new: i64, now_ms: i64) -> Result<bool> {
+        let id = hex_id("Sigfox device id", device_id, 4)?;
+        let n = sqlx::query(
+            "UPDATE sigfox_devices SET last_seq = $2, updated_at = $4 WHERE device_id = $1 \
+             AND (last_seq = $3 OR (last_seq IS NULL AND $3 IS NULL))",
+        )
+        .bind(&id)
+        .bind(new)
+        .bind(expected)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Re-seals every secret not sealed under the current KEK (previous KEKs must be in the
+    /// keyring). Each row is swapped only if it still holds the blob read. Returns how many
+    /// secrets were re-sealed.
+    pub async fn rotate_keys(&self) -> Result<u64> {
+        let keys = self.keys();
+        let mut resealed = 0;
+        for (table, id_col, col) in SEALED_COLUMNS {
+            let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "SELECT {id_col} AS id, {col} AS blob FROM {table} WHERE {col} IS NOT NULL"
+            )))
+            .fetch_all(self.pool())
+            .await?;
+            for row in rows {
+                let id: String = row.try_get("id")?;
+                let blob: Vec<u8> = row.try_get("blob")?;
+                if Keyring::kid_of(&blob)? == keys.current_id() {
+                    continue;
+                }
+                let aad = Keyring::aad(table, &id, col);
+                let plain = keys.open(&aad, &blob)?;
+                let fresh = keys.seal(&aad, &plain)?;
+                resealed += sqlx::query(sqlx::AssertSqlSafe(format!(
+                    "UPDATE {table} SET {col} = $1 WHERE {id_col} = $2 AND {col} = $3"
+                )))
+                .bind(fresh)
+                .bind(&id)
+                .bind(blob)
+                .execute(self.pool())
+                .await?
+                .rows_affected();
+            }
+        }
+        Ok(resealed)
+    }
+}

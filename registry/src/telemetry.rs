@@ -1,0 +1,151 @@
+//! The telemetry store: device messages written in batched transactions (the gateway
+//! acknowledges QoS 1 only after the commit), read per device and time range, pruned by age
+//! and by count per device.
+
+use crate::sql::SqlBuilder;
+use crate::{Registry, RegistryError, Result};
+use serde::Serialize;
+use sqlx::Row;
+
+/// Where a message came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Source {
+    Mqtt,
+    Lorawan,
+    Sigfox,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::Mqtt => "mqtt",
+            Source::Lorawan => "lorawan",
+            Source::Sigfox => "sigfox",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "mqtt" => Source::Mqtt,
+            "lorawan" => Source::Lorawan,
+            "sigfox" => Source::Sigfox,
+            _ => return None,
+        })
+    }
+}
+
+/// A message to store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TelemetryMessage {
+    pub device_id: String,
+    pub topic: String,
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub source: Source,
+    pub received_at_ms: i64,
+}
+
+/// A stored message.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StoredMessage {
+    pub id: i64,
+    pub device_id: String,
+    pub topic: String,
+    #[serde(with = "hex_bytes")]
+    pub payload: Vec<u8>,
+    pub qos: u8,
+    pub source: Source,
+    pub received_at_ms: i64,
+}
+
+mod hex_bytes {
+    pub(super) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&hex::encode(b))
+    }
+}
+
+/// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32,766 and
+/// PostgreSQL's 65,535 bind limits.
+const ROWS_PER_STATEMENT: usize = 500;
+
+impl Registry {
+    /// Stores a batch in one transaction: when this returns `Ok`, every message is durable
+    /// (SQLite `synchronous=FULL` / PostgreSQL commit). All or nothing.
+    pub async fn store_telemetry(&self, batch: &[TelemetryMessage]) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_write().await?;
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut q =
+                SqlBuilder::new("INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ");
+            for (i, m) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.bind(m.device_id.clone()).push(", ");
+                q.bind(m.topic.clone()).push(", ");
+                q.bind(m.payload.clone()).push(", ");
+                q.bind(i64::from(m.qos)).push(", ");
+                q.bind(m.source.as_str().to_owned()).push(", ");
+                q.bind(m.received_at_ms).push(")");
+            }
+            q.build()?.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's messages with `from_ms <= received_at < to_ms`, oldest first, at most `limit`
+    /// (capped at 10,000).
+    pub async fn telemetry(&self, device_id: &str, from_ms: i64, to_ms: i64, limit: u32) -> Result<Vec<StoredMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
+             WHERE device_id = $1 AND received_at >= $2 AND received_at < $3 ORDER BY received_at, id LIMIT $4",
+        )
+        .bind(device_id)
+        .bind(from_ms)
+        .bind(to_ms)
+        .bind(i64::from(limit.min(10_000)))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let source: String = r.try_get("source")?;
+                Ok(StoredMessage {
+                    id: r.try_get("id")?,
+                    device_id: r.try_get("device_id")?,
+                    topic: r.try_get("topic")?,
+                    payload: r.try_get("payload")?,
+                    qos: u8::try_from(r.try_get::<i64, _>("qos")?).unwrap_or(0),
+                    source: Source::parse(&source).ok_or_else(|| RegistryError::Invalid {
+                        what: "stored message",
+                        detail: "unknown source".into(),
+                    })?,
+                    received_at_ms: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Retention: deletes messages older than `max_age_ms` and, per device, all but the newest
+    /// `keep_per_device`. Returns how many were deleted.
+    pub async fn prune_telemetry(&self, max_age_ms: i64, keep_per_device: u32, now_ms: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let by_age = sqlx::query("DELETE FROM telemetry WHERE received_at < $1")
+            .bind(now_ms.saturating_sub(max_age_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        // Rank each device's messages newest first; delete those ranked past the cap.
+        let by_count = sqlx::query(
+            "DELETE FROM telemetry WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
+             (PARTITION BY device_id ORDER BY received_at DESC, id DESC) AS rank FROM telemetry) ranked WHERE rank > $1)",
+        )
+        .bind(i64::from(keep_per_device))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(by_age + by_count)
+    }
+}

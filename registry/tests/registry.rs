@@ -1,0 +1,750 @@
+//! The registry on both backends: migrations, CAs and the trust store, JITR under concurrency,
+//! the device lifecycle, fleet queries, telemetry, sealed keys and their rotation, counters.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::{NOW, TestDb};
+use fleetward_test_support::{KeyKind, TestCa};
+use registry::{
+    DeviceFilter, DeviceStatus, EventFilter, Integrity, Kek, Keyring, NewCa, NewLorawanDevice, Registry, RegistryError,
+    Sighting, Source, TelemetryMessage,
+};
+use verifier::Timestamp;
+use verifier::challenge::DigestMode;
+use verifier::x509::{ChainError, IdentitySource};
+
+both!(
+    migrations_from_empty,
+    ca_registration_and_trust_store,
+    revoking_a_ca_revokes_its_devices,
+    jitr_concurrent_first_connections,
+    device_lifecycle_and_events,
+    fleet_queries_and_pagination,
+    telemetry_batches_ranges_and_retention,
+    sealed_keys_never_reach_the_database_in_clear,
+    kek_rotation,
+    counters_advance_once_under_concurrency,
+    dev_nonce_replay,
+    typed_errors,
+);
+
+fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
+    NewCa {
+        cert_der: &ca.der,
+        identity_source: IdentitySource::CommonName,
+        identity_pattern: None,
+        digest_mode: DigestMode::Direct,
+        auto_activate,
+        registered_by: "api:admin",
+    }
+}
+
+/// Registers a device as the gateway would: verify its chain, then JITR.
+async fn connect(r: &Registry, device_der: &[u8], now_ms: i64) -> registry::Registration {
+    let store = r.trust_store().await.unwrap();
+    let v = store
+        .verify_device(device_der, &[], Timestamp::from_unix(now_ms / 1000))
+        .unwrap();
+    let ca = r.ca(&v.ca.sha256).await.unwrap();
+    r.register_or_touch(
+        &Sighting {
+            device_id: v.device_id.as_str(),
+            ca_id: &v.ca.sha256,
+            cert_der: device_der,
+            cert_sha256: &v.certificate.sha256,
+            cert_serial: &v.certificate.serial,
+            cert_not_after_ms: v.certificate.not_after.unix() * 1000,
+            peer: Some("127.0.0.1:40000"),
+            tls_version: Some("TLSv1.2"),
+            tls_suite: Some("ECDHE-ECDSA-AES128-GCM-SHA256"),
+        },
+        ca.auto_activate,
+        now_ms,
+    )
+    .await
+    .unwrap()
+}
+
+async fn migrations_from_empty(db: &TestDb) {
+    // Already migrated by open(); a second run applies nothing and every table is there, empty.
+    assert_eq!(db.registry.migrate().await.unwrap(), 0);
+    for table in [
+        "provisioning_cas",
+        "ca_revoked_serials",
+        "ca_crls",
+        "devices",
+        "device_labels",
+        "events",
+        "telemetry",
+        "pending_commands",
+        "attestation_challenges",
+        "attestation_results",
+        "firmware_references",
+        "api_tokens",
+        "lorawan_devices",
+        "lorawan_dev_nonces",
+        "sigfox_devices",
+    ] {
+        assert_eq!(count(db, table).await, 0, "{table}");
+    }
+    // A second node opening the same database migrates nothing either.
+    let again = db.reopen(common::keyring()).await;
+    assert_eq!(again.migrate().await.unwrap(), 0);
+    again.ping().await.unwrap();
+}
+
+async fn count(db: &TestDb, table: &str) -> i64 {
+    db.raw_scalar(&format!("SELECT COUNT(*) FROM {table}")).await
+}
+
+async fn ca_registration_and_trust_store(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::stsafe_root("STSAFE CA");
+    let ca = r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    assert_eq!(ca.subject, "CN=STSAFE CA,O=STMicroelectronics,C=FR");
+    assert!(matches!(
+        r.insert_ca(&new_ca(&root, true), NOW).await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    assert_eq!(r.cas().await.unwrap().len(), 1);
+    let events = r
+        .events(
+            &EventFilter {
+                kind: Some("ca.registered".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].actor, "api:admin");
+
+    // The trust store built from the database validates the CA's devices with its policy.
+    let device = root.issue_stsafe_device("eval3", &[0x02, 0x09, 0xAA]);
+    let reg = connect(r, &device.der, NOW).await;
+    assert_eq!(reg.device.id, "eval3-0209AA");
+    assert_eq!(reg.device.status, DeviceStatus::Active);
+
+    // A revoked serial takes effect in the next trust store.
+    r.revoke_serial(&ca.id, "02:09:AA", "lost", "api:admin", NOW)
+        .await
+        .unwrap();
+    let store = r.trust_store().await.unwrap();
+    let err = store
+        .verify_device(&device.der, &[], Timestamp::from_unix(NOW / 1000))
+        .unwrap_err();
+    assert_eq!(err.check(), "revoked");
+
+    // CRLs are checked against the CA before they are stored.
+    let other = TestCa::root(KeyKind::P256, "Other");
+    let foreign_crl = other.crl(&[], "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z");
+    assert!(matches!(
+        r.add_crl(&ca.id, &foreign_crl, "api:admin", NOW).await,
+        Err(RegistryError::Invalid { .. })
+    ));
+    let crl = root.crl(&[&[0x02, 0x09, 0xBB]], "2026-11-01T00:00:00Z", "2026-12-01T00:00:00Z");
+    r.add_crl(&ca.id, &crl, "api:admin", NOW).await.unwrap();
+    let listed = root.issue_stsafe_device("eval3", &[0x02, 0x09, 0xBB]);
+    let err = r
+        .trust_store()
+        .await
+        .unwrap()
+        .verify_device(&listed.der, &[], Timestamp::from_unix(NOW / 1000))
+        .unwrap_err();
+    assert!(matches!(err, ChainError::Revoked { .. }), "{err:?}");
+}
+
+async fn revoking_a_ca_revokes_its_devices(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Factory Root");
+    let ca = r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    let devices: Vec<_> = (0..5)
+        .map(|i| root.issue_device(KeyKind::P256, &format!("dev-{i}")))
+        .collect();
+    for d in &devices {
+        connect(r, &d.der, NOW).await;
+    }
+    r.set_device_status("dev-0", DeviceStatus::Quarantined, "api:op", "suspicious", NOW + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.revoke_ca(&ca.id, "api:admin", "key compromise", NOW + 2)
+            .await
+            .unwrap(),
+        5
+    );
+    for i in 0..5 {
+        assert_eq!(
+            r.device(&format!("dev-{i}")).await.unwrap().status,
+            DeviceStatus::Revoked
+        );
+    }
+    // One event per device transition, plus the CA's.
+    let per_device = r
+        .events(
+            &EventFilter {
+                device_id: Some("dev-0".into()),
+                kind: Some("device.status".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(per_device.len(), 2);
+    assert_eq!(per_device[1].detail.as_ref().unwrap()["from"], "quarantined");
+    assert_eq!(per_device[1].reason.as_deref(), Some("key compromise"));
+    let ca_events = r
+        .events(
+            &EventFilter {
+                kind: Some("ca.revoked".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ca_events[0].detail.as_ref().unwrap()["devices_revoked"], 5);
+    // Idempotent; and the trust store now names the revoked CA.
+    assert_eq!(r.revoke_ca(&ca.id, "api:admin", "again", NOW + 3).await.unwrap(), 0);
+    let err = r
+        .trust_store()
+        .await
+        .unwrap()
+        .verify_device(&devices[1].der, &[], Timestamp::from_unix(NOW / 1000))
+        .unwrap_err();
+    assert!(matches!(err, ChainError::CaRevoked { .. }), "{err:?}");
+}
+
+async fn jitr_concurrent_first_connections(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Root");
+    r.insert_ca(&new_ca(&root, false), NOW).await.unwrap();
+    let device = root.issue_device(KeyKind::P256, "racer");
+    // Two registry handles (two gateway nodes) and 24 simultaneous first connections.
+    let other_node = db.reopen(common::keyring()).await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let reg = if i % 2 == 0 { r.clone() } else { other_node.clone() };
+        let der = device.der.clone();
+        tasks.push(tokio::spawn(async move { connect(&reg, &der, NOW + i).await }));
+    }
+    let mut created = 0;
+    for t in tasks {
+        let reg = t.await.unwrap();
+        created += usize::from(reg.created);
+        assert!(!reg.certificate_changed);
+    }
+    assert_eq!(created, 1, "exactly one connection creates the device");
+    let d = r.device("racer").await.unwrap();
+    assert_eq!(d.connections, 24);
+    assert_eq!(d.status, DeviceStatus::Pending, "CA without auto-activate");
+    let registered = r
+        .events(
+            &EventFilter {
+                kind: Some("device.registered".into()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(registered.len(), 1, "exactly one registration event");
+    assert_eq!(count(db, "devices").await, 1);
+}
+
+async fn device_lifecycle_and_events(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Root");
+    r.insert_ca(&new_ca(&root, false), NOW).await.unwrap();
+    let dev = root.issue_device(KeyKind::P256, "thermo-1");
+    let reg = connect(r, &dev.der, NOW).await;
+    assert!(reg.created);
+    assert_eq!(reg.device.status, DeviceStatus::Pending);
+    assert_eq!(reg.device.tls_suite.as_deref(), Some("ECDHE-ECDSA-AES128-GCM-SHA256"));
+
+    let d = r
+        .set_device_status("thermo-1", DeviceStatus::Active, "api:op-1", "approved", NOW + 10)
+        .await
+        .unwrap();
+    assert_eq!((d.status, d.status_changed_at_ms), (DeviceStatus::Active, NOW + 10));
+    r.set_device_status(
+        "thermo-1",
+        DeviceStatus::Quarantined,
+        "attestation",
+        "firmware digest unknown",
+        NOW + 20,
+    )
+    .await
+    .unwrap();
+    r.set_device_status("thermo-1", DeviceStatus::Active, "api:op-1", "re-attested", NOW + 30)
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.set_device_status("thermo-1", DeviceStatus::Active, "api:op-1", "noop", NOW + 31)
+            .await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    r.set_device_status(
+        "thermo-1",
+        DeviceStatus::Revoked,
+        "api:admin",
+        "decommissioned",
+        NOW + 40,
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        r.set_device_status("thermo-1", DeviceStatus::Active, "api:admin", "undo", NOW + 50)
+            .await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    let trail = r
+        .events(
+            &EventFilter {
+                device_id: Some("thermo-1".into()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<_> = trail.iter().map(|e| (e.kind.as_str(), e.actor.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            ("device.registered", "jitr"),
+            ("device.status", "api:op-1"),
+            ("device.status", "attestation"),
+            ("device.status", "api:op-1"),
+            ("device.status", "api:admin"),
+        ]
+    );
+    assert_eq!(trail[2].reason.as_deref(), Some("firmware digest unknown"));
+    assert_eq!(trail[4].detail.as_ref().unwrap()["to"], "revoked");
+
+    // A reconnect with a different certificate under the same id is flagged, with an event.
+    let renewed = root.issue_device(KeyKind::P256, "thermo-1");
+    let reg = connect(r, &renewed.der, NOW + 60).await;
+    assert!(reg.certificate_changed && !reg.created);
+    assert_eq!(reg.device.connections, 2);
+
+    r.set_integrity(
+        "thermo-1",
+        Integrity::Failed,
+        Some("blocked firmware 1.2.0"),
+        "attestation",
+        NOW + 70,
+    )
+    .await
+    .unwrap();
+    r.set_firmware("thermo-1", "1.2.0", "ab".repeat(32).as_str())
+        .await
+        .unwrap();
+    let d = r.device("thermo-1").await.unwrap();
+    assert_eq!(
+        (d.integrity, d.integrity_reason.as_deref()),
+        (Integrity::Failed, Some("blocked firmware 1.2.0"))
+    );
+    assert!(matches!(r.device("nobody").await, Err(RegistryError::NotFound { .. })));
+}
+
+async fn fleet_queries_and_pagination(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Root");
+    let ca = r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    // 30 devices: firmware alternates, every third quarantined, some labelled, seen at varied times.
+    let template = root.issue_device(KeyKind::P256, "template");
+    for i in 0..30 {
+        let id = format!("node-{i:03}");
+        let sha = format!("{i:064x}");
+        r.register_or_touch(
+            &Sighting {
+                device_id: &id,
+                ca_id: &ca.id,
+                cert_der: &template.der,
+                cert_sha256: &sha,
+                cert_serial: "01",
+                cert_not_after_ms: NOW + 1_000_000,
+                peer: None,
+                tls_version: None,
+                tls_suite: None,
+            },
+            true,
+            NOW + i * 1000,
+        )
+        .await
+        .unwrap();
+        r.set_firmware(&id, if i % 2 == 0 { "1.0.0" } else { "1.1.0" }, "00")
+            .await
+            .unwrap();
+        if i % 3 == 0 {
+            r.set_device_status(&id, DeviceStatus::Quarantined, "test", "q", NOW)
+                .await
+                .unwrap();
+        }
+        if i < 5 {
+            r.set_label(&id, "site", Some("lyon")).await.unwrap();
+        }
+    }
+    let all = |f: DeviceFilter| async move {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = r.list_devices(&f, after.as_deref(), 7).await.unwrap();
+            assert!(page.items.len() <= 7);
+            ids.extend(page.items.iter().map(|d| d.id.clone()));
+            match page.next_after {
+                Some(a) => after = Some(a),
+                None => break,
+            }
+        }
+        ids
+    };
+    let every = all(DeviceFilter::default()).await;
+    assert_eq!(every.len(), 30);
+    assert!(
+        every.windows(2).all(|w| w[0] < w[1]),
+        "ordered, no duplicates across pages"
+    );
+    assert_eq!(
+        all(DeviceFilter {
+            status: Some(DeviceStatus::Quarantined),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        10
+    );
+    assert_eq!(
+        all(DeviceFilter {
+            firmware_version: Some("1.1.0".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        15
+    );
+    let q_and_fw = all(DeviceFilter {
+        status: Some(DeviceStatus::Quarantined),
+        firmware_version: Some("1.0.0".into()),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(q_and_fw, ["node-000", "node-006", "node-012", "node-018", "node-024"]);
+    assert_eq!(
+        all(DeviceFilter {
+            label: Some(("site".into(), "lyon".into())),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        5
+    );
+    assert_eq!(
+        all(DeviceFilter {
+            id_prefix: Some("node-01".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        10
+    );
+    assert_eq!(
+        all(DeviceFilter {
+            last_seen_after_ms: Some(NOW + 25_000),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        5
+    );
+    assert_eq!(
+        all(DeviceFilter {
+            ca_id: Some(ca.id.clone()),
+            integrity: Some(Integrity::Unknown),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        30
+    );
+    assert_eq!(
+        all(DeviceFilter {
+            ca_id: Some("nope".into()),
+            ..Default::default()
+        })
+        .await
+        .len(),
+        0
+    );
+
+    let s = r.fleet_summary().await.unwrap();
+    assert_eq!(s.total, 30);
+    assert_eq!(s.by_status["active"], 20);
+    assert_eq!(s.by_status["quarantined"], 10);
+    assert_eq!(s.by_integrity["unknown"], 30);
+    assert_eq!(s.by_firmware["1.0.0"], 15);
+    assert_eq!(r.labels("node-001").await.unwrap()["site"], "lyon");
+}
+
+fn msg(device: &str, i: i64) -> TelemetryMessage {
+    TelemetryMessage {
+        device_id: device.into(),
+        topic: format!("devices/{device}/telemetry"),
+        payload: format!("{{\"t\":{i}}}").into_bytes(),
+        qos: 1,
+        source: Source::Mqtt,
+        received_at_ms: NOW + i,
+    }
+}
+
+async fn telemetry_batches_ranges_and_retention(db: &TestDb) {
+    let r = &db.registry;
+    // 1,200 messages in one batch (several INSERT statements, one transaction).
+    let batch: Vec<_> = (0..1200).map(|i| msg(if i % 2 == 0 { "a" } else { "b" }, i)).collect();
+    r.store_telemetry(&batch).await.unwrap();
+    let a = r.telemetry("a", NOW, NOW + 10_000, 10_000).await.unwrap();
+    assert_eq!(a.len(), 600);
+    assert_eq!(a[0].payload, b"{\"t\":0}");
+    assert!(a.windows(2).all(|w| w[0].received_at_ms <= w[1].received_at_ms));
+    let window = r.telemetry("b", NOW + 100, NOW + 200, 1000).await.unwrap();
+    assert_eq!(window.len(), 50);
+    assert_eq!(window[0].received_at_ms, NOW + 101);
+    assert_eq!(window[0].topic, "devices/b/telemetry");
+
+    // Retention: nothing older than 1000 ms before NOW+1200, then at most 100 per device.
+    let deleted = r.prune_telemetry(1000, 100, NOW + 1200).await.unwrap();
+    assert_eq!(deleted, 200 + 800);
+    let a = r.telemetry("a", 0, i64::MAX, 10_000).await.unwrap();
+    assert_eq!(a.len(), 100);
+    assert_eq!(a.last().unwrap().received_at_ms, NOW + 1198, "the newest are kept");
+}
+
+async fn sealed_keys_never_reach_the_database_in_clear(db: &TestDb) {
+    let r = &db.registry;
+    let app_key = *b"\xA1APPKEY-PLAINTXT";
+    let nwk_key = *b"\xB2NWKKEY-PLAINTXT";
+    let nak = *b"\xC3SIGFOX-NAK-PLTX";
+    let session = b"\xD4SESSION-KEYS-PLAINTEXT-0123456789";
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "70B3D57ED0000001",
+            join_eui: "70B3D57ED0000000",
+            mac_version: "1.1",
+            app_key: &app_key,
+            nwk_key: Some(&nwk_key),
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    r.set_lorawan_session("70B3D57ED0000001", "26011BDA", session, NOW)
+        .await
+        .unwrap();
+    r.insert_sigfox_device("01A2B3C4", &nak, NOW).await.unwrap();
+
+    // They open again, through the registry.
+    let keys = r.lorawan_root_keys("70b3d57ed0000001").await.unwrap();
+    assert_eq!(&keys.app_key[..], &app_key);
+    assert_eq!(keys.nwk_key.as_deref().map(|k| &k[..]), Some(&nwk_key[..]));
+    assert!(!format!("{keys:?}").contains("PLAINTXT"));
+    let (dev_eui, opened, f_cnt) = r.lorawan_session_by_addr("26011BDA").await.unwrap();
+    assert_eq!(
+        (dev_eui.as_str(), &opened[..], f_cnt),
+        ("70B3D57ED0000001", &session[..], None)
+    );
+    assert_eq!(&r.sigfox_device("01A2B3C4").await.unwrap().0[..], &nak);
+
+    // …but their plaintext is nowhere in the database: not in a full dump of it…
+    let dump = db.dump();
+    assert!(
+        dump.windows(16).any(|w| w == b"70B3D57ED0000001"),
+        "the dump holds the data (the check can fail)"
+    );
+    for secret in [&app_key[..], &nwk_key[..], &nak[..], &session[..]] {
+        let hex = hex::encode(secret);
+        assert!(
+            !dump.windows(secret.len()).any(|w| w == secret),
+            "plaintext key bytes in the database"
+        );
+        assert!(
+            !dump.windows(hex.len()).any(|w| w == hex.as_bytes()),
+            "plaintext key (hex) in the database"
+        );
+    }
+    if let Some(file) = &db.sqlite_file {
+        // And not in the files on disk either (main database and write-ahead log).
+        let mut bytes = std::fs::read(file).unwrap();
+        bytes.extend(std::fs::read(file.with_extension("db-wal")).unwrap_or_default());
+        for secret in [&app_key[..], &nwk_key[..], &nak[..], &session[..]] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret),
+                "plaintext key in the SQLite files"
+            );
+        }
+        // The check itself works: a non-secret string stored in clear is found.
+        assert!(bytes.windows(16).any(|w| w == b"70B3D57ED0000001"));
+    }
+    // A different KEK cannot open them: the error says which KEK is missing.
+    let stranger = db
+        .reopen(Keyring::new(Kek::from_hex("other", &"77".repeat(32)).unwrap()))
+        .await;
+    let err = stranger.sigfox_device("01A2B3C4").await.unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::Sealing { detail } if detail.contains("test-1")),
+        "{err}"
+    );
+}
+
+async fn kek_rotation(db: &TestDb) {
+    let r = &db.registry;
+    let nak = [0x42u8; 16];
+    r.insert_sigfox_device("0000ABCD", &nak, NOW).await.unwrap();
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "0000000000000001",
+            join_eui: "0000000000000000",
+            mac_version: "1.0.3",
+            app_key: &[7; 16],
+            nwk_key: None,
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let new_kek = || Kek::from_hex("test-2", &"a7".repeat(32)).unwrap();
+    let rotated = db
+        .reopen(Keyring::new(new_kek()).with_previous(Kek::from_hex("test-1", &"5e".repeat(32)).unwrap()))
+        .await;
+    assert_eq!(rotated.rotate_keys().await.unwrap(), 2);
+    assert_eq!(rotated.rotate_keys().await.unwrap(), 0, "idempotent");
+    // Now the new KEK alone opens everything; the old one alone opens nothing.
+    let only_new = db.reopen(Keyring::new(new_kek())).await;
+    assert_eq!(&only_new.sigfox_device("0000ABCD").await.unwrap().0[..], &nak);
+    assert_eq!(
+        &only_new.lorawan_root_keys("0000000000000001").await.unwrap().app_key[..],
+        &[7; 16]
+    );
+    assert!(r.sigfox_device("0000ABCD").await.is_err());
+}
+
+async fn counters_advance_once_under_concurrency(db: &TestDb) {
+    let r = &db.registry;
+    r.insert_sigfox_device("0000BEEF", &[1; 16], NOW).await.unwrap();
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "0000000000000002",
+            join_eui: "0000000000000000",
+            mac_version: "1.0.3",
+            app_key: &[7; 16],
+            nwk_key: None,
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    // 32 handlers (on two nodes) accept "the same frame" at once: one wins.
+    let other = db.reopen(common::keyring()).await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let reg = if i % 2 == 0 { r.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            (
+                reg.cas_sigfox_seq("0000BEEF", None, 17, NOW).await.unwrap(),
+                reg.cas_lorawan_f_cnt_up("0000000000000002", None, 5, NOW)
+                    .await
+                    .unwrap(),
+            )
+        }));
+    }
+    let (mut sig, mut lora) = (0, 0);
+    for t in tasks {
+        let (s, l) = t.await.unwrap();
+        sig += usize::from(s);
+        lora += usize::from(l);
+    }
+    assert_eq!((sig, lora), (1, 1));
+    assert_eq!(r.sigfox_device("0000BEEF").await.unwrap().1, Some(17));
+    // The next frame advances from 17; a stale reader (expects None) loses.
+    assert!(r.cas_sigfox_seq("0000BEEF", Some(17), 18, NOW).await.unwrap());
+    assert!(!r.cas_sigfox_seq("0000BEEF", None, 19, NOW).await.unwrap());
+    assert!(!r.cas_sigfox_seq("0000BEEF", Some(17), 19, NOW).await.unwrap());
+}
+
+async fn dev_nonce_replay(db: &TestDb) {
+    let r = &db.registry;
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "0000000000000003",
+            join_eui: "0000000000000000",
+            mac_version: "1.0.3",
+            app_key: &[7; 16],
+            nwk_key: None,
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    assert!(r.record_dev_nonce("0000000000000003", 0x1234, NOW).await.unwrap());
+    assert!(
+        !r.record_dev_nonce("0000000000000003", 0x1234, NOW + 1).await.unwrap(),
+        "replayed DevNonce"
+    );
+    assert!(r.record_dev_nonce("0000000000000003", 0x1235, NOW + 2).await.unwrap());
+    assert!(matches!(
+        r.insert_lorawan_device(
+            &NewLorawanDevice {
+                dev_eui: "0000000000000003",
+                join_eui: "0000000000000000",
+                mac_version: "1.0.3",
+                app_key: &[7; 16],
+                nwk_key: None
+            },
+            NOW,
+        )
+        .await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    assert!(matches!(
+        r.record_dev_nonce("not-hex", 1, NOW).await,
+        Err(RegistryError::Invalid { .. })
+    ));
+}
+
+async fn typed_errors(db: &TestDb) {
+    let r = &db.registry;
+    assert!(matches!(
+        r.ca("f00").await,
+        Err(RegistryError::NotFound {
+            what: "provisioning CA",
+            ..
+        })
+    ));
+    assert!(matches!(
+        r.sigfox_device("00000000").await,
+        Err(RegistryError::NotFound { .. })
+    ));
+    let err = r
+        .set_device_status("ghost", DeviceStatus::Active, "t", "t", NOW)
+        .await
+        .unwrap_err();
+    assert_eq!(err.to_string(), "device `ghost` not found");
+    assert!(!err.is_retryable());
+}
+
+#[tokio::test]
+async fn unreachable_database_is_a_retryable_error() {
+    // Port 1 on loopback: nothing listens; the error is typed, retryable, and free of SQL.
+    let err = Registry::open("postgres://postgres@127.0.0.1:1/none", common::keyring())
+        .await
+        .unwrap_err();
+    assert!(err.is_retryable(), "{err:?}");
+    assert!(err.to_string().contains("retry"), "{err}");
+    assert!(matches!(
+        Registry::open("mysql://x", common::keyring()).await,
+        Err(RegistryError::Invalid { .. })
+    ));
+}
