@@ -429,7 +429,10 @@ impl Registry {
         let limit = limit.clamp(1, 1000);
         // Only the filters given become SQL, so each combination gets a plan that can use its
         // index (a catch-all `$n IS NULL OR …` defeats PostgreSQL's generic plans).
-        let mut q = SqlBuilder::new(format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > "));
+        let mut q = SqlBuilder::new(
+            self.backend(),
+            format!("SELECT {DEVICE_COLUMNS} FROM devices d WHERE id > "),
+        );
         q.bind(after.unwrap_or("").to_owned());
         if let Some(status) = filter.status {
             q.push(" AND status = ").bind(status.as_str().to_owned());
@@ -472,31 +475,34 @@ impl Registry {
         Ok(Page { items, next_after })
     }
 
-    /// Counts by status, integrity and firmware for dashboards.
+    /// Counts by status, integrity and firmware for dashboards. Read from `fleet_counts`, which
+    /// database triggers keep exact (migration 0002): constant time at any fleet size.
     pub async fn fleet_summary(&self) -> Result<FleetSummary> {
-        let mut summary = FleetSummary::default();
-        for (column, map) in [
-            ("status", &mut summary.by_status),
-            ("integrity", &mut summary.by_integrity),
-        ] {
-            let rows = sqlx::query(AssertSqlSafe(format!(
-                "SELECT {column} AS k, COUNT(*) AS n FROM devices GROUP BY {column}"
-            )))
-            .fetch_all(self.pool())
-            .await?;
-            for r in rows {
-                map.insert(r.try_get("k")?, r.try_get("n")?);
-            }
-        }
         let rows = sqlx::query(
-            "SELECT COALESCE(firmware_version, 'unknown') AS k, COUNT(*) AS n FROM devices \
-             GROUP BY COALESCE(firmware_version, 'unknown') ORDER BY n DESC LIMIT 20",
+            "SELECT dimension, value, CAST(SUM(n) AS BIGINT) AS n FROM fleet_counts GROUP BY dimension, value \
+             HAVING SUM(n) <> 0",
         )
         .fetch_all(self.pool())
         .await?;
+        let mut summary = FleetSummary::default();
+        let mut firmware = Vec::new();
         for r in rows {
-            summary.by_firmware.insert(r.try_get("k")?, r.try_get("n")?);
+            let dimension: String = r.try_get("dimension")?;
+            let value: String = r.try_get("value")?;
+            // (SUM of BIGINT is NUMERIC on PostgreSQL, hence the CAST above.)
+            let n: i64 = r.try_get("n")?;
+            match dimension.as_str() {
+                "status" => {
+                    summary.by_status.insert(value, n);
+                }
+                "integrity" => {
+                    summary.by_integrity.insert(value, n);
+                }
+                _ => firmware.push((value, n)),
+            }
         }
+        firmware.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        summary.by_firmware = firmware.into_iter().take(20).collect();
         summary.total = summary.by_status.values().sum();
         Ok(summary)
     }

@@ -78,8 +78,10 @@ impl Registry {
         }
         let mut tx = self.begin_write().await?;
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut q =
-                SqlBuilder::new("INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ");
+            let mut q = SqlBuilder::new(
+                self.backend(),
+                "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ",
+            );
             for (i, m) in chunk.iter().enumerate() {
                 q.push(if i == 0 { "(" } else { ", (" });
                 q.bind(m.device_id.clone()).push(", ");

@@ -27,6 +27,7 @@ both!(
     counters_advance_once_under_concurrency,
     dev_nonce_replay,
     typed_errors,
+    fleet_counts_stay_exact,
 );
 
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
@@ -747,4 +748,59 @@ async fn unreachable_database_is_a_retryable_error() {
         Registry::open("mysql://x", common::keyring()).await,
         Err(RegistryError::Invalid { .. })
     ));
+}
+
+async fn fleet_counts_stay_exact(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Root");
+    let ca = r.insert_ca(&new_ca(&root, false), NOW).await.unwrap();
+    for i in 0..12 {
+        let d = root.issue_device(KeyKind::P256, &format!("c-{i:02}"));
+        connect(r, &d.der, NOW).await;
+        connect(r, &d.der, NOW + 1).await; // a reconnect changes no count
+    }
+    for i in 0..6 {
+        r.set_device_status(&format!("c-{i:02}"), DeviceStatus::Active, "t", "approve", NOW)
+            .await
+            .unwrap();
+        r.set_firmware(&format!("c-{i:02}"), "2.0.0", "00").await.unwrap();
+    }
+    r.set_integrity("c-00", Integrity::Failed, None, "t", NOW)
+        .await
+        .unwrap();
+    r.set_firmware("c-00", "2.0.0", "11").await.unwrap(); // same version: no change
+    r.set_firmware("c-01", "2.1.0", "22").await.unwrap();
+    let before_revoke = r.fleet_summary().await.unwrap();
+    assert_eq!(before_revoke.by_status["active"], 6);
+    assert_eq!(before_revoke.by_status["pending"], 6);
+    assert_eq!(before_revoke.by_firmware["2.0.0"], 5);
+    assert_eq!(before_revoke.by_firmware["unknown"], 6);
+    assert_eq!(before_revoke.by_integrity["failed"], 1);
+    r.revoke_ca(&ca.id, "t", "compromised", NOW).await.unwrap();
+    // After every kind of change, the maintained counts equal a fresh GROUP BY.
+    let s = r.fleet_summary().await.unwrap();
+    assert_eq!(s.total, 12);
+    assert_eq!(s.by_status.len(), 1);
+    assert_eq!(s.by_status["revoked"], 12);
+    for (dimension, column) in [
+        ("status", "status"),
+        ("integrity", "integrity"),
+        ("firmware", "COALESCE(firmware_version, 'unknown')"),
+    ] {
+        let truth = db
+            .raw_scalar(&format!("SELECT COUNT(DISTINCT {column}) FROM devices"))
+            .await;
+        let map = match dimension {
+            "status" => &s.by_status,
+            "integrity" => &s.by_integrity,
+            _ => &s.by_firmware,
+        };
+        assert_eq!(map.len() as i64, truth, "{dimension}");
+        for (value, n) in map {
+            let expected = db
+                .raw_scalar(&format!("SELECT COUNT(*) FROM devices WHERE {column} = '{value}'"))
+                .await;
+            assert_eq!(*n, expected, "{dimension}={value}");
+        }
+    }
 }

@@ -1,0 +1,197 @@
+//! Fleet queries at scale: seeds N devices (default 1,000,000) in a fresh PostgreSQL database
+//! and times the dashboard summary and filtered pages through the registry API.
+//!
+//!     cargo run --release -p registry --example fleet_bench -- [--devices N] [--runs R] [--admin-url URL]
+//!
+//! The database `fleetward_bench` on the admin URL's server is dropped and recreated.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
+
+use fleetward_test_support::{KeyKind, TestCa};
+use registry::{DeviceFilter, DeviceStatus, Integrity, Kek, Keyring, NewCa, Registry};
+use std::time::{Duration, Instant};
+use verifier::challenge::DigestMode;
+use verifier::x509::IdentitySource;
+
+fn arg(name: &str, default: &str) -> String {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+        .unwrap_or_else(|| default.into())
+}
+
+fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
+    samples.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    (
+        ms(samples[samples.len() / 2]),
+        ms(samples[(samples.len() * 95 / 100).min(samples.len() - 1)]),
+    )
+}
+
+#[tokio::main]
+async fn main() {
+    let devices: i64 = arg("--devices", "1000000").parse().unwrap();
+    let runs: usize = arg("--runs", "25").parse().unwrap();
+    let admin = arg("--admin-url", "postgres://postgres@127.0.0.1:5432/postgres");
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::query("DROP DATABASE IF EXISTS fleetward_bench WITH (FORCE)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    sqlx::query("CREATE DATABASE fleetward_bench")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let url = format!("{base}/fleetward_bench");
+    let r = Registry::open(&url, Keyring::new(Kek::generate("bench").unwrap()))
+        .await
+        .unwrap();
+
+    let root = TestCa::root(KeyKind::P256, "Bench Root");
+    let ca = r
+        .insert_ca(
+            &NewCa {
+                cert_der: &root.der,
+                identity_source: IdentitySource::CommonName,
+                identity_pattern: None,
+                digest_mode: DigestMode::Direct,
+                auto_activate: true,
+                registered_by: "bench",
+            },
+            0,
+        )
+        .await
+        .unwrap();
+    let device_der = root.issue_device(KeyKind::P256, "template").der;
+
+    // Seed server-side: statuses 4:1:1 active/pending/quarantined (+ 1 in 100 revoked),
+    // 12 firmware versions, integrity spread, last_seen over 30 days, a site label on 10 %.
+    let t0 = Instant::now();
+    let mut db = <sqlx::AnyConnection as sqlx::Connection>::connect(&url).await.unwrap();
+    let chunk = 200_000i64;
+    let mut start = 1;
+    while start <= devices {
+        let end = (start + chunk - 1).min(devices);
+        sqlx::query(
+            "INSERT INTO devices (id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, status, status_changed_at, \
+             first_seen, last_seen, firmware_version, firmware_digest, integrity, connections) \
+             SELECT 'dev-' || lpad(g::text, 8, '0'), $1, $2, md5(g::text) || md5((g + 1)::text), to_hex(g), 2000000000000, \
+                    CASE WHEN g % 100 = 0 THEN 'revoked' ELSE (ARRAY['active','active','active','active','pending','quarantined'])[1 + g % 6] END, \
+                    1790000000000, 1790000000000, 1795000000000 - (g % 2592000) * 1000, \
+                    '1.' || (g % 12)::text || '.0', md5(g::text), \
+                    (ARRAY['verified','verified','verified','unknown','failed','stale'])[1 + (g / 7) % 6], 1 \
+             FROM generate_series($3::bigint, $4::bigint) g",
+        )
+        .bind(&ca.id)
+        .bind(&device_der)
+        .bind(start)
+        .bind(end)
+        .execute(&mut db)
+        .await
+        .unwrap();
+        start = end + 1;
+    }
+    sqlx::query(
+        "INSERT INTO device_labels (device_id, key, value) SELECT 'dev-' || lpad(g::text, 8, '0'), 'site', \
+         (ARRAY['lyon','paris','grenoble','nice'])[1 + g % 4] FROM generate_series(1, $1::bigint) g WHERE g % 10 = 0",
+    )
+    .bind(devices)
+    .execute(&mut db)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
+    println!("seeded {devices} devices in {:.1} s", t0.elapsed().as_secs_f64());
+
+    let summary = r.fleet_summary().await.unwrap();
+    assert_eq!(summary.total, devices);
+    let mut samples = Vec::new();
+    for _ in 0..runs {
+        let t = Instant::now();
+        r.fleet_summary().await.unwrap();
+        samples.push(t.elapsed());
+    }
+    let (median, p95) = stats(samples);
+    println!(
+        "{:<58} median {median:7.2} ms  p95 {p95:7.2} ms",
+        "fleet_summary (by status, integrity, top firmware)"
+    );
+
+    let cases: Vec<(&str, DeviceFilter, Option<&str>)> = vec![
+        ("page 1, no filter", DeviceFilter::default(), None),
+        (
+            "status=quarantined",
+            DeviceFilter {
+                status: Some(DeviceStatus::Quarantined),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "firmware=1.7.0 AND integrity=failed",
+            DeviceFilter {
+                firmware_version: Some("1.7.0".into()),
+                integrity: Some(Integrity::Failed),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "label site=grenoble",
+            DeviceFilter {
+                label: Some(("site".into(), "grenoble".into())),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "id prefix dev-0042",
+            DeviceFilter {
+                id_prefix: Some("dev-0042".into()),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "last seen in the last hour",
+            DeviceFilter {
+                last_seen_after_ms: Some(1_795_000_000_000 - 3_600_000),
+                ..Default::default()
+            },
+            None,
+        ),
+        (
+            "status=active, deep page (after dev-00900000)",
+            DeviceFilter {
+                status: Some(DeviceStatus::Active),
+                ..Default::default()
+            },
+            Some("dev-00900000"),
+        ),
+    ];
+    for (name, filter, after) in cases {
+        let first = r.list_devices(&filter, after, 100).await.unwrap();
+        assert!(!first.items.is_empty(), "{name}: empty page");
+        let mut samples = Vec::new();
+        for _ in 0..runs {
+            let t = Instant::now();
+            r.list_devices(&filter, after, 100).await.unwrap();
+            samples.push(t.elapsed());
+        }
+        let (median, p95) = stats(samples);
+        println!(
+            "{:<58} median {median:7.2} ms  p95 {p95:7.2} ms  ({} rows)",
+            format!("list_devices 100: {name}"),
+            first.items.len()
+        );
+    }
+    r.close().await;
+    sqlx::query("DROP DATABASE IF EXISTS fleetward_bench WITH (FORCE)")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+}
