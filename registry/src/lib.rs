@@ -15,7 +15,9 @@
 //!   SQL: see [`Keyring`];
 //! - errors are [`RegistryError`]: typed, retryable or not, and free of SQL.
 
+mod attestation;
 mod cas;
+mod commands;
 mod devices;
 mod error;
 mod events;
@@ -23,14 +25,18 @@ mod lpwan;
 mod seal;
 mod sql;
 mod telemetry;
+mod tokens;
 
+pub use attestation::{AttestationResult, FirmwareReference, RedeemOutcome};
 pub use cas::{CaRecord, CaStatus, NewCa};
+pub use commands::PendingCommand;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
 pub use error::RegistryError;
 pub use events::{Event, EventFilter, NewEvent};
 pub use lpwan::{LorawanRootKeys, NewLorawanDevice};
 pub use seal::{Kek, Keyring};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};
+pub use tokens::{NewToken, Role, TokenInfo};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Transaction};
@@ -66,7 +72,7 @@ impl Backend {
 pub struct Registry {
     pool: AnyPool,
     backend: Backend,
-    keys: Arc<Keyring>,
+    keys: Option<Arc<Keyring>>,
 }
 
 impl std::fmt::Debug for Registry {
@@ -88,13 +94,14 @@ impl Registry {
 
     /// Connects and applies pending migrations.
     pub async fn open(url: &str, keys: Keyring) -> Result<Self> {
-        let registry = Self::connect(url, keys).await?;
+        let registry = Self::connect(url, Some(keys)).await?;
         registry.migrate().await?;
         Ok(registry)
     }
 
-    /// Connects without migrating (for `fleetward migrate` to report first).
-    pub async fn connect(url: &str, keys: Keyring) -> Result<Self> {
+    /// Connects without migrating. Without a keyring, everything works except sealed-key
+    /// custody (LPWAN keys), which then fails with [`RegistryError::Sealing`].
+    pub async fn connect(url: &str, keys: Option<Keyring>) -> Result<Self> {
         install_default_drivers();
         let backend = Backend::of(url)?;
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
@@ -127,7 +134,7 @@ impl Registry {
         Ok(Registry {
             pool,
             backend,
-            keys: Arc::new(keys),
+            keys: keys.map(Arc::new),
         })
     }
 
@@ -182,7 +189,9 @@ impl Registry {
         &self.pool
     }
 
-    pub(crate) fn keys(&self) -> &Keyring {
-        &self.keys
+    pub(crate) fn keys(&self) -> Result<&Keyring> {
+        self.keys.as_deref().ok_or_else(|| RegistryError::Sealing {
+            detail: "no key-encryption key configured (--kek-file or FLEETWARD_KEK)".into(),
+        })
     }
 }

@@ -67,7 +67,7 @@ impl Registry {
     pub async fn insert_lorawan_device(&self, d: &NewLorawanDevice<'_>, now_ms: i64) -> Result<()> {
         let dev_eui = hex_id("DevEUI", d.dev_eui, 8)?;
         let join_eui = hex_id("JoinEUI", d.join_eui, 8)?;
-        let keys = self.keys();
+        let keys = self.keys()?;
         let app_key = keys.seal(&Keyring::aad("lorawan_devices", &dev_eui, "app_key"), d.app_key)?;
         let nwk_key = d
             .nwk_key
@@ -103,7 +103,7 @@ impl Registry {
             .fetch_optional(self.pool())
             .await?
             .ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))?;
-        let keys = self.keys();
+        let keys = self.keys()?;
         let app_key: Vec<u8> = row.try_get("app_key")?;
         let nwk_key: Option<Vec<u8>> = row.try_get("nwk_key")?;
         Ok(LorawanRootKeys {
@@ -144,7 +144,7 @@ impl Registry {
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
         let dev_addr = hex_id("DevAddr", dev_addr, 4)?;
         let sealed = self
-            .keys()
+            .keys()?
             .seal(&Keyring::aad("lorawan_devices", &dev_eui, "session_keys"), session_keys)?;
         let n = sqlx::query(
             "UPDATE lorawan_devices SET dev_addr = $2, session_keys = $3, f_cnt_up = NULL, n_f_cnt_down = 0, \
@@ -176,7 +176,7 @@ impl Registry {
         let sealed: Option<Vec<u8>> = row.try_get("session_keys")?;
         let sealed = sealed.ok_or_else(|| RegistryError::not_found("LoRaWAN session", &dev_addr))?;
         let keys = self
-            .keys()
+            .keys()?
             .open(&Keyring::aad("lorawan_devices", &dev_eui, "session_keys"), &sealed)?;
         Ok((dev_eui, keys, row.try_get("f_cnt_up")?))
     }
@@ -208,7 +208,7 @@ impl Registry {
     /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.
     pub async fn insert_sigfox_device(&self, device_id: &str, nak: &[u8; 16], now_ms: i64) -> Result<()> {
         let id = hex_id("Sigfox device id", device_id, 4)?;
-        let sealed = self.keys().seal(&Keyring::aad("sigfox_devices", &id, "nak"), nak)?;
+        let sealed = self.keys()?.seal(&Keyring::aad("sigfox_devices", &id, "nak"), nak)?;
         let n = sqlx::query(
             "INSERT INTO sigfox_devices (device_id, nak, created_at, updated_at) VALUES ($1, $2, $3, $3) \
              ON CONFLICT (device_id) DO NOTHING",
@@ -238,7 +238,8 @@ impl Registry {
             .ok_or_else(|| RegistryError::not_found("Sigfox device", &id))?;
         let sealed: Vec<u8> = row.try_get("nak")?;
         Ok((
-            self.keys().open(&Keyring::aad("sigfox_devices", &id, "nak"), &sealed)?,
+            self.keys()?
+                .open(&Keyring::aad("sigfox_devices", &id, "nak"), &sealed)?,
             row.try_get("last_seq")?,
         ))
     }
@@ -264,7 +265,7 @@ impl Registry {
     /// keyring). Each row is swapped only if it still holds the blob read. Returns how many
     /// secrets were re-sealed.
     pub async fn rotate_keys(&self) -> Result<u64> {
-        let keys = self.keys();
+        let keys = self.keys()?;
         let mut resealed = 0;
         for (table, id_col, col) in SEALED_COLUMNS {
             let rows = sqlx::query(sqlx::AssertSqlSafe(format!(

@@ -28,6 +28,10 @@ both!(
     dev_nonce_replay,
     typed_errors,
     fleet_counts_stay_exact,
+    commands_wait_for_offline_devices,
+    challenges_are_single_use,
+    firmware_references,
+    api_tokens,
 );
 
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
@@ -803,4 +807,152 @@ async fn fleet_counts_stay_exact(db: &TestDb) {
             assert_eq!(*n, expected, "{dimension}={value}");
         }
     }
+}
+
+async fn commands_wait_for_offline_devices(db: &TestDb) {
+    let r = &db.registry;
+    let a = r
+        .enqueue_command("dev-a", "devices/dev-a/commands/reboot", b"{}", 1, 60_000, NOW)
+        .await
+        .unwrap();
+    let b = r
+        .enqueue_command("dev-a", "devices/dev-a/commands/set", b"{\"t\":21}", 1, 1_000, NOW + 1)
+        .await
+        .unwrap();
+    r.enqueue_command("dev-b", "devices/dev-b/commands/x", b"", 0, 60_000, NOW)
+        .await
+        .unwrap();
+    let pending = r.pending_commands("dev-a", NOW + 10, 100).await.unwrap();
+    assert_eq!(pending.iter().map(|c| c.id).collect::<Vec<_>>(), [a, b]);
+    assert_eq!(pending[1].payload, b"{\"t\":21}");
+    // The second expires; the first is delivered once.
+    assert!(r.mark_command_delivered(a, NOW + 20).await.unwrap());
+    assert!(!r.mark_command_delivered(a, NOW + 21).await.unwrap());
+    assert!(r.pending_commands("dev-a", NOW + 2_000, 100).await.unwrap().is_empty());
+    assert_eq!(r.prune_commands(0, NOW + 2_000).await.unwrap(), 2);
+    assert_eq!(r.pending_commands("dev-b", NOW + 2_000, 100).await.unwrap().len(), 1);
+}
+
+async fn challenges_are_single_use(db: &TestDb) {
+    use registry::RedeemOutcome;
+    use verifier::challenge::{Challenge, ChallengePolicy, Nonce};
+    let r = &db.registry;
+    let t0 = Timestamp::from_unix(NOW / 1000);
+    let c = Challenge::issue("dev-x", [0x42; 32], t0, &ChallengePolicy { lifetime_secs: 60 });
+    r.store_challenge(&c).await.unwrap();
+    // 16 concurrent answers with the same nonce: one is accepted.
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let reg = r.clone();
+        tasks.push(tokio::spawn(async move {
+            reg.redeem_challenge("dev-x", &Nonce::from_bytes([0x42; 32]), NOW + 1000 + i)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut outcomes = Vec::new();
+    for t in tasks {
+        outcomes.push(t.await.unwrap());
+    }
+    assert_eq!(outcomes.iter().filter(|o| **o == RedeemOutcome::Redeemed).count(), 1);
+    assert!(
+        outcomes
+            .iter()
+            .all(|o| matches!(o, RedeemOutcome::Redeemed | RedeemOutcome::AlreadyUsed))
+    );
+    // Another device presenting it, an unknown nonce, a late answer.
+    assert_eq!(
+        r.redeem_challenge("dev-y", &Nonce::from_bytes([0x42; 32]), NOW)
+            .await
+            .unwrap(),
+        RedeemOutcome::Unknown
+    );
+    assert_eq!(
+        r.redeem_challenge("dev-x", &Nonce::from_bytes([0x43; 32]), NOW)
+            .await
+            .unwrap(),
+        RedeemOutcome::Unknown
+    );
+    let late = Challenge::issue("dev-x", [0x44; 32], t0, &ChallengePolicy { lifetime_secs: 60 });
+    r.store_challenge(&late).await.unwrap();
+    assert_eq!(
+        r.redeem_challenge("dev-x", &Nonce::from_bytes([0x44; 32]), NOW + 61_000)
+            .await
+            .unwrap(),
+        RedeemOutcome::Expired
+    );
+    r.record_attestation(
+        &registry::AttestationResult {
+            device_id: "dev-x",
+            format: "se-signature",
+            verified: true,
+            ..Default::default()
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let ev = r
+        .events(
+            &EventFilter {
+                kind: Some("attestation.result".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    assert_eq!(ev[0].detail.as_ref().unwrap()["result"], "verified");
+}
+
+async fn firmware_references(db: &TestDb) {
+    let r = &db.registry;
+    let digest = "AB".repeat(32);
+    let f = r
+        .add_firmware_reference("sensor-fw", "1.2.0", &digest, Some("0102"), true, "api:admin", NOW)
+        .await
+        .unwrap();
+    assert_eq!(f.digest_hex, "ab".repeat(32));
+    r.add_firmware_reference("sensor-fw", "1.1.0", &"cd".repeat(32), None, false, "api:admin", NOW)
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.add_firmware_reference("sensor-fw", "1.2.0", &digest, None, true, "api:admin", NOW)
+            .await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    assert!(matches!(
+        r.add_firmware_reference("x", "1", "zz", None, true, "a", NOW).await,
+        Err(RegistryError::Invalid { .. })
+    ));
+    let all = r.firmware_references().await.unwrap();
+    assert_eq!(
+        all.iter()
+            .map(|f| (f.version.as_str(), f.status.as_str()))
+            .collect::<Vec<_>>(),
+        [("1.1.0", "blocked"), ("1.2.0", "allowed")]
+    );
+}
+
+async fn api_tokens(db: &TestDb) {
+    use registry::Role;
+    let r = &db.registry;
+    let t = r
+        .create_token(Role::Operator, Some("ci"), "bootstrap", NOW)
+        .await
+        .unwrap();
+    assert!(!format!("{t:?}").contains(t.secret.as_str()));
+    let ok = r.authenticate_token(&t.secret, NOW + 5).await.unwrap().unwrap();
+    assert_eq!((ok.role, ok.last_used_at_ms), (Role::Operator, Some(NOW + 5)));
+    // Wrong secret with the right id, garbage, and the secret itself is not in the database.
+    let forged = format!("fw_{}_{}", t.info.id, "0".repeat(64));
+    assert!(r.authenticate_token(&forged, NOW).await.unwrap().is_none());
+    assert!(r.authenticate_token("Bearer nonsense", NOW).await.unwrap().is_none());
+    assert!(!db.dump().windows(t.secret.len()).any(|w| w == t.secret.as_bytes()));
+    r.revoke_token(&t.info.id, NOW + 10).await.unwrap();
+    assert!(r.authenticate_token(&t.secret, NOW + 11).await.unwrap().is_none());
+    assert!(matches!(
+        r.revoke_token("nope", NOW).await,
+        Err(RegistryError::NotFound { .. })
+    ));
 }

@@ -1,10 +1,12 @@
 //! Command-line interface: flags (clap) and the commands they run.
 
+mod db;
 mod verify;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
+pub use db::{DbArgs, KekArgs, KeysCommand};
 pub use verify::{ChainArgs, ChallengeArgs, RegistrationArgs, VerifyCommand};
 
 /// fleetward — proves, for every byte a device sends, that it really is that device.
@@ -25,6 +27,11 @@ pub enum Command {
     /// Offline checks of certificates and signatures, exactly as the server makes them.
     #[command(subcommand)]
     Verify(VerifyCommand),
+    /// Apply pending database migrations (the server also does at start-up).
+    Migrate(DbArgs),
+    /// Key-encryption keys for sealed LPWAN keys: generate one, rotate to it.
+    #[command(subcommand)]
+    Keys(KeysCommand),
 }
 
 /// How a command ended; the process exit code.
@@ -43,5 +50,7 @@ pub enum Outcome {
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match cli.command {
         Command::Verify(cmd) => verify::run(cmd, out),
+        Command::Migrate(db) => db::migrate(db, out),
+        Command::Keys(cmd) => db::keys(cmd, out),
     }
 }
