@@ -83,3 +83,24 @@ fn short_kind(e: &sqlx::Error) -> &'static str {
         _ => "database worker stopped",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outages_are_retryable_and_say_nothing_of_sql() {
+        for e in [
+            sqlx::Error::Io(std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused")),
+            sqlx::Error::PoolTimedOut,
+            sqlx::Error::PoolClosed,
+        ] {
+            let mapped = RegistryError::from(e);
+            assert!(mapped.is_retryable(), "{mapped:?}");
+            assert!(mapped.to_string().contains("retry later"));
+        }
+        let other = RegistryError::from(sqlx::Error::RowNotFound);
+        assert_eq!(other, RegistryError::Database { code: None });
+        assert!(!other.is_retryable());
+    }
+}

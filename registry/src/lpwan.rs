@@ -205,6 +205,22 @@ impl Registry {
         Ok(n == 1)
     }
 
+    /// Takes the next downlink frame counter (`network`: NFCntDown, else AFCntDown) atomically:
+    /// concurrent callers get distinct values, so no downlink counter is ever used twice.
+    pub async fn next_lorawan_f_cnt_down(&self, dev_eui: &str, network: bool, now_ms: i64) -> Result<i64> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let column = if network { "n_f_cnt_down" } else { "a_f_cnt_down" };
+        // Returns the value before the increment: the counter to use for this frame.
+        let next: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "UPDATE lorawan_devices SET {column} = {column} + 1, updated_at = $2 WHERE dev_eui = $1 RETURNING {column} - 1"
+        )))
+        .bind(&dev_eui)
+        .bind(now_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        next.ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))
+    }
+
     /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.
     pub async fn insert_sigfox_device(&self, device_id: &str, nak: &[u8; 16], now_ms: i64) -> Result<()> {
         let id = hex_id("Sigfox device id", device_id, 4)?;

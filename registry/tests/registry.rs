@@ -677,6 +677,28 @@ async fn counters_advance_once_under_concurrency(db: &TestDb) {
     assert!(r.cas_sigfox_seq("0000BEEF", Some(17), 18, NOW).await.unwrap());
     assert!(!r.cas_sigfox_seq("0000BEEF", None, 19, NOW).await.unwrap());
     assert!(!r.cas_sigfox_seq("0000BEEF", Some(17), 19, NOW).await.unwrap());
+
+    // Downlink counters: 20 concurrent takers get 20 distinct values, 0..20.
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let reg = if i % 2 == 0 { r.clone() } else { other.clone() };
+        tasks.push(tokio::spawn(async move {
+            reg.next_lorawan_f_cnt_down("0000000000000002", true, NOW)
+                .await
+                .unwrap()
+        }));
+    }
+    let mut taken = Vec::new();
+    for t in tasks {
+        taken.push(t.await.unwrap());
+    }
+    taken.sort();
+    assert_eq!(taken, (0..20).collect::<Vec<i64>>());
+    assert_eq!(
+        r.next_lorawan_f_cnt_down("0000000000000002", false, NOW).await.unwrap(),
+        0,
+        "AFCntDown is separate"
+    );
 }
 
 async fn dev_nonce_replay(db: &TestDb) {
@@ -955,4 +977,38 @@ async fn api_tokens(db: &TestDb) {
         r.revoke_token("nope", NOW).await,
         Err(RegistryError::NotFound { .. })
     ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_dropping_every_connection_is_survived() {
+    // The server kills every connection of the registry (as a restart or failover would): the
+    // next calls get either a retryable error or a fresh connection — never a panic, never a
+    // non-retryable error — and the registry recovers by itself. (How driver errors map to
+    // `Unavailable` is unit-tested in src/error.rs.)
+    let db = TestDb::postgres().await;
+    let r = &db.registry;
+    r.ping().await.unwrap();
+    let name = db.url.rsplit('/').next().unwrap().to_owned();
+    let mut admin = <sqlx::AnyConnection as sqlx::Connection>::connect(&common::admin_url())
+        .await
+        .unwrap();
+    let killed: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT CAST(COUNT(pg_terminate_backend(pid)) AS BIGINT) FROM pg_stat_activity WHERE datname = '{name}'"
+    )))
+    .fetch_one(&mut admin)
+    .await
+    .unwrap();
+    assert!(killed >= 1, "the registry had connections to kill");
+    let mut recovered = false;
+    for _ in 0..5 {
+        match r.device("x").await {
+            Err(RegistryError::NotFound { .. }) => {
+                recovered = true;
+                break;
+            }
+            Err(e) => assert!(e.is_retryable(), "an outage must be retryable, got {e:?}"),
+            Ok(_) => unreachable!("no such device"),
+        }
+    }
+    assert!(recovered, "the registry reconnects by itself");
 }
