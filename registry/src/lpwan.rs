@@ -191,18 +191,16 @@ impl Registry {
         now_ms: i64,
     ) -> Result<bool> {
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
-        let n = sqlx::query(
-            "UPDATE lorawan_devices SET f_cnt_up = $2, updated_at = $4 WHERE dev_eui = $1 \
-             AND (f_cnt_up = $3 OR (f_cnt_up IS NULL AND $3 IS NULL))",
+        self.cas_counter(
+            "lorawan_devices",
+            "dev_eui",
+            &dev_eui,
+            "f_cnt_up",
+            expected,
+            new,
+            now_ms,
         )
-        .bind(&dev_eui)
-        .bind(new)
-        .bind(expected)
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(n == 1)
+        .await
     }
 
     /// Takes the next downlink frame counter (`network`: NFCntDown, else AFCntDown) atomically:
@@ -263,11 +261,28 @@ impl Registry {
     /// Advances a Sigfox device's sequence number by compare-and-swap (see the module docs).
     pub async fn cas_sigfox_seq(&self, device_id: &str, expected: Option<i64>, new: i64, now_ms: i64) -> Result<bool> {
         let id = hex_id("Sigfox device id", device_id, 4)?;
-        let n = sqlx::query(
-            "UPDATE sigfox_devices SET last_seq = $2, updated_at = $4 WHERE device_id = $1 \
-             AND (last_seq = $3 OR (last_seq IS NULL AND $3 IS NULL))",
-        )
-        .bind(&id)
+        self.cas_counter("sigfox_devices", "device_id", &id, "last_seq", expected, new, now_ms)
+            .await
+    }
+
+    /// `UPDATE table SET counter = new WHERE key = id AND counter IS expected` (NULL-safe, written
+    /// portably): true if this caller moved the counter.
+    #[allow(clippy::too_many_arguments)]
+    async fn cas_counter(
+        &self,
+        table: &'static str,
+        key_column: &'static str,
+        id: &str,
+        counter: &'static str,
+        expected: Option<i64>,
+        new: i64,
+        now_ms: i64,
+    ) -> Result<bool> {
+        let n = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "UPDATE {table} SET {counter} = $2, updated_at = $4 WHERE {key_column} = $1 \
+             AND ({counter} = $3 OR ({counter} IS NULL AND $3 IS NULL))"
+        )))
+        .bind(id)
         .bind(new)
         .bind(expected)
         .bind(now_ms)
