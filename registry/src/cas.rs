@@ -7,7 +7,9 @@ use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 use verifier::challenge::DigestMode;
-use verifier::x509::{Crl, IdentityPolicy, IdentitySource, ProvisioningCa, RevokedSerials, TrustStore};
+use verifier::x509::{
+    Crl, IdentityPolicy, IdentitySource, ProvisioningCa, RevokedSerials, TrustStore, normalize_serial_hex,
+};
 
 /// A CA to register. Registration checks (proof of possession, key quality) are made by
 /// `verifier::x509::check_ca_registration` before this is called.
@@ -217,18 +219,10 @@ impl Registry {
         by: &str,
         now_ms: i64,
     ) -> Result<()> {
-        let mut check = RevokedSerials::new();
-        check.insert_hex(serial_hex).map_err(|_| RegistryError::Invalid {
+        let normalized = normalize_serial_hex(serial_hex).map_err(|_| RegistryError::Invalid {
             what: "serial number",
             detail: "expected hex".into(),
         })?;
-        let normalized = serial_hex
-            .trim()
-            .trim_start_matches("0x")
-            .replace(':', "")
-            .to_ascii_lowercase();
-        let normalized = normalized.trim_start_matches('0');
-        let normalized = if normalized.is_empty() { "0" } else { normalized };
         self.ca(ca_id).await?;
         let mut tx = self.begin_write().await?;
         sqlx::query(
@@ -236,7 +230,7 @@ impl Registry {
              ON CONFLICT (ca_id, serial) DO NOTHING",
         )
         .bind(ca_id)
-        .bind(normalized)
+        .bind(&normalized)
         .bind(now_ms)
         .bind(reason)
         .execute(&mut *tx)

@@ -136,6 +136,22 @@ async fn ca_registration_and_trust_store(db: &TestDb) {
     r.revoke_serial(&ca.id, "02:09:AA", "lost", "api:admin", NOW)
         .await
         .unwrap();
+    let revoked = r
+        .events(
+            &EventFilter {
+                kind: Some("ca.serial_revoked".into()),
+                ..Default::default()
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    // Stored in the same form the device certificate's `serial` is shown in.
+    assert_eq!(
+        revoked[0].detail.as_ref().unwrap()["serial"],
+        reg.device.cert_serial.as_str()
+    );
+    assert_eq!(reg.device.cert_serial, "0209aa");
     let store = r.trust_store().await.unwrap();
     let err = store
         .verify_device(&device.der, &[], Timestamp::from_unix(NOW / 1000))

@@ -1,6 +1,6 @@
 //! A certificate parsed once: the DER (for rustls-webpki) and its fields (via x509-cert).
 
-use super::key::{PublicKeyKind, inspect_public_key};
+use super::key::{KeyError, PublicKeyKind, inspect_public_key};
 use crate::Timestamp;
 use der::{Decode, Encode};
 use rustls_pki_types::CertificateDer;
@@ -41,7 +41,7 @@ pub(crate) struct ParsedCert {
     /// basicConstraints, if present: (cA, pathLenConstraint).
     pub(crate) basic_constraints: Option<(bool, Option<u8>)>,
     /// The public key kind, or why it is not one we understand.
-    pub(crate) key: Result<PublicKeyKind, String>,
+    pub(crate) key: Result<PublicKeyKind, KeyError>,
     /// keyUsage is absent or includes keyCertSign (RFC 5280 §4.2.1.3).
     pub(crate) can_sign_certificates: bool,
 }
@@ -67,7 +67,7 @@ impl ParsedCert {
             .subject_public_key_info()
             .to_der()
             .map_err(|e| NotACertificate(format!("subjectPublicKeyInfo: {e}")))?;
-        let key = inspect_public_key(tbs.subject_public_key_info()).map_err(|e| e.to_string());
+        let key = inspect_public_key(tbs.subject_public_key_info());
         let validity = tbs.validity();
         let info = CertInfo {
             subject: name_to_string(tbs.subject()),

@@ -20,7 +20,7 @@ pub use registration::{
     CaRegistration, REGISTRATION_CODE_BYTES, RegistrationCode, RegistrationError, check_ca_certificate,
     check_ca_registration,
 };
-pub use revocation::{Crl, CrlError, CrlInfo, RevokedSerials};
+pub use revocation::{Crl, CrlError, CrlInfo, RevokedSerials, normalize_serial_hex};
 pub use store::{MAX_PRESENTED_INTERMEDIATES, ProvisioningCa, TrustStore, VerifiedDevice};
 
 /// Summarises a certificate (DER) for display, without trusting it.

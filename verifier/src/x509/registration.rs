@@ -132,16 +132,9 @@ pub fn check_ca_certificate(ca_der: &[u8], now: Timestamp) -> Result<CaRegistrat
 
 fn check_parsed_ca(ca: &ParsedCert, now: Timestamp) -> Result<CaRegistration, RegistrationError> {
     let subject = || ca.info.subject.clone();
-    let key = ca.key.clone().map_err(|_| {
-        let spki = ca.cert.tbs_certificate().subject_public_key_info();
-        RegistrationError::WeakKey {
-            subject: subject(),
-            problem: super::key::inspect_public_key(spki)
-                .err()
-                .unwrap_or(KeyError::Malformed {
-                    detail: "unknown".into(),
-                }),
-        }
+    let key = ca.key.clone().map_err(|problem| RegistrationError::WeakKey {
+        subject: subject(),
+        problem,
     })?;
     let path_len = match ca.basic_constraints {
         Some((true, path_len)) => path_len,

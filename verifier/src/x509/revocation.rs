@@ -26,20 +26,9 @@ impl RevokedSerials {
         self.0.insert(minimal(serial).to_vec());
     }
 
-    /// Adds a serial given as hex (`0209B0846159E439520139`, `02:09:b0:…` and `0x…` accepted).
+    /// Adds a serial given as hex (see [`normalize_serial_hex`] for the forms accepted).
     pub fn insert_hex(&mut self, serial: &str) -> Result<(), hex::FromHexError> {
-        let cleaned: String = serial
-            .trim()
-            .trim_start_matches("0x")
-            .chars()
-            .filter(|c| *c != ':')
-            .collect();
-        let cleaned = if cleaned.len() % 2 == 1 {
-            format!("0{cleaned}")
-        } else {
-            cleaned
-        };
-        self.insert(&hex::decode(cleaned)?);
+        self.insert(&serial_bytes(serial)?);
         Ok(())
     }
 
@@ -54,6 +43,28 @@ impl RevokedSerials {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+fn serial_bytes(serial: &str) -> Result<Vec<u8>, hex::FromHexError> {
+    let cleaned: String = serial
+        .trim()
+        .trim_start_matches("0x")
+        .chars()
+        .filter(|c| *c != ':')
+        .collect();
+    let cleaned = if cleaned.len() % 2 == 1 {
+        format!("0{cleaned}")
+    } else {
+        cleaned
+    };
+    hex::decode(cleaned)
+}
+
+/// A serial number in the one form fleetward stores and shows (the form of
+/// [`super::CertInfo::serial`]): lower-case hex of the big-endian bytes without leading zero bytes.
+/// Accepts `0209B0846159E439520139`, `02:09:b0:…`, `0x…` and odd-length hex.
+pub fn normalize_serial_hex(serial: &str) -> Result<String, hex::FromHexError> {
+    Ok(hex::encode(minimal(&serial_bytes(serial)?)))
 }
 
 /// A summary of a CRL, for logs and the API.
@@ -149,5 +160,31 @@ impl Crl {
             signature,
         )
         .map_err(|_| not_issued())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn serial_normal_form() {
+        for input in [
+            "0209B0846159E439520139",
+            "02:09:b0:84:61:59:e4:39:52:01:39",
+            "0x209B0846159E439520139",
+        ] {
+            assert_eq!(
+                normalize_serial_hex(input).unwrap(),
+                "0209b0846159e439520139",
+                "{input}"
+            );
+        }
+        assert_eq!(normalize_serial_hex("00:00:42").unwrap(), "42");
+        assert_eq!(normalize_serial_hex("0").unwrap(), "00");
+        assert!(normalize_serial_hex("zz").is_err());
+        let mut set = RevokedSerials::new();
+        set.insert_hex("0x209aa").unwrap();
+        assert!(set.contains(&[0x00, 0x02, 0x09, 0xaa]));
     }
 }
