@@ -1,8 +1,27 @@
 //! # gateway — the `fleetward` binary's library
 //!
-//! Everything the `fleetward` binary does lives here so tests can call it: today the operator's
-//! offline tools ([`cli`], `fleetward verify …`); the mTLS/MQTT endpoint, just-in-time
-//! registration, HTTP API and LPWAN transports arrive with their issues.
+//! Everything the `fleetward` binary does lives here so tests can call it:
+//! - [`server`]: `fleetward serve` — the mutual-TLS MQTT endpoint ([`listener`], [`tls`],
+//!   [`mqtt`]) with just-in-time registration, the durable telemetry pipeline ([`ingest`]),
+//!   the run-time trust store ([`trust`]) and the HTTP side ([`http`]);
+//! - [`demo`]: `fleetward demo` — a simulated fleet, good devices and bad actors, against a
+//!   fresh server;
+//! - [`cli`]: flags and the offline tools (`verify`, `migrate`, `keys`, `config print`).
 #![forbid(unsafe_code)]
 
 pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod demo;
+pub mod eventlog;
+pub mod http;
+pub mod ingest;
+pub mod listener;
+pub mod mqtt;
+pub mod server;
+pub mod stats;
+pub mod tls;
+pub mod trust;
+
+pub use config::Config;
+pub use server::{Running, start};

@@ -514,3 +514,26 @@ fn prefix_upper_bound(prefix: &str) -> String {
     // code point below DEL bounds the range.
     format!("{prefix}\u{7f}")
 }
+
+impl Registry {
+    /// Ids of every device in `status` (the gateway keeps revoked ones in memory to refuse them
+    /// at the handshake).
+    pub async fn device_ids_with_status(&self, status: DeviceStatus) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar("SELECT id FROM devices WHERE status = $1")
+            .bind(status.as_str())
+            .fetch_all(self.pool())
+            .await?)
+    }
+
+    /// A number that grows whenever something the handshake depends on changes (CAs, revoked
+    /// serials, CRLs, device status): the newest such event's id. Gateways poll it to learn of
+    /// changes made by other processes.
+    pub async fn trust_generation(&self) -> Result<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE kind IN \
+             ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')",
+        )
+        .fetch_one(self.pool())
+        .await?)
+    }
+}

@@ -73,28 +73,7 @@ impl Registry {
     /// Stores a batch in one transaction: when this returns `Ok`, every message is durable
     /// (SQLite `synchronous=FULL` / PostgreSQL commit). All or nothing.
     pub async fn store_telemetry(&self, batch: &[TelemetryMessage]) -> Result<()> {
-        if batch.is_empty() {
-            return Ok(());
-        }
-        let mut tx = self.begin_write().await?;
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
-            let mut q = SqlBuilder::new(
-                self.backend(),
-                "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ",
-            );
-            for (i, m) in chunk.iter().enumerate() {
-                q.push(if i == 0 { "(" } else { ", (" });
-                q.bind(m.device_id.clone()).push(", ");
-                q.bind(m.topic.clone()).push(", ");
-                q.bind(m.payload.clone()).push(", ");
-                q.bind(i64::from(m.qos)).push(", ");
-                q.bind(m.source.as_str().to_owned()).push(", ");
-                q.bind(m.received_at_ms).push(")");
-            }
-            q.build()?.execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.store_telemetry_returning_ids(batch).await.map(|_| ())
     }
 
     /// A device's messages with `from_ms <= received_at < to_ms`, oldest first, at most `limit`
@@ -110,23 +89,7 @@ impl Registry {
         .bind(i64::from(limit.min(10_000)))
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                let source: String = r.try_get("source")?;
-                Ok(StoredMessage {
-                    id: r.try_get("id")?,
-                    device_id: r.try_get("device_id")?,
-                    topic: r.try_get("topic")?,
-                    payload: r.try_get("payload")?,
-                    qos: u8::try_from(r.try_get::<i64, _>("qos")?).unwrap_or(0),
-                    source: Source::parse(&source).ok_or_else(|| RegistryError::Invalid {
-                        what: "stored message",
-                        detail: "unknown source".into(),
-                    })?,
-                    received_at_ms: r.try_get("received_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(stored_from_row).collect()
     }
 
     /// Retention: deletes messages older than `max_age_ms` and, per device, all but the newest
@@ -150,4 +113,81 @@ impl Registry {
         tx.commit().await?;
         Ok(by_age + by_count)
     }
+}
+
+impl Registry {
+    /// Stored messages with `id > after_id`, in id order, at most `limit` (capped at 10,000):
+    /// how a backend subscriber that fell behind catches up from the durable store.
+    pub async fn telemetry_after(&self, after_id: i64, limit: u32) -> Result<Vec<StoredMessage>> {
+        let rows = sqlx::query(
+            "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
+             WHERE id > $1 ORDER BY id LIMIT $2",
+        )
+        .bind(after_id)
+        .bind(i64::from(limit.min(10_000)))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(stored_from_row).collect()
+    }
+
+    /// The newest stored message's id (0 when empty).
+    pub async fn telemetry_head(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM telemetry")
+                .fetch_one(self.pool())
+                .await?,
+        )
+    }
+
+    /// Like [`Registry::store_telemetry`], returning the ids given to the messages, in order.
+    pub async fn store_telemetry_returning_ids(&self, batch: &[TelemetryMessage]) -> Result<Vec<i64>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = Vec::with_capacity(batch.len());
+        let mut tx = self.begin_write().await?;
+        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+            let mut q = SqlBuilder::new(
+                self.backend(),
+                "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ",
+            );
+            for (i, m) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.bind(m.device_id.clone()).push(", ");
+                q.bind(m.topic.clone()).push(", ");
+                q.bind(m.payload.clone()).push(", ");
+                q.bind(i64::from(m.qos)).push(", ");
+                q.bind(m.source.as_str().to_owned()).push(", ");
+                q.bind(m.received_at_ms).push(")");
+            }
+            q.push(" RETURNING id");
+            let rows = q.build()?.fetch_all(&mut *tx).await?;
+            let mut chunk_ids = rows
+                .iter()
+                .map(|r| r.try_get::<i64, _>(0))
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            // Both engines assign ids in VALUES order within one statement; sorting makes the
+            // pairing independent of the order RETURNING reports them in.
+            chunk_ids.sort_unstable();
+            ids.extend(chunk_ids);
+        }
+        tx.commit().await?;
+        Ok(ids)
+    }
+}
+
+fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredMessage> {
+    let source: String = r.try_get("source")?;
+    Ok(StoredMessage {
+        id: r.try_get("id")?,
+        device_id: r.try_get("device_id")?,
+        topic: r.try_get("topic")?,
+        payload: r.try_get("payload")?,
+        qos: u8::try_from(r.try_get::<i64, _>("qos")?).unwrap_or(0),
+        source: Source::parse(&source).ok_or_else(|| RegistryError::Invalid {
+            what: "stored message",
+            detail: "unknown source".into(),
+        })?,
+        received_at_ms: r.try_get("received_at")?,
+    })
 }

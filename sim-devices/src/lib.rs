@@ -1,8 +1,16 @@
 //! # sim-devices — a fleet of simulated secure-element devices
 //!
 //! Good devices and bad actors (foreign CA, expired certificate, cloned certificate, topic
-//! trespass, tampered firmware) that speak to fleetward exactly as real boards do, and the
-//! load tester built on them. It arrives with the sim-devices issue.
+//! trespass, wrong client id) that speak to fleetward over real mutual TLS and MQTT, as real
+//! boards do:
+//! - [`pki`]: a provisioning CA and STSAFE-A-profile device certificates;
+//! - [`client`]: the device's TLS (STM32/mbedTLS TLS 1.2 profile or TLS 1.3) and an MQTT 3.1.1
+//!   client independent of the server's codec;
+//! - [`fleet`]: the demo fleet and its attacks.
 #![forbid(unsafe_code)]
+
+pub mod client;
+pub mod fleet;
+pub mod pki;
 
 pub use verifier;

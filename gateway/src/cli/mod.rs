@@ -1,12 +1,14 @@
 //! Command-line interface: flags (clap) and the commands they run.
 
 mod db;
+mod serve;
 mod verify;
 
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
 pub use db::{DbArgs, KekArgs, KeysCommand};
+pub use serve::{ConfigCommand, DemoArgs, ServeArgs};
 pub use verify::{ChainArgs, ChallengeArgs, RegistrationArgs, VerifyCommand};
 
 /// fleetward — proves, for every byte a device sends, that it really is that device.
@@ -24,6 +26,13 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the server: MQTT over mutual TLS with just-in-time registration, and HTTP.
+    Serve(ServeArgs),
+    /// A first look: a fresh server and a simulated fleet (good devices and bad actors).
+    Demo(DemoArgs),
+    /// Configuration file helpers.
+    #[command(subcommand)]
+    Config(ConfigCommand),
     /// Offline checks of certificates and signatures, exactly as the server makes them.
     #[command(subcommand)]
     Verify(VerifyCommand),
@@ -49,6 +58,9 @@ pub enum Outcome {
 /// Runs a parsed command, writing its report to `out`.
 pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
     match cli.command {
+        Command::Serve(args) => serve::serve(args, out),
+        Command::Demo(args) => serve::demo(args, out),
+        Command::Config(cmd) => serve::config(cmd, out),
         Command::Verify(cmd) => verify::run(cmd, out),
         Command::Migrate(db) => db::migrate(db, out),
         Command::Keys(cmd) => db::keys(cmd, out),

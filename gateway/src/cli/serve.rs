@@ -1,0 +1,196 @@
+//! `fleetward serve`, `fleetward config print` and `fleetward demo`.
+
+use super::Outcome;
+use crate::config::{Config, DEFAULT_TOML};
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Flags of `serve` (each overrides the config file and `FLEETWARD_*` environment).
+#[derive(Debug, Args, Default)]
+pub struct ServeArgs {
+    /// Configuration file (see `fleetward config print`). Default: ./fleetward.toml if present.
+    #[arg(long, env = "FLEETWARD_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Data directory (SQLite database, generated TLS identity and KEK).
+    #[arg(long, env = "FLEETWARD_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// PostgreSQL or SQLite URL (default: SQLite in the data directory).
+    #[arg(long, env = "FLEETWARD_DATABASE_URL", value_name = "URL")]
+    pub database_url: Option<String>,
+    /// MQTT over mutual TLS listens here.
+    #[arg(long, env = "FLEETWARD_MQTT_LISTEN", value_name = "ADDR")]
+    pub mqtt_listen: Option<String>,
+    /// HTTP (API, dashboard, metrics) listens here.
+    #[arg(long, env = "FLEETWARD_HTTP_LISTEN", value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Register this provisioning CA (PEM) at start if new: auto-activate, CN identity. Repeatable.
+    #[arg(long, env = "FLEETWARD_TRUST_CA", value_name = "PEM", value_delimiter = ',')]
+    pub trust_ca: Vec<PathBuf>,
+    /// An extra name (DNS or IP) for the generated server certificate. Repeatable.
+    #[arg(long, env = "FLEETWARD_SERVER_NAME", value_name = "NAME", value_delimiter = ',')]
+    pub server_name: Vec<String>,
+    /// Server certificate chain (PEM) instead of a generated one (with --tls-key).
+    #[arg(long, env = "FLEETWARD_TLS_CERT", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, env = "FLEETWARD_TLS_KEY", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// Largest TLS record sent (bytes), for devices with small receive buffers.
+    #[arg(long, env = "FLEETWARD_MAX_FRAGMENT_SIZE", value_name = "BYTES")]
+    pub max_fragment_size: Option<usize>,
+    /// KEK file (`ID HEX` lines) for sealed keys (default: generated in the data directory).
+    #[arg(long, env = "FLEETWARD_KEK_FILE", value_name = "FILE")]
+    pub kek_file: Option<PathBuf>,
+}
+
+impl ServeArgs {
+    /// The effective configuration: defaults ← file ← env/flags.
+    pub fn config(&self) -> Result<Config> {
+        let mut config = match &self.config {
+            Some(path) => Config::from_file(path)?,
+            None if std::path::Path::new("fleetward.toml").exists() => Config::from_file("fleetward.toml".as_ref())?,
+            None => Config::default(),
+        };
+        if let Some(d) = &self.data_dir {
+            config.data_dir = d.clone();
+        }
+        if let Some(u) = &self.database_url {
+            config.database_url = Some(u.clone());
+        }
+        if let Some(a) = &self.mqtt_listen {
+            config.mqtt.listen = a.clone();
+        }
+        if let Some(a) = &self.http_listen {
+            config.http.listen = a.clone();
+        }
+        config.trust_ca.extend(self.trust_ca.iter().cloned());
+        config.tls.server_names.extend(self.server_name.iter().cloned());
+        if let Some(c) = &self.tls_cert {
+            config.tls.cert = Some(c.clone());
+        }
+        if let Some(k) = &self.tls_key {
+            config.tls.key = Some(k.clone());
+        }
+        if let Some(m) = self.max_fragment_size {
+            config.tls.max_fragment_size = Some(m);
+        }
+        if let Some(k) = &self.kek_file {
+            config.kek_file = Some(k.clone());
+        }
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Print the commented default configuration (save it as fleetward.toml and edit).
+    Print,
+}
+
+pub(super) fn config(cmd: ConfigCommand, out: &mut dyn Write) -> Result<Outcome> {
+    match cmd {
+        ConfigCommand::Print => out.write_all(DEFAULT_TOML.as_bytes())?,
+    }
+    Ok(Outcome::Valid)
+}
+
+pub(super) fn serve(args: ServeArgs, out: &mut dyn Write) -> Result<Outcome> {
+    let config = args.config()?;
+    super::db::runtime()?.block_on(async {
+        let running = crate::server::start(config).await?;
+        writeln!(out, "fleetward serving")?;
+        writeln!(out, "  MQTT/TLS  {}", running.mqtt_addr)?;
+        writeln!(out, "  HTTP      http://{}", running.http_addr)?;
+        if let Some(ca) = &running.server_ca {
+            writeln!(out, "  devices trust the server through {}", ca.display())?;
+        }
+        writeln!(out, "  stop with Ctrl-C")?;
+        out.flush()?;
+        crate::server::termination_signal().await;
+        writeln!(out, "shutting down: closing sessions, flushing telemetry")?;
+        running.shutdown().await;
+        Ok::<_, anyhow::Error>(())
+    })?;
+    Ok(Outcome::Valid)
+}
+
+/// Flags of `demo`.
+#[derive(Debug, Args)]
+pub struct DemoArgs {
+    /// Where the demo keeps its data (wiped at start). Default: a fresh temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Good devices in the simulated fleet.
+    #[arg(long, default_value_t = 6)]
+    pub devices: usize,
+    /// Telemetry readings each good device sends.
+    #[arg(long, default_value_t = 5)]
+    pub messages: usize,
+    /// Keep serving after the demo (until Ctrl-C), to look around.
+    #[arg(long)]
+    pub stay: bool,
+    /// MQTT listen address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub mqtt_listen: String,
+    /// HTTP listen address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub http_listen: String,
+}
+
+pub(super) fn demo(args: DemoArgs, out: &mut dyn Write) -> Result<Outcome> {
+    super::db::runtime()?.block_on(async {
+        let (dir, _temp) = match &args.data_dir {
+            Some(d) => {
+                if d.exists() {
+                    std::fs::remove_dir_all(d).with_context(|| format!("cannot clear {}", d.display()))?;
+                }
+                (d.clone(), None)
+            }
+            None => {
+                let t = tempdir()?;
+                (t.0.clone(), Some(t))
+            }
+        };
+        let report = crate::demo::run(
+            &crate::demo::DemoOptions {
+                data_dir: dir,
+                good_devices: args.devices,
+                messages: args.messages,
+                mqtt_listen: args.mqtt_listen.clone(),
+                http_listen: args.http_listen.clone(),
+            },
+            out,
+        )
+        .await?;
+        if args.stay {
+            writeln!(out, "\nstill serving (Ctrl-C to stop)")?;
+            out.flush()?;
+            crate::server::termination_signal().await;
+        }
+        report.running.shutdown().await;
+        Ok::<_, anyhow::Error>(if report.as_expected {
+            Outcome::Valid
+        } else {
+            Outcome::Rejected
+        })
+    })
+}
+
+/// A temporary directory removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn tempdir() -> Result<TempDir> {
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no randomness"))?;
+    let dir = std::env::temp_dir().join(format!("fleetward-demo-{}", hex::encode(random)));
+    std::fs::create_dir_all(&dir)?;
+    Ok(TempDir(dir))
+}

@@ -1,0 +1,266 @@
+//! `fleetward serve` configuration: serde defaults ← `fleetward.toml` ← `FLEETWARD_*` env ←
+//! flags. [`DEFAULT_TOML`] is the commented default file (`fleetward config print`); a test
+//! keeps it equal to [`Config::default`].
+
+use crate::mqtt::ClonePolicy;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Data directory: the embedded SQLite database, generated TLS identity, generated KEK.
+    pub data_dir: PathBuf,
+    /// PostgreSQL or SQLite URL; empty: SQLite in the data directory.
+    pub database_url: Option<String>,
+    /// File of key-encryption keys (`ID HEX` lines); empty: one generated in the data directory.
+    pub kek_file: Option<PathBuf>,
+    /// Provisioning CAs (PEM files) registered at start if new: auto-activate, CN identity.
+    pub trust_ca: Vec<PathBuf>,
+    pub mqtt: MqttConfig,
+    pub tls: TlsConfig,
+    pub http: HttpConfig,
+    pub telemetry: TelemetryConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MqttConfig {
+    pub listen: String,
+    pub max_packet_size: usize,
+    pub max_inflight: usize,
+    pub handshake_timeout_secs: u64,
+    pub connect_timeout_secs: u64,
+    pub per_ip_connection_rate: f64,
+    pub global_connection_rate: f64,
+    pub max_connections: usize,
+    pub clone_policy: ClonePolicy,
+    pub clone_window_secs: u64,
+    pub command_ttl_secs: u64,
+    pub backend_queue: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Server certificate chain (PEM); empty: generated under a local server CA.
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+    /// Extra names for the generated certificate (besides localhost, loopback, host name).
+    pub server_names: Vec<String>,
+    /// Largest TLS record sent, for devices with small receive buffers.
+    pub max_fragment_size: Option<usize>,
+    pub tls12: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TelemetryConfig {
+    pub retention_days: u32,
+    pub max_messages_per_device: u32,
+    pub ingest_queue: usize,
+    pub batch_size: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            data_dir: PathBuf::from("./fleetward-data"),
+            database_url: None,
+            kek_file: None,
+            trust_ca: Vec::new(),
+            mqtt: MqttConfig::default(),
+            tls: TlsConfig::default(),
+            http: HttpConfig::default(),
+            telemetry: TelemetryConfig::default(),
+        }
+    }
+}
+
+impl Default for MqttConfig {
+    fn default() -> Self {
+        MqttConfig {
+            listen: "127.0.0.1:8883".into(),
+            max_packet_size: 256 * 1024,
+            max_inflight: 64,
+            handshake_timeout_secs: 10,
+            connect_timeout_secs: 10,
+            per_ip_connection_rate: 200.0,
+            global_connection_rate: 5000.0,
+            max_connections: 100_000,
+            clone_policy: ClonePolicy::Allow,
+            clone_window_secs: 60,
+            command_ttl_secs: 86_400,
+            backend_queue: 4096,
+        }
+    }
+}
+
+impl Default for TlsConfig {
+    fn default() -> Self {
+        TlsConfig {
+            cert: None,
+            key: None,
+            server_names: Vec::new(),
+            max_fragment_size: None,
+            tls12: true,
+        }
+    }
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            listen: "127.0.0.1:8080".into(),
+        }
+    }
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            retention_days: 30,
+            max_messages_per_device: 100_000,
+            ingest_queue: 8192,
+            batch_size: 1000,
+        }
+    }
+}
+
+/// The commented default configuration.
+pub const DEFAULT_TOML: &str = r#"# fleetward.toml — every setting, with its default.
+# Precedence: these defaults < this file < FLEETWARD_* environment < command-line flags.
+
+# Data directory: embedded SQLite database, generated TLS identity (tls/), generated KEK.
+data_dir = "./fleetward-data"
+# PostgreSQL (postgres://user@host/db) or SQLite (sqlite://path) URL. Unset: SQLite in data_dir.
+# database_url = "postgres://postgres@127.0.0.1:5432/fleetward"
+# Key-encryption keys for sealed LPWAN keys (`ID HEX` lines). Unset: generated in data_dir.
+# kek_file = "/etc/fleetward/kek"
+# Provisioning CAs registered at start if new (auto-activate, identity from the subject CN).
+trust_ca = []
+
+[mqtt]
+# MQTT over mutual TLS.
+listen = "127.0.0.1:8883"
+# Largest MQTT packet accepted, bytes.
+max_packet_size = 262144
+# QoS 1 messages a client may have unacknowledged, each direction.
+max_inflight = 64
+# A TLS handshake must finish within this; CONNECT must follow within connect_timeout_secs.
+handshake_timeout_secs = 10
+connect_timeout_secs = 10
+# New connections per second from one IP address, and in total (excess is refused at accept).
+per_ip_connection_rate = 200.0
+global_connection_rate = 5000.0
+# Connections open at once.
+max_connections = 100000
+# A device certificate seen from two addresses at once (or within clone_window_secs):
+# "allow" (newer connection takes over; event + audit finding), "refuse", or "quarantine".
+clone_policy = "allow"
+clone_window_secs = 60
+# How long a command waits for an offline device.
+command_ttl_secs = 86400
+# Messages queued per backend subscriber before it catches up from the store instead.
+backend_queue = 4096
+
+[tls]
+# Server certificate chain and key (PEM). Unset: generated under a local server CA whose
+# certificate devices must trust: data_dir/tls/server-ca.pem.
+# cert = "/etc/fleetward/server.pem"
+# key = "/etc/fleetward/server.key"
+# Extra DNS names or IPs for the generated certificate (localhost, 127.0.0.1, ::1 and the
+# host name are always included).
+server_names = []
+# Largest TLS record sent to devices (bytes), for small receive buffers (mbedTLS). Unset: 16384.
+# max_fragment_size = 4096
+# Accept TLS 1.2 besides TLS 1.3 (STM32 + mbedTLS devices typically need it).
+tls12 = true
+
+[http]
+# Operator API, dashboard, /metrics, /healthz.
+listen = "127.0.0.1:8080"
+
+[telemetry]
+# Stored device messages are deleted after this many days, and beyond this many per device.
+retention_days = 30
+max_messages_per_device = 100000
+# Messages waiting for the store (a full queue slows devices down; memory stays bounded).
+ingest_queue = 8192
+# Most messages per commit.
+batch_size = 1000
+"#;
+
+impl Config {
+    /// Reads a configuration file (unknown keys are errors, naming the key).
+    pub fn from_file(path: &Path) -> anyhow::Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
+        Self::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
+    }
+
+    pub fn from_toml(text: &str) -> Result<Config, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    /// Every problem at once (not just the first), for a config error a person can fix in one go.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        let mut problems = Vec::new();
+        if self.mqtt.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("mqtt.listen `{}` is not an address:port", self.mqtt.listen));
+        }
+        if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!("http.listen `{}` is not an address:port", self.http.listen));
+        }
+        if self.tls.cert.is_some() != self.tls.key.is_some() {
+            problems.push("tls.cert and tls.key must be given together".into());
+        }
+        if let Some(size) = self.tls.max_fragment_size
+            && !(32..=16_384).contains(&size)
+        {
+            problems.push(format!("tls.max_fragment_size {size} is outside 32..=16384"));
+        }
+        if self.mqtt.max_inflight == 0 || self.mqtt.max_inflight > 65_535 {
+            problems.push("mqtt.max_inflight must be 1..=65535".into());
+        }
+        if self.mqtt.max_packet_size < 64 {
+            problems.push("mqtt.max_packet_size must be at least 64 bytes".into());
+        }
+        if self.mqtt.per_ip_connection_rate <= 0.0 || self.mqtt.global_connection_rate <= 0.0 {
+            problems.push("connection rates must be positive".into());
+        }
+        if self.telemetry.batch_size == 0 || self.telemetry.ingest_queue == 0 {
+            problems.push("telemetry.batch_size and telemetry.ingest_queue must be positive".into());
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_printed_default_is_the_default() {
+        let parsed = Config::from_toml(DEFAULT_TOML).expect("default template parses");
+        assert_eq!(parsed, Config::default());
+        assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_are_reported() {
+        let err = Config::from_toml("[mqtt]\nlisten = \"x\"\nlisen = 1\n").unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        let mut c = Config::default();
+        c.mqtt.listen = "nowhere".into();
+        c.tls.cert = Some("a.pem".into());
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+}

@@ -1,0 +1,63 @@
+//! The HTTP side: health and readiness probes and Prometheus metrics. The operator API and the
+//! dashboard build on this router.
+
+use crate::mqtt::hub::Hub;
+use crate::stats::Stats;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use registry::Registry;
+use std::fmt::Write;
+use std::sync::Arc;
+use tokio::sync::watch;
+
+/// Shared state of HTTP handlers.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub registry: Registry,
+    pub stats: Arc<Stats>,
+    pub hub: Arc<Hub>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
+    match state.registry.ping().await {
+        Ok(()) => (StatusCode::OK, "ready\n"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n"),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+    let mut out = String::new();
+    for (name, help, value) in state.stats.describe() {
+        let _ = writeln!(out, "# HELP fleetward_{name}_total {help}");
+        let _ = writeln!(out, "# TYPE fleetward_{name}_total counter");
+        let _ = writeln!(out, "fleetward_{name}_total {value}");
+    }
+    let _ = writeln!(out, "# HELP fleetward_devices_online MQTT device sessions open now");
+    let _ = writeln!(out, "# TYPE fleetward_devices_online gauge");
+    let _ = writeln!(out, "fleetward_devices_online {}", state.hub.online_devices());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// Serves until `shutdown` flips.
+pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutdown: watch::Receiver<bool>) {
+    let app = router(state);
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            let _ = shutdown.changed().await;
+        })
+        .await;
+    if let Err(e) = result {
+        tracing::warn!(error = %e, "HTTP server stopped");
+    }
+}

@@ -1,0 +1,523 @@
+//! A device's MQTT session, from its CONNECT to its last byte: just-in-time registration during
+//! this very connection, lifecycle and identity checks, clone policy, then the session loop
+//! (publishes into the durable pipeline, PUBACK after commit; commands out with an in-flight
+//! window; keep-alive at 1.5×; will on abnormal end).
+
+use super::codec::{Connect, ConnectCode, DisconnectReason, Incoming, Publish, Qos};
+use super::conn::{Conn, ConnError};
+use super::hub::{CloneEvidence, DeviceHandle, DeviceSignal};
+use super::topic::{DeviceScope, device_may_publish, device_may_subscribe, matches};
+use super::{ClonePolicy, Ctx};
+use crate::clock::{monotonic, now_ms};
+use crate::ingest::{AckTo, IngestItem};
+use crate::stats::inc;
+use registry::{DeviceStatus, NewEvent, Sighting, Source, TelemetryMessage};
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::mpsc;
+use verifier::x509::VerifiedDevice;
+
+/// The TLS facts recorded with each sighting.
+#[derive(Clone, Debug)]
+pub struct TlsFacts {
+    pub peer: SocketAddr,
+    pub version: Option<String>,
+    pub suite: Option<String>,
+    pub leaf_der: Vec<u8>,
+}
+
+/// How a device session ended (for tests and the demo's summary).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Refused(ConnectCode, &'static str),
+    Closed(&'static str),
+}
+
+fn refuse_event(device_id: &str, check: &'static str, reason: String, peer: SocketAddr) -> NewEvent {
+    NewEvent::new("device.refused", "gateway")
+        .device(device_id)
+        .reason(reason)
+        .detail(serde_json::json!({ "check": check, "peer": peer.to_string() }))
+}
+
+/// Runs a device session after its handshake and CONNECT.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: Arc<Ctx>,
+    mut conn: Conn<S>,
+    connect: Connect,
+    device: Arc<VerifiedDevice>,
+    tls: TlsFacts,
+) -> Outcome {
+    let id = device.device_id.as_str().to_owned();
+    let peer = tls.peer;
+    let enc = conn.encoder();
+
+    // Refusal helper: CONNACK with a code, event, counter.
+    macro_rules! refuse {
+        ($code:expr, $check:literal, $reason:expr) => {{
+            enc.connack($code, false, &mut conn.out);
+            ctx.events.emit(refuse_event(&id, $check, $reason, peer));
+            inc(&ctx.stats.sessions_refused);
+            conn.close().await;
+            return Outcome::Refused($code, $check);
+        }};
+    }
+
+    // Just-in-time registration: in this connection, before CONNACK.
+    let snapshot = ctx.trust.snapshot();
+    let ca_id = device.ca.sha256.clone();
+    let auto_activate = snapshot.auto_activate.get(&ca_id).copied().unwrap_or(false);
+    let sighting = Sighting {
+        device_id: &id,
+        ca_id: &ca_id,
+        cert_der: &tls.leaf_der,
+        cert_sha256: &device.certificate.sha256,
+        cert_serial: &device.certificate.serial,
+        cert_not_after_ms: device.certificate.not_after.unix().saturating_mul(1000),
+        peer: Some(&peer.to_string()),
+        tls_version: tls.version.as_deref(),
+        tls_suite: tls.suite.as_deref(),
+    };
+    let registration = match ctx.registry.register_or_touch(&sighting, auto_activate, now_ms()).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(device = %id, error = %e, "registry unavailable during connect");
+            refuse!(
+                ConnectCode::ServerUnavailable,
+                "registry_unavailable",
+                "the registry could not record the connection; retry later".into()
+            );
+        }
+    };
+    if registration.created {
+        inc(&ctx.stats.devices_registered);
+        tracing::info!(device = %id, status = registration.device.status.as_str(), "device registered just in time");
+    }
+
+    let mut scope = match registration.device.status {
+        DeviceStatus::Active => DeviceScope::Full,
+        DeviceStatus::Quarantined => DeviceScope::AttestationOnly,
+        DeviceStatus::Pending => refuse!(
+            ConnectCode::NotAuthorized,
+            "device_pending",
+            "device is pending approval by an operator".into()
+        ),
+        DeviceStatus::Revoked => {
+            ctx.trust.note_revoked(&id);
+            refuse!(ConnectCode::NotAuthorized, "device_revoked", "device is revoked".into())
+        }
+    };
+
+    // MQTT client id must be the certificate's device id (empty: we assign it).
+    if !connect.client_id.is_empty() && connect.client_id != id {
+        refuse!(
+            ConnectCode::ClientIdNotValid,
+            "client_id_mismatch",
+            format!(
+                "client id `{}` is not the certificate's device id",
+                connect.client_id.escape_debug()
+            )
+        );
+    }
+    if let Some(will) = &connect.will
+        && !device_may_publish(&id, scope, &will.topic)
+    {
+        {
+            inc(&ctx.stats.acl_violations);
+            refuse!(
+                ConnectCode::NotAuthorized,
+                "will_topic_forbidden",
+                format!(
+                    "will topic `{}` is outside the device's own topics",
+                    will.topic.escape_debug()
+                )
+            );
+        }
+    }
+
+    // Clone detection and session takeover.
+    let now = monotonic();
+    if let Some(evidence) = ctx.hub.clone_evidence(&id, peer, now) {
+        inc(&ctx.stats.clones_suspected);
+        let (other, detail) = match &evidence {
+            CloneEvidence::ConcurrentElsewhere { other } => {
+                (other.to_string(), "connected concurrently from two addresses")
+            }
+            CloneEvidence::RecentlyElsewhere { other, .. } => (
+                other.to_string(),
+                "connected from two addresses within the clone window",
+            ),
+        };
+        let action = match ctx.settings.clone_policy {
+            ClonePolicy::Allow => "allowed",
+            ClonePolicy::Refuse => "refused",
+            ClonePolicy::Quarantine => "quarantined",
+        };
+        ctx.events.emit(
+            NewEvent::new("device.clone_suspected", "gateway")
+                .device(&id)
+                .reason(format!("certificate {detail}"))
+                .detail(serde_json::json!({
+                    "first_peer": other, "second_peer": peer.to_string(),
+                    "cert_sha256": device.certificate.sha256, "policy": action,
+                })),
+        );
+        match ctx.settings.clone_policy {
+            ClonePolicy::Allow => {}
+            ClonePolicy::Refuse => refuse!(
+                ConnectCode::NotAuthorized,
+                "clone_suspected",
+                "refused: the device's certificate is already in use elsewhere".into()
+            ),
+            ClonePolicy::Quarantine => {
+                if scope != DeviceScope::AttestationOnly {
+                    let _ = ctx
+                        .registry
+                        .set_device_status(&id, DeviceStatus::Quarantined, "gateway", "clone suspected", now_ms())
+                        .await;
+                }
+                scope = DeviceScope::AttestationOnly;
+            }
+        }
+    }
+    let conn_id = ctx.hub.next_conn_id();
+    let (signal_tx, mut signal_rx) = mpsc::channel(4);
+    let handle = DeviceHandle {
+        conn_id,
+        peer,
+        cert_sha256: device.certificate.sha256.clone(),
+        since: now,
+        signal: signal_tx,
+    };
+    if let Some(previous) = ctx.hub.attach_device(&id, handle) {
+        inc(&ctx.stats.sessions_taken_over);
+        let _ = previous
+            .signal
+            .try_send(DeviceSignal::Close(DisconnectReason::SessionTakenOver));
+        ctx.events.emit(
+            NewEvent::new("device.session_taken_over", "gateway")
+                .device(&id)
+                .detail(serde_json::json!({ "previous_peer": previous.peer.to_string(), "peer": peer.to_string() })),
+        );
+    }
+
+    let previous_session = if connect.clean_session {
+        ctx.hub.forget_device_session(&id);
+        None
+    } else {
+        ctx.hub.take_device_session(&id)
+    };
+    let session_present = previous_session.is_some();
+    enc.connack(ConnectCode::Accepted, session_present, &mut conn.out);
+    inc(&ctx.stats.sessions_opened);
+    tracing::debug!(
+        version = enc.version.as_str(),
+        clean = connect.clean_session,
+        "session open"
+    );
+
+    let mut session = Session {
+        ctx: ctx.clone(),
+        id: id.clone(),
+        scope,
+        subs: previous_session.unwrap_or_default(),
+        inflight_in: 0,
+        out_inflight: HashMap::new(),
+        next_pkid: 1,
+    };
+    let (ack_tx, mut ack_rx) = mpsc::channel::<u16>(ctx.settings.max_inflight);
+    if session.wants_commands() {
+        session.deliver_commands(&mut conn).await;
+    }
+    let keep_alive =
+        (connect.keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive_secs) * 1500));
+    let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(Duration::from_secs(3600));
+
+    let end: Result<&'static str, ConnError> = 'session: loop {
+        // Handle every packet already buffered (unless too many messages await the store).
+        while session.inflight_in < ctx.settings.max_inflight {
+            let packet = match conn.next_packet() {
+                Ok(Some(p)) => p,
+                Ok(None) => break,
+                Err(e) => break 'session Err(e.into()),
+            };
+            match session.handle(packet, &mut conn, &ack_tx).await {
+                Ok(Some(end)) => break 'session Ok(end),
+                Ok(None) => {}
+                Err(e) => break 'session Err(e),
+            }
+        }
+        if let Err(e) = conn.flush().await {
+            break 'session Err(e);
+        }
+        tokio::select! {
+            read = conn.fill(), if session.inflight_in < ctx.settings.max_inflight => match read {
+                Ok(0) => break 'session Ok("connection closed by the device"),
+                Ok(_) => {
+                    if let Some(k) = keep_alive {
+                        deadline = tokio::time::Instant::now() + k;
+                    }
+                }
+                Err(e) => break 'session Err(e.into()),
+            },
+            Some(pkid) = ack_rx.recv() => {
+                session.inflight_in = session.inflight_in.saturating_sub(1);
+                enc.puback(pkid, &mut conn.out);
+                inc(&ctx.stats.pubacks_sent);
+                // Batch further acks that are already here.
+                while let Ok(pkid) = ack_rx.try_recv() {
+                    session.inflight_in = session.inflight_in.saturating_sub(1);
+                    enc.puback(pkid, &mut conn.out);
+                    inc(&ctx.stats.pubacks_sent);
+                }
+            }
+            Some(signal) = signal_rx.recv() => match signal {
+                DeviceSignal::CommandsPending => {
+                    if session.wants_commands() {
+                        session.deliver_commands(&mut conn).await;
+                    }
+                }
+                DeviceSignal::Close(reason) => {
+                    enc.disconnect(reason, &mut conn.out);
+                    break 'session Ok(match reason {
+                        DisconnectReason::SessionTakenOver => "session taken over",
+                        DisconnectReason::ServerShuttingDown => "server shutting down",
+                        DisconnectReason::NotAuthorized => "device no longer authorized",
+                        _ => "closed by the server",
+                    });
+                }
+            },
+            _ = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {
+                inc(&ctx.stats.keepalive_timeouts);
+                enc.disconnect(DisconnectReason::KeepAliveTimeout, &mut conn.out);
+                break 'session Ok("keep-alive timeout");
+            }
+        }
+    };
+
+    // Wait briefly for acknowledgements of messages already handed to the store, so a device
+    // that disconnects right after publishing still gets its PUBACKs when it can.
+    let graceful = matches!(end, Ok("client sent DISCONNECT"));
+    let reason = match &end {
+        Ok(r) => *r,
+        Err(ConnError::Codec(_)) => {
+            inc(&ctx.stats.protocol_errors);
+            "protocol error"
+        }
+        Err(_) => "connection error",
+    };
+    if let Err(e) = &end {
+        tracing::debug!(device = %id, error = %e, "session ended");
+    }
+    if !graceful
+        && !matches!(reason, "session taken over" | "server shutting down")
+        && let Some(will) = &connect.will
+    {
+        {
+            let _ = ctx
+                .ingest
+                .submit(IngestItem {
+                    msg: TelemetryMessage {
+                        device_id: id.clone(),
+                        topic: will.topic.clone(),
+                        payload: will.payload.to_vec(),
+                        qos: will.qos as u8,
+                        source: Source::Mqtt,
+                        received_at_ms: now_ms(),
+                    },
+                    ack: None,
+                })
+                .await;
+        }
+    }
+    ctx.hub.detach_device(&id, conn_id, peer, monotonic());
+    if !connect.clean_session {
+        ctx.hub.keep_device_session(&id, std::mem::take(&mut session.subs));
+    }
+    conn.close().await;
+    Outcome::Closed(reason)
+}
+
+struct Session {
+    ctx: Arc<Ctx>,
+    id: String,
+    scope: DeviceScope,
+    subs: Vec<(String, Qos)>,
+    /// QoS 1 messages handed to the store and not yet acknowledged.
+    inflight_in: usize,
+    /// Commands sent at QoS 1 awaiting the device's PUBACK: packet id → command id.
+    out_inflight: HashMap<u16, i64>,
+    next_pkid: u16,
+}
+
+impl Session {
+    /// Handles one packet; `Some(reason)` ends the session.
+    async fn handle<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        packet: Incoming,
+        conn: &mut Conn<S>,
+        ack_tx: &mpsc::Sender<u16>,
+    ) -> Result<Option<&'static str>, ConnError> {
+        let enc = conn.encoder();
+        match packet {
+            Incoming::Publish(p) => return self.publish(p, conn, ack_tx).await,
+            Incoming::PubAck { pkid } => {
+                if let Some(command_id) = self.out_inflight.remove(&pkid) {
+                    inc(&self.ctx.stats.commands_delivered);
+                    if let Err(e) = self.ctx.registry.mark_command_delivered(command_id, now_ms()).await {
+                        tracing::warn!(device = %self.id, error = %e, "could not mark a command delivered; it will be resent");
+                    }
+                    self.deliver_commands(conn).await;
+                }
+            }
+            Incoming::Subscribe { pkid, filters } => {
+                let mut granted = Vec::with_capacity(filters.len());
+                for f in filters {
+                    if device_may_subscribe(&self.id, self.scope, &f.filter) {
+                        let qos = if f.qos == 0 { Qos::AtMostOnce } else { Qos::AtLeastOnce };
+                        self.subs.retain(|(existing, _)| existing != &f.filter);
+                        self.subs.push((f.filter, qos));
+                        granted.push(Some(qos));
+                    } else {
+                        inc(&self.ctx.stats.acl_violations);
+                        self.ctx.events.emit(
+                            NewEvent::new("device.acl_violation", "gateway")
+                                .device(&self.id)
+                                .reason(format!(
+                                    "subscription to `{}` outside the device's own topics",
+                                    f.filter.escape_debug()
+                                ))
+                                .detail(serde_json::json!({ "action": "subscribe", "filter": f.filter })),
+                        );
+                        granted.push(None);
+                    }
+                }
+                enc.suback(pkid, &granted, &mut conn.out);
+                if self.wants_commands() {
+                    self.deliver_commands(conn).await;
+                }
+            }
+            Incoming::Unsubscribe { pkid, filters } => {
+                self.subs.retain(|(f, _)| !filters.contains(f));
+                enc.unsuback(pkid, filters.len(), &mut conn.out);
+            }
+            Incoming::PingReq => enc.pingresp(&mut conn.out),
+            Incoming::Disconnect => return Ok(Some("client sent DISCONNECT")),
+            Incoming::Connect(_) => {
+                return Err(ConnError::Codec(super::codec::CodecError::Unexpected("second CONNECT")));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn publish<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        p: Publish,
+        conn: &mut Conn<S>,
+        ack_tx: &mpsc::Sender<u16>,
+    ) -> Result<Option<&'static str>, ConnError> {
+        inc(&self.ctx.stats.messages_received);
+        if !device_may_publish(&self.id, self.scope, &p.topic) {
+            inc(&self.ctx.stats.acl_violations);
+            let why = if self.scope == DeviceScope::AttestationOnly {
+                "quarantined device may only publish attestation evidence"
+            } else {
+                "publish outside the device's own topics"
+            };
+            self.ctx.events.emit(
+                NewEvent::new("device.acl_violation", "gateway")
+                    .device(&self.id)
+                    .reason(format!("{why}: `{}`", p.topic.escape_debug()))
+                    .detail(serde_json::json!({ "action": "publish", "topic": p.topic })),
+            );
+            conn.encoder()
+                .disconnect(DisconnectReason::NotAuthorized, &mut conn.out);
+            return Ok(Some("topic trespass"));
+        }
+        let item = IngestItem {
+            msg: TelemetryMessage {
+                device_id: self.id.clone(),
+                topic: p.topic,
+                payload: p.payload.to_vec(),
+                qos: p.qos as u8,
+                source: Source::Mqtt,
+                received_at_ms: now_ms(),
+            },
+            ack: (p.qos == Qos::AtLeastOnce).then(|| AckTo {
+                tx: ack_tx.clone(),
+                pkid: p.pkid,
+            }),
+        };
+        if self.ctx.ingest.submit(item).await.is_err() {
+            return Ok(Some("server shutting down"));
+        }
+        if p.qos == Qos::AtLeastOnce {
+            self.inflight_in += 1;
+        }
+        Ok(None)
+    }
+
+    fn wants_commands(&self) -> bool {
+        !self.subs.is_empty() && self.scope == DeviceScope::Full
+    }
+
+    fn granted(&self, topic: &str) -> Option<Qos> {
+        self.subs
+            .iter()
+            .filter(|(f, _)| matches(f, topic))
+            .map(|(_, q)| *q)
+            .max()
+    }
+
+    /// Sends pending commands the device subscribed to, within the in-flight window.
+    async fn deliver_commands<S: AsyncRead + AsyncWrite + Unpin>(&mut self, conn: &mut Conn<S>) {
+        let window = self.ctx.settings.max_inflight;
+        if self.out_inflight.len() >= window {
+            return;
+        }
+        let limit = u32::try_from(window + self.out_inflight.len()).unwrap_or(u32::MAX);
+        let pending = match self.ctx.registry.pending_commands(&self.id, now_ms(), limit).await {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(device = %self.id, error = %e, "could not load pending commands");
+                return;
+            }
+        };
+        let in_flight: HashSet<i64> = self.out_inflight.values().copied().collect();
+        let enc = conn.encoder();
+        for command in pending {
+            if self.out_inflight.len() >= window {
+                break;
+            }
+            if in_flight.contains(&command.id) {
+                continue;
+            }
+            let Some(granted) = self.granted(&command.topic) else {
+                continue;
+            };
+            let qos = if command.qos == 0 { Qos::AtMostOnce } else { granted };
+            if qos == Qos::AtLeastOnce {
+                let pkid = self.next_pkid();
+                enc.publish(&command.topic, &command.payload, qos, pkid, false, &mut conn.out);
+                self.out_inflight.insert(pkid, command.id);
+            } else {
+                enc.publish(&command.topic, &command.payload, qos, 0, false, &mut conn.out);
+                inc(&self.ctx.stats.commands_delivered);
+                let _ = self.ctx.registry.mark_command_delivered(command.id, now_ms()).await;
+            }
+        }
+    }
+
+    fn next_pkid(&mut self) -> u16 {
+        loop {
+            let pkid = self.next_pkid;
+            self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+            if !self.out_inflight.contains_key(&pkid) {
+                return pkid;
+            }
+        }
+    }
+}

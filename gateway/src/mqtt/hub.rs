@@ -1,0 +1,279 @@
+//! The star's centre: which device sessions are online (for takeover and command delivery),
+//! recent disconnects (for clone detection), backend subscribers and their persistent
+//! sessions. Devices never reach each other through here; only backend applications see
+//! device messages, and only devices receive commands.
+
+use super::codec::{DisconnectReason, Qos};
+use super::topic::matches;
+use crate::stats::{Stats, inc};
+use registry::StoredMessage;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Something a device session must act on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceSignal {
+    /// New commands are waiting in the registry.
+    CommandsPending,
+    /// End the session (takeover, revocation, shutdown).
+    Close(DisconnectReason),
+}
+
+/// An online device session.
+#[derive(Clone, Debug)]
+pub struct DeviceHandle {
+    pub conn_id: u64,
+    pub peer: SocketAddr,
+    pub cert_sha256: String,
+    pub since: Instant,
+    pub signal: mpsc::Sender<DeviceSignal>,
+}
+
+/// Why a connection looks like a second copy of a device's certificate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CloneEvidence {
+    /// The device is connected right now from another address.
+    ConcurrentElsewhere { other: SocketAddr },
+    /// It disconnected from another address moments ago.
+    RecentlyElsewhere { other: IpAddr, ago: Duration },
+}
+
+/// A backend subscriber's live feed.
+#[derive(Debug)]
+pub struct BackendFeed {
+    pub client_id: String,
+    pub conn_id: u64,
+    pub filters: RwLock<Vec<(String, Qos)>>,
+    pub queue: mpsc::Sender<Arc<StoredMessage>>,
+    /// Set when the live queue overflowed: the session catches up from the store.
+    pub lagging: AtomicBool,
+    pub kill: mpsc::Sender<DisconnectReason>,
+}
+
+impl BackendFeed {
+    /// The QoS this subscriber gets `topic` at, if it subscribed to it.
+    pub fn granted(&self, topic: &str) -> Option<Qos> {
+        let filters = match self.filters.read() {
+            Ok(f) => f,
+            Err(p) => p.into_inner(),
+        };
+        filters.iter().filter(|(f, _)| matches(f, topic)).map(|(_, q)| *q).max()
+    }
+}
+
+/// What a persistent backend session keeps while its client is away.
+#[derive(Clone, Debug, Default)]
+pub struct BackendState {
+    pub filters: Vec<(String, Qos)>,
+    /// Every stored message up to this id was delivered and acknowledged (or skipped).
+    pub cursor: i64,
+}
+
+/// Most persistent backend sessions kept (the oldest is dropped past this).
+const MAX_BACKEND_SESSIONS: usize = 1024;
+
+#[derive(Debug)]
+pub struct Hub {
+    stats: Arc<Stats>,
+    devices: Mutex<HashMap<String, DeviceHandle>>,
+    device_sessions: Mutex<HashMap<String, Vec<(String, Qos)>>>,
+    recent: Mutex<HashMap<String, (IpAddr, Instant)>>,
+    backends: RwLock<Vec<Arc<BackendFeed>>>,
+    backend_sessions: Mutex<HashMap<String, BackendState>>,
+    next_conn: AtomicU64,
+    clone_window: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+impl Hub {
+    pub fn new(stats: Arc<Stats>, clone_window: Duration) -> Self {
+        Hub {
+            stats,
+            devices: Mutex::default(),
+            device_sessions: Mutex::default(),
+            recent: Mutex::default(),
+            backends: RwLock::default(),
+            backend_sessions: Mutex::default(),
+            next_conn: AtomicU64::new(1),
+            clone_window,
+        }
+    }
+
+    pub fn next_conn_id(&self) -> u64 {
+        self.next_conn.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Does a connection of `device_id` from `peer` look like a clone?
+    pub fn clone_evidence(&self, device_id: &str, peer: SocketAddr, now: Instant) -> Option<CloneEvidence> {
+        if let Some(h) = lock(&self.devices).get(device_id) {
+            if h.peer.ip() != peer.ip() {
+                return Some(CloneEvidence::ConcurrentElsewhere { other: h.peer });
+            }
+            return None;
+        }
+        let mut recent = lock(&self.recent);
+        if let Some((ip, at)) = recent.get(device_id).copied() {
+            let ago = now.saturating_duration_since(at);
+            if ago > self.clone_window {
+                recent.remove(device_id);
+            } else if ip != peer.ip() {
+                return Some(CloneEvidence::RecentlyElsewhere { other: ip, ago });
+            }
+        }
+        None
+    }
+
+    /// Registers an online session; returns the one it replaces.
+    pub fn attach_device(&self, device_id: &str, handle: DeviceHandle) -> Option<DeviceHandle> {
+        lock(&self.devices).insert(device_id.to_owned(), handle)
+    }
+
+    /// Removes a session (only if it is still the registered one) and remembers where it was.
+    pub fn detach_device(&self, device_id: &str, conn_id: u64, peer: SocketAddr, now: Instant) {
+        let mut devices = lock(&self.devices);
+        if devices.get(device_id).is_some_and(|h| h.conn_id == conn_id) {
+            devices.remove(device_id);
+            drop(devices);
+            let mut recent = lock(&self.recent);
+            if recent.len() > 100_000 {
+                let window = self.clone_window;
+                recent.retain(|_, (_, at)| now.saturating_duration_since(*at) <= window);
+            }
+            recent.insert(device_id.to_owned(), (peer.ip(), now));
+        }
+    }
+
+    pub fn device_online(&self, device_id: &str) -> bool {
+        lock(&self.devices).contains_key(device_id)
+    }
+
+    pub fn online_devices(&self) -> usize {
+        lock(&self.devices).len()
+    }
+
+    /// Tells a device's session something, if it is online.
+    pub fn signal_device(&self, device_id: &str, signal: DeviceSignal) -> bool {
+        let handle = lock(&self.devices).get(device_id).cloned();
+        match handle {
+            Some(h) => {
+                if signal == DeviceSignal::CommandsPending {
+                    // A full signal queue already holds a wake-up.
+                    let _ = h.signal.try_send(signal);
+                } else {
+                    let tx = h.signal.clone();
+                    tokio::spawn(async move {
+                        let _ = tx.send(signal).await;
+                    });
+                }
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// A persistent device session's subscriptions (taken), or `None` for a fresh session.
+    pub fn take_device_session(&self, device_id: &str) -> Option<Vec<(String, Qos)>> {
+        lock(&self.device_sessions).remove(device_id)
+    }
+
+    pub fn keep_device_session(&self, device_id: &str, filters: Vec<(String, Qos)>) {
+        let mut sessions = lock(&self.device_sessions);
+        if sessions.len() < 1_000_000 {
+            sessions.insert(device_id.to_owned(), filters);
+        }
+    }
+
+    pub fn forget_device_session(&self, device_id: &str) {
+        lock(&self.device_sessions).remove(device_id);
+    }
+
+    /// Ends every session (shutdown).
+    pub fn close_all(&self, reason: DisconnectReason) {
+        let devices: Vec<DeviceHandle> = lock(&self.devices).values().cloned().collect();
+        for h in devices {
+            let _ = h.signal.try_send(DeviceSignal::Close(reason));
+        }
+        let backends: Vec<Arc<BackendFeed>> = match self.backends.read() {
+            Ok(b) => b.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for b in backends {
+            let _ = b.kill.try_send(reason);
+        }
+    }
+
+    /// Registers a backend subscriber's feed; ends an older connection with the same client id.
+    pub fn attach_backend(&self, feed: Arc<BackendFeed>) {
+        let mut backends = match self.backends.write() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        backends.retain(|b| {
+            if b.client_id == feed.client_id {
+                let _ = b.kill.try_send(DisconnectReason::SessionTakenOver);
+                inc(&self.stats.sessions_taken_over);
+                false
+            } else {
+                true
+            }
+        });
+        backends.push(feed);
+    }
+
+    pub fn detach_backend(&self, client_id: &str, conn_id: u64) {
+        let mut backends = match self.backends.write() {
+            Ok(b) => b,
+            Err(p) => p.into_inner(),
+        };
+        backends.retain(|b| !(b.client_id == client_id && b.conn_id == conn_id));
+    }
+
+    pub fn take_backend_session(&self, client_id: &str) -> Option<BackendState> {
+        lock(&self.backend_sessions).remove(client_id)
+    }
+
+    pub fn keep_backend_session(&self, client_id: &str, state: BackendState) {
+        let mut sessions = lock(&self.backend_sessions);
+        if sessions.len() >= MAX_BACKEND_SESSIONS
+            && !sessions.contains_key(client_id)
+            && let Some(oldest) = sessions.keys().next().cloned()
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(client_id.to_owned(), state);
+    }
+
+    /// Hands stored messages to every backend subscriber whose filters match. Never waits: a
+    /// full queue marks the subscriber lagging, and it re-reads what it missed from the store.
+    pub fn fan_out(&self, messages: &[Arc<StoredMessage>]) {
+        let backends: Vec<Arc<BackendFeed>> = match self.backends.read() {
+            Ok(b) => b.clone(),
+            Err(p) => p.into_inner().clone(),
+        };
+        for feed in &backends {
+            if feed.lagging.load(Ordering::Acquire) {
+                continue;
+            }
+            for m in messages {
+                if feed.granted(&m.topic).is_none() {
+                    continue;
+                }
+                if feed.queue.try_send(m.clone()).is_err() {
+                    feed.lagging.store(true, Ordering::Release);
+                    inc(&self.stats.backend_overflows);
+                    break;
+                }
+            }
+        }
+    }
+}

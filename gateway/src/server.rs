@@ -1,0 +1,372 @@
+//! `fleetward serve`: opens the registry, loads the trust store, starts the telemetry pipeline,
+//! the MQTT/TLS listener and the HTTP server, and keeps the trust store current. Everything is
+//! a library call so tests run the real server on port 0.
+
+use crate::config::Config;
+use crate::eventlog::EventSink;
+use crate::ingest::{Ingest, IngestSettings};
+use crate::listener::{self, ListenerSettings};
+use crate::mqtt::codec::DisconnectReason;
+use crate::mqtt::hub::Hub;
+use crate::mqtt::{Ctx, SessionSettings};
+use crate::stats::Stats;
+use crate::tls::client_auth::DeviceCertVerifier;
+use crate::tls::{TlsSettings, server_cert};
+use crate::trust::TrustState;
+use crate::{clock, http};
+use anyhow::{Context, Result};
+use registry::{Keyring, NewCa, Registry, RegistryError};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use verifier::Timestamp;
+use verifier::challenge::DigestMode;
+use verifier::x509::IdentitySource;
+
+/// A running server.
+#[derive(Debug)]
+pub struct Running {
+    pub mqtt_addr: SocketAddr,
+    pub http_addr: SocketAddr,
+    pub data_dir: PathBuf,
+    /// The CA devices must trust to verify the server (PEM file).
+    pub server_ca: Option<PathBuf>,
+    pub registry: Registry,
+    pub stats: Arc<Stats>,
+    pub hub: Arc<Hub>,
+    pub trust: Arc<TrustState>,
+    pub events: EventSink,
+    shutdown: watch::Sender<bool>,
+    ctx: Option<Arc<Ctx>>,
+    listener: JoinHandle<()>,
+    ingest: JoinHandle<()>,
+    event_writer: JoinHandle<()>,
+    background: Vec<JoinHandle<()>>,
+}
+
+/// Opens the registry a configuration names (creating the data directory and a KEK there if
+/// none is configured).
+pub async fn open_registry(config: &Config) -> Result<Registry> {
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let keyring = match &config.kek_file {
+        Some(path) => crate::cli::KekArgs {
+            kek_file: Some(path.clone()),
+            kek: None,
+        }
+        .keyring()?
+        .context("KEK file holds no key")?,
+        None => generated_keyring(&config.data_dir)?,
+    };
+    let url = match &config.database_url {
+        Some(url) => url.clone(),
+        None => Registry::sqlite_url(&config.data_dir),
+    };
+    Registry::open(&url, keyring).await.map_err(|e| match e {
+        RegistryError::Unavailable { .. } => {
+            anyhow::anyhow!(
+                "{e}\nhint: is the database running and the URL right? ({})",
+                redact(&url)
+            )
+        }
+        other => anyhow::Error::new(other).context("cannot open the fleet registry"),
+    })
+}
+
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***{}", &url[..s], &url[at..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// A KEK kept in the data directory (owner-only), generated on first start.
+fn generated_keyring(dir: &Path) -> Result<Keyring> {
+    let path = dir.join("kek");
+    if !path.exists() {
+        let mut key = [0u8; 32];
+        aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("no randomness for a KEK"))?;
+        let line = format!("local-1 {}\n", hex::encode(key));
+        write_private(&path, line.as_bytes())?;
+    }
+    crate::cli::KekArgs {
+        kek_file: Some(path),
+        kek: None,
+    }
+    .keyring()?
+    .context("generated KEK file is empty")
+}
+
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        options.mode(0o600);
+    }
+    let mut f = options
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(contents)?;
+    Ok(())
+}
+
+/// Registers each `--trust-ca` certificate that is not registered yet.
+async fn register_trusted_cas(registry: &Registry, paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read --trust-ca {}", path.display()))?;
+        let certs = verifier::x509::certificates_from_pem_or_der(&bytes)
+            .with_context(|| format!("--trust-ca {} is not a PEM or DER certificate", path.display()))?;
+        for der in certs {
+            let now = Timestamp::from_unix(clock::now_ms() / 1000);
+            verifier::x509::check_ca_certificate(&der, now)
+                .with_context(|| format!("--trust-ca {} cannot be a provisioning CA", path.display()))?;
+            let ca = NewCa {
+                cert_der: &der,
+                identity_source: IdentitySource::CommonName,
+                identity_pattern: None,
+                digest_mode: DigestMode::Direct,
+                auto_activate: true,
+                registered_by: "serve --trust-ca",
+            };
+            match registry.insert_ca(&ca, clock::now_ms()).await {
+                Ok(record) => tracing::info!(ca = %record.subject, id = %record.id, "registered provisioning CA"),
+                Err(RegistryError::Conflict { .. }) => {}
+                Err(e) => return Err(anyhow::Error::new(e).context(format!("cannot register {}", path.display()))),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Starts everything; returns once the listeners are bound.
+pub async fn start(config: Config) -> Result<Running> {
+    if let Err(problems) = config.validate() {
+        anyhow::bail!("invalid configuration:\n  - {}", problems.join("\n  - "));
+    }
+    let registry = open_registry(&config).await?;
+    register_trusted_cas(&registry, &config.trust_ca).await?;
+
+    let stats = Arc::new(Stats::default());
+    let trust = Arc::new(TrustState::default());
+    trust.reload(&registry).await.context("cannot load the trust store")?;
+    let hub = Arc::new(Hub::new(
+        stats.clone(),
+        Duration::from_secs(config.mqtt.clone_window_secs),
+    ));
+    let (events, event_writer) = EventSink::start(registry.clone(), stats.clone());
+    let (ingest, ingest_task) = Ingest::start(
+        registry.clone(),
+        hub.clone(),
+        stats.clone(),
+        IngestSettings {
+            queue: config.telemetry.ingest_queue,
+            max_batch: config.telemetry.batch_size,
+        },
+    );
+
+    // The server's certificate.
+    let (chain, key, server_ca) = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => {
+            let (chain, key) = server_cert::load_pem(cert, key)?;
+            (chain, key, None)
+        }
+        _ => {
+            let paths = server_cert::ServerIdentityPaths::under(&config.data_dir);
+            let names = server_cert::default_names(&config.tls.server_names);
+            let (chain, key) = server_cert::ensure_generated(&paths, &names)?;
+            (chain, key, Some(paths.ca_cert))
+        }
+    };
+    let verifier = Arc::new(DeviceCertVerifier::new(trust.clone(), stats.clone(), events.clone()));
+    let tls = crate::tls::server_config(
+        &TlsSettings {
+            max_fragment_size: config.tls.max_fragment_size,
+            tls12: config.tls.tls12,
+        },
+        verifier.clone(),
+        chain,
+        key,
+    )?;
+
+    let mqtt_listener = tokio::net::TcpListener::bind(&config.mqtt.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for MQTT on {} (in use? try --mqtt-listen)",
+                config.mqtt.listen
+            )
+        })?;
+    let http_listener = tokio::net::TcpListener::bind(&config.http.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for HTTP on {} (in use? try --http-listen)",
+                config.http.listen
+            )
+        })?;
+    let mqtt_addr = mqtt_listener.local_addr()?;
+    let http_addr = http_listener.local_addr()?;
+
+    let ctx = Arc::new(Ctx {
+        registry: registry.clone(),
+        hub: hub.clone(),
+        ingest,
+        events: events.clone(),
+        stats: stats.clone(),
+        trust: trust.clone(),
+        settings: SessionSettings {
+            max_packet: config.mqtt.max_packet_size,
+            max_inflight: config.mqtt.max_inflight,
+            write_timeout: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
+            command_ttl: Duration::from_secs(config.mqtt.command_ttl_secs),
+            clone_policy: config.mqtt.clone_policy,
+            backend_queue: config.mqtt.backend_queue,
+        },
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let listener = tokio::spawn(listener::run(
+        mqtt_listener,
+        tokio_rustls::TlsAcceptor::from(tls),
+        verifier,
+        ctx.clone(),
+        ListenerSettings {
+            handshake_timeout: Duration::from_secs(config.mqtt.handshake_timeout_secs),
+            per_ip_rate: config.mqtt.per_ip_connection_rate,
+            global_rate: config.mqtt.global_connection_rate,
+            max_connections: config.mqtt.max_connections,
+        },
+        shutdown_rx.clone(),
+    ));
+
+    let mut background = Vec::new();
+    // Changes by other processes (CLI, other nodes) reach the trust store within a second.
+    {
+        let (trust, registry, mut stop) = (trust.clone(), registry.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        if let Err(e) = trust.refresh_if_changed(&registry).await {
+                            tracing::warn!(error = %e, "trust store refresh failed; keeping the current one");
+                        }
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
+    // Retention.
+    {
+        let (registry, mut stop) = (registry.clone(), shutdown_rx.clone());
+        let max_age_ms = i64::from(config.telemetry.retention_days) * 86_400_000;
+        let keep = config.telemetry.max_messages_per_device;
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(600));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        let now = clock::now_ms();
+                        match registry.prune_telemetry(max_age_ms, keep, now).await {
+                            Ok(n) if n > 0 => tracing::info!(deleted = n, "telemetry retention"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
+                        }
+                        let _ = registry.prune_commands(7 * 86_400_000, now).await;
+                    }
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
+    background.push(tokio::spawn(http::serve(
+        http_listener,
+        http::AppState {
+            registry: registry.clone(),
+            stats: stats.clone(),
+            hub: hub.clone(),
+        },
+        shutdown_rx,
+    )));
+
+    tracing::info!(%mqtt_addr, %http_addr, data_dir = %config.data_dir.display(), "fleetward serving");
+    Ok(Running {
+        mqtt_addr,
+        http_addr,
+        data_dir: config.data_dir.clone(),
+        server_ca,
+        registry,
+        stats,
+        hub,
+        trust,
+        events,
+        shutdown,
+        ctx: Some(ctx),
+        listener,
+        ingest: ingest_task,
+        event_writer,
+        background,
+    })
+}
+
+impl Running {
+    /// Makes registry changes (a CA registered or revoked, a device revoked) count from the
+    /// next handshake, and ends sessions of devices that may no longer connect.
+    pub async fn registry_changed(&self) -> Result<()> {
+        let snapshot = self.trust.reload(&self.registry).await?;
+        for id in &snapshot.revoked_devices {
+            self.hub.signal_device(
+                id,
+                crate::mqtt::hub::DeviceSignal::Close(DisconnectReason::NotAuthorized),
+            );
+        }
+        Ok(())
+    }
+
+    /// Graceful shutdown: stop accepting, DISCONNECT every session, let the pipeline flush
+    /// what it holds (every acknowledged message is already stored), then close the registry.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        self.hub.close_all(DisconnectReason::ServerShuttingDown);
+        let _ = (&mut self.listener).await;
+        // Sessions hold the pipeline's sender through the context; with all of them gone the
+        // writer drains and stops.
+        drop(self.ctx.take());
+        let _ = tokio::time::timeout(Duration::from_secs(15), &mut self.ingest).await;
+        drop(self.events);
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut self.event_writer).await;
+        for task in self.background {
+            task.abort();
+        }
+        self.registry.close().await;
+    }
+}
+
+/// Waits for SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

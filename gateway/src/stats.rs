@@ -1,0 +1,67 @@
+//! Counters for what the gateway did and refused (exported as metrics by the HTTP server).
+
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+macro_rules! counters {
+    ($($name:ident: $doc:literal,)*) => {
+        /// Monotonic counters, cheap to bump from any task.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $(#[doc = $doc] pub $name: AtomicU64,)*
+        }
+
+        /// A point-in-time copy of [`Stats`].
+        #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+        pub struct StatsSnapshot {
+            $(#[doc = $doc] pub $name: u64,)*
+        }
+
+        impl Stats {
+            pub fn snapshot(&self) -> StatsSnapshot {
+                StatsSnapshot { $($name: self.$name.load(Ordering::Relaxed),)* }
+            }
+
+            /// `(name, help, value)` for every counter (Prometheus exposition).
+            pub fn describe(&self) -> Vec<(&'static str, &'static str, u64)> {
+                vec![$((stringify!($name), $doc, self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    connections_accepted: "TCP connections accepted",
+    connections_rate_limited: "TCP connections refused by the per-IP or global rate limit",
+    handshakes_completed: "TLS handshakes completed",
+    handshakes_failed: "TLS handshakes that failed (bad chain, protocol error)",
+    handshakes_timed_out: "TLS handshakes dropped for taking too long",
+    chains_rejected: "device certificate chains rejected by the verifier",
+    devices_registered: "devices created by just-in-time registration",
+    sessions_opened: "MQTT sessions accepted (CONNACK 0)",
+    sessions_refused: "MQTT CONNECTs refused (CONNACK non-zero)",
+    sessions_taken_over: "MQTT sessions replaced by a newer connection of the same id",
+    clones_suspected: "connections that looked like a cloned device certificate",
+    acl_violations: "publishes or subscriptions outside the device's own topics",
+    protocol_errors: "connections closed for malformed or unexpected MQTT packets",
+    keepalive_timeouts: "sessions closed because the client went silent past 1.5x keep-alive",
+    messages_received: "PUBLISH packets received from devices",
+    messages_stored: "messages committed to the telemetry store",
+    pubacks_sent: "QoS 1 PUBACKs sent to devices (each after its message was stored)",
+    store_failures: "telemetry batch commits that failed (retried; never acknowledged)",
+    backend_delivered: "messages delivered to backend subscribers",
+    backend_overflows: "times a backend subscriber's live queue was full (it then catches up from the store)",
+    commands_queued: "commands accepted from backend applications",
+    commands_delivered: "commands delivered to devices",
+    events_dropped: "events not recorded because the event writer was saturated",
+}
+
+/// Adds one.
+pub fn inc(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Adds `n`.
+pub fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}

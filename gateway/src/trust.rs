@@ -1,0 +1,98 @@
+//! What handshakes are judged against, kept current while the server runs: the registered
+//! provisioning CAs (as a `verifier::x509::TrustStore`) and the set of revoked devices.
+//!
+//! Both are immutable snapshots behind a lock that is held only to clone an `Arc`; a reload
+//! builds new snapshots from the registry and swaps them in, so a CA registered or revoked
+//! through the API takes effect on the very next handshake, without a restart. Changes made by
+//! other processes (the CLI, other gateway nodes) are picked up by polling the registry's
+//! trust generation.
+
+use registry::{DeviceStatus, Registry, RegistryError};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use verifier::x509::TrustStore;
+
+/// One consistent view of the trust configuration.
+#[derive(Debug, Default)]
+pub struct TrustSnapshot {
+    pub store: Arc<TrustStore>,
+    pub revoked_devices: HashSet<String>,
+    /// Per CA id: does just-in-time registration activate new devices (else `pending`)?
+    pub auto_activate: HashMap<String, bool>,
+    /// The registry's trust generation this snapshot was built at.
+    pub generation: i64,
+}
+
+/// The current snapshot, swapped atomically on reload.
+#[derive(Debug, Default)]
+pub struct TrustState {
+    current: RwLock<Arc<TrustSnapshot>>,
+    reloads: tokio::sync::Mutex<()>,
+}
+
+impl TrustState {
+    pub fn snapshot(&self) -> Arc<TrustSnapshot> {
+        match self.current.read() {
+            Ok(g) => g.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Rebuilds the snapshot from the registry (serialized: one reload at a time).
+    pub async fn reload(&self, registry: &Registry) -> Result<Arc<TrustSnapshot>, RegistryError> {
+        let _one_at_a_time = self.reloads.lock().await;
+        let generation = registry.trust_generation().await?;
+        let store = Arc::new(registry.trust_store().await?);
+        let revoked_devices = registry
+            .device_ids_with_status(DeviceStatus::Revoked)
+            .await?
+            .into_iter()
+            .collect();
+        let auto_activate = registry
+            .cas()
+            .await?
+            .into_iter()
+            .map(|c| (c.id, c.auto_activate))
+            .collect();
+        let snapshot = Arc::new(TrustSnapshot {
+            store,
+            revoked_devices,
+            auto_activate,
+            generation,
+        });
+        match self.current.write() {
+            Ok(mut g) => *g = snapshot.clone(),
+            Err(poisoned) => *poisoned.into_inner() = snapshot.clone(),
+        }
+        tracing::debug!(generation, cas = snapshot.store.cas().len(), "trust store reloaded");
+        Ok(snapshot)
+    }
+
+    /// Reloads if the registry changed since the current snapshot.
+    pub async fn refresh_if_changed(&self, registry: &Registry) -> Result<bool, RegistryError> {
+        let generation = registry.trust_generation().await?;
+        if generation != self.snapshot().generation {
+            self.reload(registry).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Marks a device revoked in the current snapshot at once (the registry write already
+    /// happened; the next reload agrees).
+    pub fn note_revoked(&self, device_id: &str) {
+        let mut guard = match self.current.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let old = guard.clone();
+        let mut revoked = old.revoked_devices.clone();
+        revoked.insert(device_id.to_owned());
+        *guard = Arc::new(TrustSnapshot {
+            store: old.store.clone(),
+            revoked_devices: revoked,
+            auto_activate: old.auto_activate.clone(),
+            generation: old.generation,
+        });
+    }
+}

@@ -1,0 +1,148 @@
+//! A provisioning PKI as a chip maker's personalization line makes it: an STSAFE-style root
+//! (P-256; v3, only a critical basicConstraints) and device certificates in the STSAFE-A
+//! profile (v3, no extensions, serial = die serial, `CN=<profile>-<serial hex>`). The private
+//! keys stand in for the secure element's.
+
+use rcgen::{CertificateParams, CustomExtension, DistinguishedName, DnType, IsCa, Issuer, KeyPair, SerialNumber};
+use time::OffsetDateTime;
+
+/// DER of basicConstraints `SEQUENCE { BOOLEAN TRUE }`.
+const BASIC_CONSTRAINTS_CA_TRUE: [u8; 5] = [0x30, 0x03, 0x01, 0x01, 0xff];
+
+/// Errors making certificates.
+#[derive(Debug, thiserror::Error)]
+#[error("certificate generation failed: {0}")]
+pub struct PkiError(#[from] rcgen::Error);
+
+/// A provisioning CA and its key.
+pub struct ProvisioningCa {
+    pub der: Vec<u8>,
+    key: KeyPair,
+    params: CertificateParams,
+}
+
+impl std::fmt::Debug for ProvisioningCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProvisioningCa").finish_non_exhaustive()
+    }
+}
+
+/// A device's certificate and (simulated) secure-element key.
+#[derive(Clone)]
+pub struct DeviceIdentity {
+    /// The device id fleetward derives (the certificate's CN).
+    pub id: String,
+    pub cert_der: Vec<u8>,
+    /// PKCS#8 DER of the private key.
+    pub key_der: Vec<u8>,
+}
+
+impl std::fmt::Debug for DeviceIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceIdentity")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn dn(pairs: &[(DnType, &str)]) -> DistinguishedName {
+    let mut dn = DistinguishedName::new();
+    for (t, v) in pairs {
+        dn.push(t.clone(), *v);
+    }
+    dn
+}
+
+impl ProvisioningCa {
+    /// A new root named `cn`, valid from a year ago for 30 years.
+    pub fn generate(cn: &str, now: OffsetDateTime) -> Result<Self, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[(DnType::OrganizationName, "fleetward demo"), (DnType::CommonName, cn)]);
+        params.not_before = now - time::Duration::days(365);
+        params.not_after = now + time::Duration::days(365 * 30);
+        params.serial_number = Some(SerialNumber::from_slice(&[0x01]));
+        // Like ST's root: no key identifiers, only a critical basicConstraints CA:TRUE.
+        params.is_ca = IsCa::NoCa;
+        let mut bc = CustomExtension::from_oid_content(&[2, 5, 29, 19], BASIC_CONSTRAINTS_CA_TRUE.to_vec());
+        bc.set_criticality(true);
+        params.custom_extensions.push(bc);
+        let der = params.self_signed(&key)?.der().to_vec();
+        Ok(ProvisioningCa { der, key, params })
+    }
+
+    pub fn pem(&self) -> String {
+        pem("CERTIFICATE", &self.der)
+    }
+
+    /// A device certificate in the STSAFE-A profile, valid `not_before..not_after`.
+    pub fn issue(
+        &self,
+        profile: &str,
+        die_serial: &[u8],
+        not_before: OffsetDateTime,
+        not_after: OffsetDateTime,
+    ) -> Result<DeviceIdentity, PkiError> {
+        let id = format!("{profile}-{}", hex_upper(die_serial));
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[
+            (DnType::CountryName, "FR"),
+            (DnType::OrganizationName, "STMicroelectronics"),
+            (DnType::CommonName, &id),
+        ]);
+        params.not_before = not_before;
+        params.not_after = not_after;
+        let mut serial = die_serial.to_vec();
+        if serial.first().is_some_and(|b| b & 0x80 != 0) {
+            serial.insert(0, 0);
+        }
+        params.serial_number = Some(SerialNumber::from_slice(&serial));
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let der = params.signed_by(&key, &issuer)?.der().to_vec();
+        Ok(DeviceIdentity {
+            id,
+            cert_der: der,
+            key_der: key.serialize_der(),
+        })
+    }
+}
+
+impl DeviceIdentity {
+    pub fn cert_pem(&self) -> String {
+        pem("CERTIFICATE", &self.cert_der)
+    }
+
+    pub fn key_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.key_der)
+    }
+}
+
+fn hex_upper(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02X}")).collect()
+}
+
+/// PEM-encodes DER.
+pub fn pem(label: &str, der: &[u8]) -> String {
+    const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len().div_ceil(3) * 4);
+    for chunk in der.chunks(3) {
+        let n = (u32::from(chunk[0]) << 16)
+            | (u32::from(*chunk.get(1).unwrap_or(&0)) << 8)
+            | u32::from(*chunk.get(2).unwrap_or(&0));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                b64.push(char::from(B64[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                b64.push('=');
+            }
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
+}
