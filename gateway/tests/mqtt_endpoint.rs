@@ -2,7 +2,7 @@
 //! what STM32 + mbedTLS speak, and TLS 1.3): just-in-time registration, run-time trust
 //! changes, every bad actor refused with the right code and event, durable QoS 1, backend
 //! subscribers and commands, and a slow-loris handshake flood.
-#![allow(clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
 

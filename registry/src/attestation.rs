@@ -49,6 +49,7 @@ pub struct AttestationResult<'a> {
 impl Registry {
     /// Stores an issued challenge (`verifier::challenge::Challenge::issue`).
     pub async fn store_challenge(&self, c: &Challenge) -> Result<()> {
+        let _turn = self.write_turn().await;
         sqlx::query(
             "INSERT INTO attestation_challenges (nonce, device_id, issued_at, expires_at) VALUES ($1, $2, $3, $4)",
         )
@@ -63,6 +64,7 @@ impl Registry {
 
     /// Marks a nonce used, atomically: of any number of concurrent answers, one is `Redeemed`.
     pub async fn redeem_challenge(&self, device_id: &str, nonce: &Nonce, now_ms: i64) -> Result<RedeemOutcome> {
+        let _turn = self.write_turn().await;
         let hex = nonce.to_hex();
         let n = sqlx::query(
             "UPDATE attestation_challenges SET used_at = $3 \
@@ -132,6 +134,7 @@ impl Registry {
         by: &str,
         now_ms: i64,
     ) -> Result<FirmwareReference> {
+        let _turn = self.write_turn().await;
         let is_hex = |s: &str| !s.is_empty() && s.len().is_multiple_of(2) && s.bytes().all(|b| b.is_ascii_hexdigit());
         if !is_hex(digest_hex) || signer_id_hex.is_some_and(|s| !is_hex(s)) {
             return Err(RegistryError::Invalid {

@@ -29,6 +29,7 @@ impl Registry {
         ttl_ms: i64,
         now_ms: i64,
     ) -> Result<i64> {
+        let _turn = self.write_turn().await;
         let id: i64 = sqlx::query_scalar(
             "INSERT INTO pending_commands (device_id, topic, payload, qos, created_at, expires_at) \
              VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
@@ -72,6 +73,7 @@ impl Registry {
 
     /// Marks a command delivered (QoS 1: after the device's PUBACK). `false` if it was already.
     pub async fn mark_command_delivered(&self, id: i64, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let n = sqlx::query("UPDATE pending_commands SET delivered_at = $2 WHERE id = $1 AND delivered_at IS NULL")
             .bind(id)
             .bind(now_ms)
@@ -83,6 +85,7 @@ impl Registry {
 
     /// Deletes expired and delivered commands older than `keep_ms`; returns how many.
     pub async fn prune_commands(&self, keep_ms: i64, now_ms: i64) -> Result<u64> {
+        let _turn = self.write_turn().await;
         Ok(
             sqlx::query("DELETE FROM pending_commands WHERE expires_at <= $1 OR delivered_at < $2")
                 .bind(now_ms)

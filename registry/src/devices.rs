@@ -369,6 +369,7 @@ impl Registry {
 
     /// Records the firmware a device reports (version, image digest hex).
     pub async fn set_firmware(&self, id: &str, version: &str, digest_hex: &str) -> Result<()> {
+        let _turn = self.write_turn().await;
         let n = sqlx::query("UPDATE devices SET firmware_version = $2, firmware_digest = $3 WHERE id = $1")
             .bind(id)
             .bind(version)
@@ -384,6 +385,7 @@ impl Registry {
 
     /// Sets (or with `None`, removes) a device label.
     pub async fn set_label(&self, id: &str, key: &str, value: Option<&str>) -> Result<()> {
+        let _turn = self.write_turn().await;
         self.device(id).await?;
         match value {
             Some(v) => {

@@ -2,7 +2,7 @@
 
 use crate::{Registry, Result};
 use serde::Serialize;
-use sqlx::{Any, Row, Transaction};
+use sqlx::Row;
 
 /// An event to record.
 #[derive(Clone, Debug, Default)]
@@ -71,7 +71,7 @@ pub struct EventFilter {
     pub after_id: Option<i64>,
 }
 
-pub(crate) async fn insert(tx: &mut Transaction<'static, Any>, e: &NewEvent, now_ms: i64) -> Result<()> {
+pub(crate) async fn insert(tx: &mut sqlx::AnyConnection, e: &NewEvent, now_ms: i64) -> Result<()> {
     sqlx::query(
         "INSERT INTO events (at, kind, actor, device_id, ca_id, reason, detail) VALUES ($1, $2, $3, $4, $5, $6, $7)",
     )
@@ -82,7 +82,7 @@ pub(crate) async fn insert(tx: &mut Transaction<'static, Any>, e: &NewEvent, now
     .bind(e.ca_id.as_deref())
     .bind(e.reason.as_deref())
     .bind(e.detail.as_ref().map(|d| d.to_string()))
-    .execute(&mut **tx)
+    .execute(&mut *tx)
     .await?;
     Ok(())
 }

@@ -65,6 +65,7 @@ fn hex_id(what: &'static str, id: &str, bytes: usize) -> Result<String> {
 impl Registry {
     /// Provisions a LoRaWAN device's root keys (sealed). `Conflict` if the DevEUI exists.
     pub async fn insert_lorawan_device(&self, d: &NewLorawanDevice<'_>, now_ms: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         let dev_eui = hex_id("DevEUI", d.dev_eui, 8)?;
         let join_eui = hex_id("JoinEUI", d.join_eui, 8)?;
         let keys = self.keys()?;
@@ -118,6 +119,7 @@ impl Registry {
 
     /// Records a DevNonce; `false` if this device already used it (a replayed join).
     pub async fn record_dev_nonce(&self, dev_eui: &str, dev_nonce: u16, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
         let n = sqlx::query(
             "INSERT INTO lorawan_dev_nonces (dev_eui, dev_nonce, used_at) VALUES ($1, $2, $3) \
@@ -141,6 +143,7 @@ impl Registry {
         session_keys: &[u8],
         now_ms: i64,
     ) -> Result<()> {
+        let _turn = self.write_turn().await;
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
         let dev_addr = hex_id("DevAddr", dev_addr, 4)?;
         let sealed = self
@@ -206,6 +209,7 @@ impl Registry {
     /// Takes the next downlink frame counter (`network`: NFCntDown, else AFCntDown) atomically:
     /// concurrent callers get distinct values, so no downlink counter is ever used twice.
     pub async fn next_lorawan_f_cnt_down(&self, dev_eui: &str, network: bool, now_ms: i64) -> Result<i64> {
+        let _turn = self.write_turn().await;
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
         let column = if network { "n_f_cnt_down" } else { "a_f_cnt_down" };
         // Returns the value before the increment: the counter to use for this frame.
@@ -221,6 +225,7 @@ impl Registry {
 
     /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.
     pub async fn insert_sigfox_device(&self, device_id: &str, nak: &[u8; 16], now_ms: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         let id = hex_id("Sigfox device id", device_id, 4)?;
         let sealed = self.keys()?.seal(&Keyring::aad("sigfox_devices", &id, "nak"), nak)?;
         let n = sqlx::query(
@@ -260,6 +265,7 @@ impl Registry {
 
     /// Advances a Sigfox device's sequence number by compare-and-swap (see the module docs).
     pub async fn cas_sigfox_seq(&self, device_id: &str, expected: Option<i64>, new: i64, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let id = hex_id("Sigfox device id", device_id, 4)?;
         self.cas_counter("sigfox_devices", "device_id", &id, "last_seq", expected, new, now_ms)
             .await
@@ -296,6 +302,7 @@ impl Registry {
     /// keyring). Each row is swapped only if it still holds the blob read. Returns how many
     /// secrets were re-sealed.
     pub async fn rotate_keys(&self) -> Result<u64> {
+        let _turn = self.write_turn().await;
         let keys = self.keys()?;
         let mut resealed = 0;
         for (table, id_col, col) in SEALED_COLUMNS {

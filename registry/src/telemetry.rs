@@ -145,7 +145,7 @@ impl Registry {
             return Ok(Vec::new());
         }
         let mut ids = Vec::with_capacity(batch.len());
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_bulk_write().await?;
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
             let mut q = SqlBuilder::new(
                 self.backend(),

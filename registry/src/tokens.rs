@@ -81,6 +81,7 @@ fn random_hex(bytes: usize) -> Result<String> {
 impl Registry {
     /// Creates a token; the returned secret is the only copy.
     pub async fn create_token(&self, role: Role, description: Option<&str>, by: &str, now_ms: i64) -> Result<NewToken> {
+        let _turn = self.write_turn().await;
         let id = random_hex(8)?;
         let secret = Zeroizing::new(format!("fw_{id}_{}", random_hex(32)?));
         sqlx::query(
@@ -108,6 +109,7 @@ impl Registry {
 
     /// Checks a presented token; `None` if unknown, wrong or revoked. Records its last use.
     pub async fn authenticate_token(&self, presented: &str, now_ms: i64) -> Result<Option<TokenInfo>> {
+        let _turn = self.write_turn().await;
         let Some(id) = presented
             .strip_prefix("fw_")
             .and_then(|rest| rest.split_once('_'))
@@ -154,6 +156,7 @@ impl Registry {
 
     /// Revokes a token by id; `NotFound` if there is none.
     pub async fn revoke_token(&self, id: &str, now_ms: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
         let n = sqlx::query("UPDATE api_tokens SET revoked_at = $2 WHERE id = $1 AND revoked_at IS NULL")
             .bind(id)
             .bind(now_ms)

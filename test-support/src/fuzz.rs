@@ -188,3 +188,60 @@ pub fn registration(data: &[u8]) {
 pub fn genuine_answer() -> Vec<u8> {
     WORLD.device.answer_direct(&WORLD.challenge)
 }
+
+/// A valid MQTT 3.1.1 CONNECT (client id `d1`, clean session, keep-alive 30 s).
+const CONNECT_V4: &[u8] = &[
+    0x10, 0x0E, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x1E, 0x00, 0x02, b'd', b'1',
+];
+/// A valid MQTT 5 CONNECT (client id `d1`, clean start, no properties).
+const CONNECT_V5: &[u8] = &[
+    0x10, 0x0F, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x05, 0x02, 0x00, 0x1E, 0x00, 0x00, 0x02, b'd', b'1',
+];
+
+/// The MQTT decoder on hostile bytes: the CONNECT path raw (first byte 0), or after a valid
+/// v3.1.1 / v5 CONNECT so the fuzzer reaches every later packet; fed in pieces of varying size
+/// to exercise "need more bytes". Whatever decodes is re-encoded where the server would answer.
+pub fn mqtt(data: &[u8]) {
+    use mqtt_codec::{Decoder, Encoder, Incoming, Qos};
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut stream = match mode % 3 {
+        0 => Vec::new(),
+        1 => CONNECT_V4.to_vec(),
+        _ => CONNECT_V5.to_vec(),
+    };
+    stream.extend_from_slice(rest);
+    let step = usize::from(mode / 3).max(1);
+    let mut decoder = Decoder::new(4096);
+    let mut buf = bytes::BytesMut::new();
+    for chunk in stream.chunks(step) {
+        buf.extend_from_slice(chunk);
+        loop {
+            match decoder.decode(&mut buf) {
+                Ok(Some(packet)) => {
+                    let Some(version) = decoder.version() else { continue };
+                    let enc = Encoder { version };
+                    let mut out = bytes::BytesMut::new();
+                    match packet {
+                        Incoming::Publish(p) => {
+                            enc.puback(p.pkid, &mut out);
+                            enc.publish(&p.topic, &p.payload, Qos::AtLeastOnce, p.pkid.max(1), p.dup, &mut out);
+                        }
+                        Incoming::Subscribe { pkid, filters } => {
+                            let granted: Vec<_> = filters
+                                .iter()
+                                .map(|f| (f.qos == 0).then_some(Qos::AtMostOnce))
+                                .collect();
+                            enc.suback(pkid, &granted, &mut out);
+                        }
+                        Incoming::Unsubscribe { pkid, filters } => enc.unsuback(pkid, filters.len(), &mut out),
+                        _ => enc.pingresp(&mut out),
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+}

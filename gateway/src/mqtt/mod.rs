@@ -3,11 +3,12 @@
 //! messages and publish commands. Framing is rumqttd's codec ([`codec`]); sessions are ours.
 
 pub mod backend;
-pub mod codec;
 pub mod conn;
 pub mod device;
 pub mod hub;
 pub mod topic;
+
+pub use mqtt_codec as codec;
 
 use crate::eventlog::EventSink;
 use crate::ingest::Ingest;

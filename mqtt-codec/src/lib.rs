@@ -1,9 +1,10 @@
-//! MQTT framing over rumqttd's codec (`rumqttd::protocol`, v4 = 3.1.1 and v5), adapted to the
+//! # mqtt-codec — MQTT framing over rumqttd's codec (`rumqttd::protocol`, v4 = 3.1.1 and v5), adapted to the
 //! few packets a star-shaped session layer needs, with every field we rely on validated here.
 //!
 //! rumqttd keeps a publish's QoS, packet id and dup flag crate-private, and several of its
 //! writers reach `unreachable!()` for codes of the other protocol version; this module is the
 //! one place that knows, so sessions never touch rumqttd types directly.
+#![forbid(unsafe_code)]
 
 use bytes::{Bytes, BytesMut};
 use rumqttd::protocol::{self as p, Protocol};
@@ -167,7 +168,7 @@ pub struct Decoder {
 fn frame_header(buf: &[u8]) -> Option<(u8, usize)> {
     let byte1 = *buf.first()?;
     let mut len_len = 0;
-    for b in buf.get(1..5)?.iter().take(4) {
+    for b in buf.get(1..)?.iter().take(4) {
         len_len += 1;
         if b & 0x80 == 0 {
             return Some((byte1, 1 + len_len));
@@ -194,20 +195,9 @@ impl Decoder {
         if buf.is_empty() {
             return Ok(None);
         }
-        let version = match self.version {
-            Some(v) => v,
-            None => {
-                if buf[0] >> 4 != 1 {
-                    return Err(CodecError::ExpectedConnect);
-                }
-                match self.peek_connect_level(buf)? {
-                    None => return Ok(None),
-                    Some(4) => Version::V311,
-                    Some(5) => Version::V5,
-                    Some(other) => return Err(CodecError::UnsupportedVersion(other)),
-                }
-            }
-        };
+        if self.version.is_none() && buf[0] >> 4 != 1 {
+            return Err(CodecError::ExpectedConnect);
+        }
         // What rumqttd keeps private: QoS bits, dup, and the packet id (right after the topic).
         let mut publish_meta = None;
         let header = match rumqttd::protocol::v4::check(buf.iter(), self.max_packet) {
@@ -221,6 +211,26 @@ impl Decoder {
             }
             Err(e) => return Err(CodecError::Malformed(e.to_string())),
         };
+        let version = match self.version {
+            Some(v) => v,
+            None => match self.peek_connect_level(buf)? {
+                None => return Ok(None),
+                Some(4) => Version::V311,
+                Some(5) => Version::V5,
+                Some(other) => return Err(CodecError::UnsupportedVersion(other)),
+            },
+        };
+        // Only packets a client may send reach rumqttd: its v5 reader hits `unreachable!()`
+        // on CONNACK and UNSUBACK (found by the `mqtt` fuzz target).
+        match header.byte1 >> 4 {
+            1 | 3..=8 | 10 | 12 | 14 => {}
+            2 => return Err(CodecError::Unexpected("CONNACK")),
+            9 => return Err(CodecError::Unexpected("SUBACK")),
+            11 => return Err(CodecError::Unexpected("UNSUBACK")),
+            13 => return Err(CodecError::Unexpected("PINGRESP")),
+            15 => return Err(CodecError::Unexpected("AUTH")),
+            _ => return Err(CodecError::Malformed("reserved packet type 0".into())),
+        }
         if header.byte1 >> 4 == 3 {
             let qos = (header.byte1 >> 1) & 0b11;
             let dup = header.byte1 & 0b1000 != 0;
