@@ -128,7 +128,7 @@ impl Default for TelemetryConfig {
             retention_days: 30,
             max_messages_per_device: 100_000,
             ingest_queue: 8192,
-            batch_size: 1000,
+            batch_size: 500,
         }
     }
 }
@@ -194,7 +194,7 @@ max_messages_per_device = 100000
 # Messages waiting for the store (a full queue slows devices down; memory stays bounded).
 ingest_queue = 8192
 # Most messages per commit.
-batch_size = 1000
+batch_size = 500
 "#;
 
 impl Config {

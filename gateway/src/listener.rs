@@ -265,3 +265,25 @@ async fn handle(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    #[allow(clippy::disallowed_methods)]
+    fn rate_limits_refuse_bursts_per_ip_and_overall_and_refill() {
+        let t0 = Instant::now();
+        let limiter = RateLimiter::new(5.0, 8.0, t0);
+        let a: IpAddr = "127.0.0.1".parse().unwrap_or(IpAddr::from([127, 0, 0, 1]));
+        let b: IpAddr = "127.0.0.2".parse().unwrap_or(IpAddr::from([127, 0, 0, 2]));
+        assert_eq!((0..10).filter(|_| limiter.allow(a, t0)).count(), 5, "per-IP burst");
+        assert_eq!(
+            (0..10).filter(|_| limiter.allow(b, t0)).count(),
+            3,
+            "global budget left"
+        );
+        let later = t0 + Duration::from_secs(1);
+        assert!(limiter.allow(a, later), "refilled after a second");
+    }
+}

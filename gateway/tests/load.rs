@@ -9,7 +9,12 @@
 //! build (`.ci/run`: `cargo test --profile loadtest -p gateway --test load -- --ignored`).
 //! Bounded in time and count; loopback only. Figures are printed (`--nocapture`) and recorded
 //! in docs/BENCHMARKS.md.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr, clippy::disallowed_methods)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
 
 mod common;
 

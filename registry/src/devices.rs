@@ -539,3 +539,22 @@ impl Registry {
         .await?)
     }
 }
+
+impl Registry {
+    /// Moves devices' `last_seen` forward (never back), in one transaction: the gateway reports
+    /// traffic here every few seconds rather than per message.
+    pub async fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<()> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.begin_bulk_write().await?;
+        for (id, at) in seen {
+            sqlx::query("UPDATE devices SET last_seen = $2 WHERE id = $1 AND last_seen < $2")
+                .bind(id)
+                .bind(*at)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await
+    }
+}

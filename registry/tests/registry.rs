@@ -32,6 +32,7 @@ both!(
     challenges_are_single_use,
     firmware_references,
     api_tokens,
+    gateway_helpers,
 );
 
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
@@ -1027,4 +1028,68 @@ async fn postgres_dropping_every_connection_is_survived() {
         }
     }
     assert!(recovered, "the registry reconnects by itself");
+}
+
+/// What the gateway reads and writes on hot paths: stored ids in commit order, catch-up reads,
+/// the trust generation, revoked ids, last-seen times.
+async fn gateway_helpers(db: &TestDb) {
+    let r = &db.registry;
+    assert_eq!(r.telemetry_head().await.unwrap(), 0);
+    let msg = |d: &str, n: u8| TelemetryMessage {
+        device_id: d.into(),
+        topic: format!("devices/{d}/telemetry"),
+        payload: vec![n],
+        qos: 1,
+        source: Source::Mqtt,
+        received_at_ms: NOW + i64::from(n),
+    };
+    let batch: Vec<_> = (0..5).map(|n| msg(if n % 2 == 0 { "a" } else { "b" }, n)).collect();
+    let ids = r.store_telemetry_returning_ids(&batch).await.unwrap();
+    assert_eq!(ids.len(), 5);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids in batch order: {ids:?}");
+    assert_eq!(r.telemetry_head().await.unwrap(), ids[4]);
+    let after = r.telemetry_after(ids[1], 2).await.unwrap();
+    assert_eq!(
+        after.iter().map(|m| (m.id, m.payload[0])).collect::<Vec<_>>(),
+        [(ids[2], 2), (ids[3], 3)]
+    );
+
+    let g0 = r.trust_generation().await.unwrap();
+    let ca = TestCa::stsafe_root("Gen CA");
+    let record = r.insert_ca(&new_ca(&ca, true), NOW).await.unwrap();
+    let g1 = r.trust_generation().await.unwrap();
+    assert!(g1 > g0);
+    let dev = ca.issue_stsafe_device("eval3", &[0x01]);
+    let reg = connect(r, &dev.der, NOW).await;
+    assert_eq!(
+        r.trust_generation().await.unwrap(),
+        g1,
+        "a registration is not a trust change"
+    );
+    r.set_device_status(&reg.device.id, DeviceStatus::Revoked, "test", "lost", NOW + 1)
+        .await
+        .unwrap();
+    assert!(r.trust_generation().await.unwrap() > g1);
+    assert_eq!(
+        r.device_ids_with_status(DeviceStatus::Revoked).await.unwrap(),
+        vec![reg.device.id.clone()]
+    );
+    assert!(
+        r.device_ids_with_status(DeviceStatus::Pending)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    r.touch_last_seen(&[(reg.device.id.clone(), NOW + 50_000), ("nobody".into(), NOW)])
+        .await
+        .unwrap();
+    assert_eq!(r.device(&reg.device.id).await.unwrap().last_seen_ms, NOW + 50_000);
+    r.touch_last_seen(&[(reg.device.id.clone(), NOW + 10)]).await.unwrap();
+    assert_eq!(
+        r.device(&reg.device.id).await.unwrap().last_seen_ms,
+        NOW + 50_000,
+        "never moves back"
+    );
+    let _ = record;
 }

@@ -92,12 +92,17 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             );
         }
     };
+    // The session keeps only what it uses: a long-lived idle session should not hold the
+    // certificate, the verdict or the trust snapshot.
+    let cert_sha256 = device.certificate.sha256.clone();
+    let status = registration.device.status;
     if registration.created {
         inc(&ctx.stats.devices_registered);
-        tracing::info!(device = %id, status = registration.device.status.as_str(), "device registered just in time");
+        tracing::info!(device = %id, status = status.as_str(), "device registered just in time");
     }
+    drop((snapshot, device, tls, registration));
 
-    let mut scope = match registration.device.status {
+    let mut scope = match status {
         DeviceStatus::Active => DeviceScope::Full,
         DeviceStatus::Quarantined => DeviceScope::AttestationOnly,
         DeviceStatus::Pending => refuse!(
@@ -162,7 +167,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 .reason(format!("certificate {detail}"))
                 .detail(serde_json::json!({
                     "first_peer": other, "second_peer": peer.to_string(),
-                    "cert_sha256": device.certificate.sha256, "policy": action,
+                    "cert_sha256": cert_sha256, "policy": action,
                 })),
         );
         match ctx.settings.clone_policy {
@@ -188,7 +193,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let handle = DeviceHandle {
         conn_id,
         peer,
-        cert_sha256: device.certificate.sha256.clone(),
+        cert_sha256,
         since: now,
         signal: signal_tx,
     };

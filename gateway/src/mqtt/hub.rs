@@ -86,6 +86,9 @@ pub struct Hub {
     backend_sessions: Mutex<HashMap<String, BackendState>>,
     next_conn: AtomicU64,
     clone_window: Duration,
+    /// Every stored message, for in-process consumers (dashboards). Lossy by design: a lagging
+    /// receiver skips ahead; backend applications get the lossless path above.
+    live: tokio::sync::broadcast::Sender<Arc<StoredMessage>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -106,6 +109,7 @@ impl Hub {
             backend_sessions: Mutex::default(),
             next_conn: AtomicU64::new(1),
             clone_window,
+            live: tokio::sync::broadcast::channel(1024).0,
         }
     }
 
@@ -255,7 +259,17 @@ impl Hub {
 
     /// Hands stored messages to every backend subscriber whose filters match. Never waits: a
     /// full queue marks the subscriber lagging, and it re-reads what it missed from the store.
+    /// Stored messages as they are committed (in-process consumers; may skip when lagging).
+    pub fn subscribe_stored(&self) -> tokio::sync::broadcast::Receiver<Arc<StoredMessage>> {
+        self.live.subscribe()
+    }
+
     pub fn fan_out(&self, messages: &[Arc<StoredMessage>]) {
+        if self.live.receiver_count() > 0 {
+            for m in messages {
+                let _ = self.live.send(m.clone());
+            }
+        }
         let backends: Vec<Arc<BackendFeed>> = match self.backends.read() {
             Ok(b) => b.clone(),
             Err(p) => p.into_inner().clone(),

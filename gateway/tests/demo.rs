@@ -1,0 +1,42 @@
+//! README's first command, `fleetward demo`, as a newcomer runs it: the real binary, a fresh
+//! data directory, exit status 0 and a summary in which every good device got in and every bad
+//! actor was stopped or flagged.
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+#[test]
+fn readme_first_command_is_the_demo_and_it_works() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let first = readme
+        .split("```sh\n")
+        .nth(1)
+        .and_then(|block| block.lines().next())
+        .unwrap();
+    assert_eq!(first, "cargo run -q --bin fleetward -- demo");
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fleetward"))
+        .args(["demo", "--data-dir"])
+        .arg(dir.path().join("demo"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for line in [
+        "counterfeit                  STOPPED",
+        "expired                      STOPPED",
+        "impostor                     STOPPED",
+        "trespasser                   STOPPED",
+        "clone                        FLAGGED",
+        "all as expected.",
+    ] {
+        assert!(text.contains(line), "missing `{line}` in:\n{text}");
+    }
+    assert_eq!(text.matches(" IN ").count(), 6, "{text}");
+    assert!(dir.path().join("demo/tls/server-ca.pem").exists());
+}
