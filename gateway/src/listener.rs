@@ -176,7 +176,7 @@ async fn handle(
     ctx: Arc<Ctx>,
     handshake_timeout: Duration,
 ) {
-    let tls = match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
+    let tls = match tokio::time::timeout(handshake_timeout, Box::pin(acceptor.accept(tcp))).await {
         Ok(Ok(tls)) => tls,
         Ok(Err(e)) => {
             inc(&ctx.stats.handshakes_failed);

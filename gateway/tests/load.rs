@@ -406,3 +406,117 @@ async fn ten_thousand_connect_disconnect_cycles_leave_rss_near_its_start() {
         CYCLES - WARMUP
     );
 }
+
+/// Memory per idle mutual-TLS device, fleetward next to Mosquitto (the same 1,000 devices,
+/// certificates and client, Mosquitto with `require_certificate`). Devices are registered by a
+/// first server process; a second, fresh one is measured, so the figure is per session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "load test of the optimized build: cargo test --profile loadtest -p gateway --test load -- --ignored"]
+async fn idle_memory_per_device_next_to_mosquitto() {
+    const DEVICES: u32 = 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::stsafe_root("STM STSAFE-A TEST CA 01");
+    let first = spawn(dir.path(), &ca);
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|i| ca.issue_stsafe_device("idle", &i.to_be_bytes()))
+        .collect();
+
+    async fn connect_all(
+        addr: SocketAddr,
+        tls: impl Fn(&fleetward_test_support::TestDevice) -> ClientTls,
+        devices: &[fleetward_test_support::TestDevice],
+    ) -> Vec<Client> {
+        let mut clients = Vec::new();
+        for chunk in devices.chunks(50) {
+            let mut set = tokio::task::JoinSet::new();
+            for d in chunk {
+                let (t, id) = (tls(d), id_of(d));
+                set.spawn(async move {
+                    let mut c = Client::connect(addr, &t).await.unwrap();
+                    assert_eq!(c.mqtt_connect(&options(&id)).await.unwrap().1, 0);
+                    c
+                });
+            }
+            clients.extend(set.join_all().await);
+        }
+        clients
+    }
+    let tls = |d: &fleetward_test_support::TestDevice| first.tls(d, TlsProfile::Stm32Tls12);
+    for c in connect_all(first.mqtt, tls, &devices).await {
+        c.disconnect().await.unwrap();
+    }
+    // A fresh process on the same data: what it gains per connected device is per session
+    // (memory a process freed is not given back to the OS, so re-connecting would hide it).
+    drop(first);
+    let server = spawn(dir.path(), &ca);
+    let tls = |d: &fleetward_test_support::TestDevice| server.tls(d, TlsProfile::Stm32Tls12);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = server.rss_kib();
+    let clients = connect_all(server.mqtt, tls, &devices).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let after = server.rss_kib();
+    let ours = (after.saturating_sub(before)) as f64 / f64::from(DEVICES);
+    drop(clients);
+
+    // Mosquitto with client certificates, on the same server identity and device CA.
+    let Ok(_) = Command::new("mosquitto").arg("-h").output() else {
+        eprintln!("idle memory: fleetward {ours:.1} KiB/device (mosquitto not installed: no peer figure)");
+        assert!(
+            ours <= 24.0,
+            "fleetward holds {ours:.1} KiB per idle mTLS device (target 20, bound 24)"
+        );
+        return;
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let data = dir.path().join("data/tls");
+    let conf = dir.path().join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "user root\nlistener {port} 127.0.0.1\nallow_anonymous true\nrequire_certificate true\nuse_identity_as_username true\n\
+             cafile {}\ncertfile {}\nkeyfile {}\nmax_connections -1\npersistence false\nlog_dest none\n",
+            dir.path().join("ca.pem").display(),
+            data.join("server.pem").display(),
+            data.join("server.key").display(),
+        ),
+    )
+    .unwrap();
+    let mut mosquitto = Command::new("mosquitto").arg("-c").arg(&conf).spawn().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    for _ in 0..50 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let rss = |pid: u32| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    };
+    let m_before = rss(mosquitto.id());
+    let clients = connect_all(addr, tls, &devices).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let m_after = rss(mosquitto.id());
+    drop(clients);
+    let _ = mosquitto.kill();
+    let _ = mosquitto.wait();
+    let theirs = (m_after.saturating_sub(m_before)) as f64 / f64::from(DEVICES);
+    eprintln!(
+        "idle memory per mTLS device ({DEVICES} devices, TLS 1.2 ECDHE-ECDSA-AES128-GCM-SHA256): \
+         fleetward {ours:.1} KiB (RSS {before} → {after} KiB), mosquitto {theirs:.1} KiB (RSS {m_before} → {m_after} KiB)"
+    );
+    // The issue's target is 20 KiB; measured 22.7 (rustls alone keeps a 4 KiB record buffer
+    // per connection; see docs/BENCHMARKS.md). This bound catches regressions meanwhile.
+    assert!(
+        ours <= 24.0,
+        "fleetward holds {ours:.1} KiB per idle mTLS device (target 20, bound 24)"
+    );
+}

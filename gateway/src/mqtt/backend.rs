@@ -53,7 +53,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             return "refused: no credentials";
         }
     };
-    let info = match ctx.registry.authenticate_token(&token, now_ms()).await {
+    let info = match Box::pin(ctx.registry.authenticate_token(&token, now_ms())).await {
         Ok(Some(info)) => info,
         Ok(None) => {
             enc.connack(ConnectCode::BadUsernameOrPassword, false, &mut conn.out);
@@ -113,7 +113,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx.hub.attach_backend(feed.clone());
     let (seen, replay) = match &resumed {
         Some(state) => (state.cursor, true),
-        None => match ctx.registry.telemetry_head().await {
+        None => match Box::pin(ctx.registry.telemetry_head()).await {
             Ok(head) => (head, false),
             Err(_) => {
                 ctx.hub.detach_backend(&client_id, conn_id);
@@ -169,7 +169,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         let room = s.pending.is_empty() && s.inflight.len() < window;
         if room && s.replay {
             // Catch up from the store (without waiting on the socket).
-            match s.ctx.registry.telemetry_after(s.seen, REPLAY_PAGE).await {
+            match Box::pin(s.ctx.registry.telemetry_after(s.seen, REPLAY_PAGE)).await {
                 Ok(page) if page.is_empty() => s.replay = false,
                 Ok(page) => {
                     for m in page {
@@ -334,12 +334,11 @@ impl Backend {
                     return Ok(Some("publish outside devices/{id}/commands/"));
                 };
                 let ttl = i64::try_from(self.ctx.settings.command_ttl.as_millis()).unwrap_or(i64::MAX);
-                match self
-                    .ctx
-                    .registry
-                    .enqueue_command(&device_id, &p.topic, &p.payload, p.qos as u8, ttl, now_ms())
-                    .await
-                {
+                let queued =
+                    self.ctx
+                        .registry
+                        .enqueue_command(&device_id, &p.topic, &p.payload, p.qos as u8, ttl, now_ms());
+                match Box::pin(queued).await {
                     Ok(_) => {
                         inc(&self.ctx.stats.commands_queued);
                         if p.qos == Qos::AtLeastOnce {

@@ -6,8 +6,9 @@ use bytes::BytesMut;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// Bytes reserved for a read while the buffer is empty. Idle sessions hold nothing more.
-const READ_CHUNK: usize = 2048;
+/// Bytes reserved for a read while the buffer is empty: what an idle session holds (rustls
+/// keeps its own 4 KiB record buffer below this). Larger packets grow the buffer as they arrive.
+const READ_CHUNK: usize = 1024;
 /// Buffers larger than this are released once drained (keeps idle sessions small).
 const KEEP_CAPACITY: usize = 8 * 1024;
 
@@ -51,7 +52,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
 
     /// Reads more bytes; `Ok(0)` at end of stream. Cancel-safe.
     pub async fn fill(&mut self) -> std::io::Result<usize> {
-        if self.rbuf.capacity() - self.rbuf.len() < 512 {
+        if self.rbuf.capacity() - self.rbuf.len() < 256 {
             self.rbuf.reserve(READ_CHUNK);
         }
         self.stream.read_buf(&mut self.rbuf).await

@@ -44,6 +44,9 @@ fn refuse_event(device_id: &str, check: &'static str, reason: String, peer: Sock
 }
 
 /// Runs a device session after its handshake and CONNECT.
+///
+/// Registry calls are boxed: their futures are large, and an unboxed one would make every
+/// idle session's task as big as the largest query it might ever run.
 pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     ctx: Arc<Ctx>,
     mut conn: Conn<S>,
@@ -81,7 +84,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         tls_version: tls.version.as_deref(),
         tls_suite: tls.suite.as_deref(),
     };
-    let registration = match ctx.registry.register_or_touch(&sighting, auto_activate, now_ms()).await {
+    let registration = match Box::pin(ctx.registry.register_or_touch(&sighting, auto_activate, now_ms())).await {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(device = %id, error = %e, "registry unavailable during connect");
@@ -179,10 +182,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             ),
             ClonePolicy::Quarantine => {
                 if scope != DeviceScope::AttestationOnly {
-                    let _ = ctx
-                        .registry
-                        .set_device_status(&id, DeviceStatus::Quarantined, "gateway", "clone suspected", now_ms())
-                        .await;
+                    let quarantine = ctx.registry.set_device_status(
+                        &id,
+                        DeviceStatus::Quarantined,
+                        "gateway",
+                        "clone suspected",
+                        now_ms(),
+                    );
+                    let _ = Box::pin(quarantine).await;
                 }
                 scope = DeviceScope::AttestationOnly;
             }
@@ -372,7 +379,7 @@ impl Session {
             Incoming::PubAck { pkid } => {
                 if let Some(command_id) = self.out_inflight.remove(&pkid) {
                     inc(&self.ctx.stats.commands_delivered);
-                    if let Err(e) = self.ctx.registry.mark_command_delivered(command_id, now_ms()).await {
+                    if let Err(e) = Box::pin(self.ctx.registry.mark_command_delivered(command_id, now_ms())).await {
                         tracing::warn!(device = %self.id, error = %e, "could not mark a command delivered; it will be resent");
                     }
                     self.deliver_commands(conn).await;
@@ -484,7 +491,7 @@ impl Session {
             return;
         }
         let limit = u32::try_from(window + self.out_inflight.len()).unwrap_or(u32::MAX);
-        let pending = match self.ctx.registry.pending_commands(&self.id, now_ms(), limit).await {
+        let pending = match Box::pin(self.ctx.registry.pending_commands(&self.id, now_ms(), limit)).await {
             Ok(p) => p,
             Err(e) => {
                 tracing::warn!(device = %self.id, error = %e, "could not load pending commands");
@@ -511,7 +518,7 @@ impl Session {
             } else {
                 enc.publish(&command.topic, &command.payload, qos, 0, false, &mut conn.out);
                 inc(&self.ctx.stats.commands_delivered);
-                let _ = self.ctx.registry.mark_command_delivered(command.id, now_ms()).await;
+                let _ = Box::pin(self.ctx.registry.mark_command_delivered(command.id, now_ms())).await;
             }
         }
     }
