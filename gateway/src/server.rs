@@ -246,16 +246,19 @@ pub async fn start(config: Config) -> Result<Running> {
     ));
 
     let mut background = Vec::new();
-    // Changes by other processes (CLI, other nodes) reach the trust store within a second.
+    // Changes by other processes (CLI, other nodes) reach the trust store within a second, and
+    // sessions of devices revoked meanwhile are ended.
     {
-        let (trust, registry, mut stop) = (trust.clone(), registry.clone(), shutdown_rx.clone());
+        let (trust, registry, hub, mut stop) = (trust.clone(), registry.clone(), hub.clone(), shutdown_rx.clone());
         background.push(tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if let Err(e) = trust.refresh_if_changed(&registry).await {
-                            tracing::warn!(error = %e, "trust store refresh failed; keeping the current one");
+                        match trust.refresh_if_changed(&registry).await {
+                            Ok(true) => close_revoked(&trust, &hub),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!(error = %e, "trust store refresh failed; keeping the current one"),
                         }
                     }
                     _ = stop.changed() => break,
@@ -320,13 +323,8 @@ impl Running {
     /// Makes registry changes (a CA registered or revoked, a device revoked) count from the
     /// next handshake, and ends sessions of devices that may no longer connect.
     pub async fn registry_changed(&self) -> Result<()> {
-        let snapshot = self.trust.reload(&self.registry).await?;
-        for id in &snapshot.revoked_devices {
-            self.hub.signal_device(
-                id,
-                crate::mqtt::hub::DeviceSignal::Close(DisconnectReason::NotAuthorized),
-            );
-        }
+        self.trust.reload(&self.registry).await?;
+        close_revoked(&self.trust, &self.hub);
         Ok(())
     }
 
@@ -346,6 +344,16 @@ impl Running {
             task.abort();
         }
         self.registry.close().await;
+    }
+}
+
+/// Ends the sessions of devices that are revoked (by themselves or through their CA).
+fn close_revoked(trust: &TrustState, hub: &Hub) {
+    for id in &trust.snapshot().revoked_devices {
+        hub.signal_device(
+            id,
+            crate::mqtt::hub::DeviceSignal::Close(DisconnectReason::NotAuthorized),
+        );
     }
 }
 

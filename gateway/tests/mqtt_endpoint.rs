@@ -586,3 +586,31 @@ async fn stalled_handshakes_are_dropped_after_the_timeout() {
     assert_eq!(server.running.stats.snapshot().handshakes_timed_out, 1);
     server.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_revoked_by_another_process_is_disconnected_and_refused() {
+    let ca = stsafe_fleet();
+    let server = start(&[&ca]).await;
+    let device = ca.issue_stsafe_device("eval3", &[0x5A]);
+    let id = id_of(&device);
+    let (mut online, code) = server.connect(&device, &id, TlsProfile::Stm32Tls12).await.unwrap();
+    assert_eq!(code, 0);
+    // The registry changes behind the server's back (another node, the CLI): no notification.
+    server
+        .running
+        .registry
+        .set_device_status(&id, DeviceStatus::Revoked, "operator", "stolen", 10)
+        .await
+        .unwrap();
+    let end = online.recv(Duration::from_secs(5)).await;
+    assert!(
+        matches!(
+            end,
+            Err(ClientError::Closed) | Ok(ServerPacket::Disconnect) | Err(ClientError::Io(_))
+        ),
+        "{end:?}"
+    );
+    let refused = server.connect(&device, &id, TlsProfile::Tls13).await;
+    assert!(matches!(&refused, Err(e) if e.is_tls_rejection()), "{refused:?}");
+    server.running.shutdown().await;
+}

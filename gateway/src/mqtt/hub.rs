@@ -73,7 +73,7 @@ pub struct BackendState {
     pub cursor: i64,
 }
 
-/// Most persistent backend sessions kept (the oldest is dropped past this).
+/// Most persistent backend sessions kept (past this, an arbitrary one is forgotten).
 const MAX_BACKEND_SESSIONS: usize = 1024;
 
 #[derive(Debug)]
