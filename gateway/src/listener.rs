@@ -237,7 +237,7 @@ async fn handle(
                 // Answer in 3.1.1 framing, as the spec asks for unknown levels.
                 conn.encoder()
                     .connack(ConnectCode::UnsupportedVersion, false, &mut conn.out);
-                conn.close().await;
+                Box::pin(conn.close()).await;
                 tracing::debug!(level, "unsupported MQTT protocol level");
             }
             return;
@@ -256,11 +256,12 @@ async fn handle(
                 suite,
                 leaf_der,
             };
-            let outcome = device::serve(ctx, conn, first, device, facts).await;
+            // Boxed so this task's future is the session's size, not the sum of every state.
+            let outcome = Box::pin(device::serve(ctx, conn, first, device, facts)).await;
             tracing::debug!(?outcome, "device session ended");
         }
         _ => {
-            let reason = backend::serve(ctx.clone(), conn, first, peer).await;
+            let reason = Box::pin(backend::serve(ctx.clone(), conn, first, peer)).await;
             tracing::debug!(reason, "backend session ended");
         }
     }

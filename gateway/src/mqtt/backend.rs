@@ -49,7 +49,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 "no client certificate, and no API token (username `token`, password = token)",
             ));
             inc(&ctx.stats.sessions_refused);
-            conn.close().await;
+            Box::pin(conn.close()).await;
             return "refused: no credentials";
         }
     };
@@ -62,14 +62,14 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 "invalid or revoked API token",
             ));
             inc(&ctx.stats.sessions_refused);
-            conn.close().await;
+            Box::pin(conn.close()).await;
             return "refused: bad token";
         }
         Err(e) => {
             tracing::warn!(error = %e, "registry unavailable for token check");
             enc.connack(ConnectCode::ServerUnavailable, false, &mut conn.out);
             inc(&ctx.stats.sessions_refused);
-            conn.close().await;
+            Box::pin(conn.close()).await;
             return "refused: registry unavailable";
         }
     };
@@ -80,7 +80,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             "API token role may not use MQTT (operator or admin required)",
         ));
         inc(&ctx.stats.sessions_refused);
-        conn.close().await;
+        Box::pin(conn.close()).await;
         return "refused: role";
     }
     let actor = format!("token:{}", info.id);
@@ -118,7 +118,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             Err(_) => {
                 ctx.hub.detach_backend(&client_id, conn_id);
                 enc.connack(ConnectCode::ServerUnavailable, false, &mut conn.out);
-                conn.close().await;
+                Box::pin(conn.close()).await;
                 return "refused: registry unavailable";
             }
         },
@@ -227,7 +227,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         Err(_) => "connection error",
     };
-    conn.close().await;
+    Box::pin(conn.close()).await;
     reason
 }
 

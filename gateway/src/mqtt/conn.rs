@@ -25,7 +25,9 @@ pub enum ConnError {
 
 #[derive(Debug)]
 pub struct Conn<S> {
-    pub stream: S,
+    /// Boxed: a TLS stream is ~1.2 KiB, and the session future would otherwise carry it (and
+    /// rustc's copies of moved arguments) inline.
+    stream: Box<S>,
     rbuf: BytesMut,
     pub out: BytesMut,
     decoder: Decoder,
@@ -35,7 +37,7 @@ pub struct Conn<S> {
 impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     pub fn new(stream: S, max_packet: usize, write_timeout: Duration) -> Self {
         Conn {
-            stream,
+            stream: Box::new(stream),
             rbuf: BytesMut::new(),
             out: BytesMut::new(),
             decoder: Decoder::new(max_packet),

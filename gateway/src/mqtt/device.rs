@@ -64,7 +64,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             enc.connack($code, false, &mut conn.out);
             ctx.events.emit(refuse_event(&id, $check, $reason, peer));
             inc(&ctx.stats.sessions_refused);
-            conn.close().await;
+            Box::pin(conn.close()).await;
             return Outcome::Refused($code, $check);
         }};
     }
@@ -349,7 +349,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     if !connect.clean_session {
         ctx.hub.keep_device_session(&id, std::mem::take(&mut session.subs));
     }
-    conn.close().await;
+    Box::pin(conn.close()).await;
     Outcome::Closed(reason)
 }
 
