@@ -217,6 +217,44 @@ async fn no_acknowledged_message_is_lost_across_kill_9() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_disconnects_sessions_flushes_and_exits_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::stsafe_root("STM STSAFE-A TEST CA 01");
+    let mut server = spawn(dir.path(), &ca);
+    let device = ca.issue_stsafe_device("eval3", &[0x7E]);
+    let id = id_of(&device);
+    let mut c = Client::connect(server.mqtt, &server.tls(&device, TlsProfile::Tls13))
+        .await
+        .unwrap();
+    // MQTT 5 would get a DISCONNECT packet; this 3.1.1 client sees the connection closed.
+    assert_eq!(c.mqtt_connect(&options(&id)).await.unwrap().1, 0);
+    for i in 0..50 {
+        c.publish(&format!("devices/{id}/telemetry"), format!("{i}").as_bytes(), 1)
+            .await
+            .unwrap();
+    }
+    let status = Command::new("kill")
+        .args(["-TERM", &server.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let end = c.recv(Duration::from_secs(10)).await;
+    assert!(matches!(end, Err(_) | Ok(ServerPacket::Disconnect)), "{end:?}");
+    let exit = tokio::task::spawn_blocking(move || {
+        let status = server.child.wait().unwrap();
+        std::mem::forget(server);
+        status
+    })
+    .await
+    .unwrap();
+    assert!(exit.success(), "serve exited with {exit:?} after SIGTERM");
+    let registry = Registry::connect(&Registry::sqlite_url(&dir.path().join("data")), None)
+        .await
+        .unwrap();
+    assert_eq!(registry.telemetry(&id, 0, i64::MAX, 100).await.unwrap().len(), 50);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "load test of the optimized build: cargo test --profile loadtest -p gateway --test load -- --ignored"]
 async fn a_thousand_devices_flood_qos1_while_the_consumer_is_slow() {
     const DEVICES: usize = 1000;

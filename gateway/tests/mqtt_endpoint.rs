@@ -614,3 +614,75 @@ async fn a_device_revoked_by_another_process_is_disconnected_and_refused() {
     assert!(matches!(&refused, Err(e) if e.is_tls_rejection()), "{refused:?}");
     server.running.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn silent_clients_are_dropped_at_one_and_a_half_keep_alives_and_their_will_is_published() {
+    let ca = stsafe_fleet();
+    let server = start(&[&ca]).await;
+    let device = ca.issue_stsafe_device("eval3", &[0x3C]);
+    let id = id_of(&device);
+    let mut c = Client::connect(server.addr(), &server.tls(Some(&device), TlsProfile::Stm32Tls12))
+        .await
+        .unwrap();
+    let will_topic = format!("devices/{id}/status");
+    let (_, code) = c
+        .mqtt_connect(&ConnectOptions {
+            keep_alive_secs: 1,
+            will: Some((will_topic.clone(), b"offline".to_vec(), 1)),
+            ..options(&id)
+        })
+        .await
+        .unwrap();
+    assert_eq!(code, 0);
+    let started = std::time::Instant::now();
+    // Silence: the server must close after ~1.5 s (not before 1 s, well before 5 s).
+    let end = c.recv(Duration::from_secs(5)).await;
+    let waited = started.elapsed();
+    assert!(
+        matches!(end, Err(ClientError::Closed) | Err(ClientError::Io(_))),
+        "{end:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    assert_eq!(server.running.stats.snapshot().keepalive_timeouts, 1);
+    // The will was published (stored like any message of the device).
+    let mut stored = Vec::new();
+    for _ in 0..50 {
+        stored = server.running.registry.telemetry(&id, 0, i64::MAX, 10).await.unwrap();
+        if !stored.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(stored.len(), 1);
+    assert_eq!(
+        (stored[0].topic.as_str(), stored[0].payload.as_slice()),
+        (will_topic.as_str(), &b"offline"[..])
+    );
+
+    // A clean DISCONNECT publishes no will.
+    let mut c = Client::connect(server.addr(), &server.tls(Some(&device), TlsProfile::Tls13))
+        .await
+        .unwrap();
+    c.mqtt_connect(&ConnectOptions {
+        will: Some((will_topic.clone(), b"offline".to_vec(), 0)),
+        ..options(&id)
+    })
+    .await
+    .unwrap();
+    c.disconnect().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        server
+            .running
+            .registry
+            .telemetry(&id, 0, i64::MAX, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    server.running.shutdown().await;
+}
