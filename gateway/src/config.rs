@@ -91,8 +91,8 @@ impl Default for MqttConfig {
             max_inflight: 64,
             handshake_timeout_secs: 10,
             connect_timeout_secs: 10,
-            per_ip_connection_rate: 200.0,
-            global_connection_rate: 5000.0,
+            per_ip_connection_rate: 1000.0,
+            global_connection_rate: 10000.0,
             max_connections: 100_000,
             clone_policy: ClonePolicy::Allow,
             clone_window_secs: 60,
@@ -156,9 +156,12 @@ max_inflight = 64
 # A TLS handshake must finish within this; CONNECT must follow within connect_timeout_secs.
 handshake_timeout_secs = 10
 connect_timeout_secs = 10
-# New connections per second from one IP address, and in total (excess is refused at accept).
-per_ip_connection_rate = 200.0
-global_connection_rate = 5000.0
+# New connections per second from one IP address, and in total; each also the burst allowed.
+# Excess connections are closed at accept, before any TLS work. The per-IP default leaves
+# room for a fleet reconnecting through one NAT, or a load test from one host. Lower it
+# where devices have their own addresses.
+per_ip_connection_rate = 1000.0
+global_connection_rate = 10000.0
 # Connections open at once.
 max_connections = 100000
 # A device certificate seen from two addresses at once (or within clone_window_secs):

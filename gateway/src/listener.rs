@@ -34,8 +34,8 @@ impl Default for ListenerSettings {
     fn default() -> Self {
         ListenerSettings {
             handshake_timeout: Duration::from_secs(10),
-            per_ip_rate: 200.0,
-            global_rate: 5000.0,
+            per_ip_rate: 1000.0,
+            global_rate: 10000.0,
             max_connections: 100_000,
         }
     }
