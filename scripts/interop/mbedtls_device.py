@@ -35,8 +35,8 @@ def mqtt_str(s):
 
 
 class Reader:
-    """Buffers decrypted bytes: Mbed TLS hands out whole records and answers WANT_READ until one
-    has fully arrived, so reads are retried (the run is bounded by an alarm)."""
+    """Buffers decrypted bytes: Mbed TLS answers WANT_READ until a record has fully arrived, so
+    reads are retried (the run is bounded by an alarm)."""
 
     def __init__(self, sock):
         self.sock = sock
@@ -45,6 +45,9 @@ class Reader:
     def exact(self, n):
         while len(self.buf) < n:
             try:
+                # Note: python-mbedtls reads on to fill the request, so a close_notify right
+                # behind a refusal CONNACK raises before the CONNACK is returned; refusals are
+                # therefore checked with the other clients.
                 chunk = self.sock.recv(4096)
             except tls.WantReadError:
                 time.sleep(0.005)

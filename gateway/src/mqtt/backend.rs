@@ -35,52 +35,30 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     peer: SocketAddr,
 ) -> &'static str {
     let enc = conn.encoder();
-    let refuse = |code: ConnectCode, reason: &str| {
-        NewEvent::new("backend.refused", "gateway")
-            .reason(reason.to_owned())
-            .detail(serde_json::json!({ "peer": peer.to_string(), "code": code.v311_code() }))
-    };
     let token = match (connect.username.as_deref(), connect.password.as_deref()) {
         (Some("token"), Some(token)) => token.to_owned(),
         _ => {
-            enc.connack(ConnectCode::NotAuthorized, false, &mut conn.out);
-            ctx.events.emit(refuse(
-                ConnectCode::NotAuthorized,
-                "no client certificate, and no API token (username `token`, password = token)",
-            ));
-            inc(&ctx.stats.sessions_refused);
-            Box::pin(conn.close()).await;
+            let why = "no client certificate, and no API token (username `token`, password = token)";
+            refuse(&ctx, conn, peer, ConnectCode::NotAuthorized, Some(why)).await;
             return "refused: no credentials";
         }
     };
     let info = match Box::pin(ctx.registry.authenticate_token(&token, now_ms())).await {
         Ok(Some(info)) => info,
         Ok(None) => {
-            enc.connack(ConnectCode::BadUsernameOrPassword, false, &mut conn.out);
-            ctx.events.emit(refuse(
-                ConnectCode::BadUsernameOrPassword,
-                "invalid or revoked API token",
-            ));
-            inc(&ctx.stats.sessions_refused);
-            Box::pin(conn.close()).await;
+            let why = "invalid or revoked API token";
+            refuse(&ctx, conn, peer, ConnectCode::BadUsernameOrPassword, Some(why)).await;
             return "refused: bad token";
         }
         Err(e) => {
             tracing::warn!(error = %e, "registry unavailable for token check");
-            enc.connack(ConnectCode::ServerUnavailable, false, &mut conn.out);
-            inc(&ctx.stats.sessions_refused);
-            Box::pin(conn.close()).await;
+            refuse(&ctx, conn, peer, ConnectCode::ServerUnavailable, None).await;
             return "refused: registry unavailable";
         }
     };
     if !matches!(info.role, Role::Admin | Role::Operator) {
-        enc.connack(ConnectCode::NotAuthorized, false, &mut conn.out);
-        ctx.events.emit(refuse(
-            ConnectCode::NotAuthorized,
-            "API token role may not use MQTT (operator or admin required)",
-        ));
-        inc(&ctx.stats.sessions_refused);
-        Box::pin(conn.close()).await;
+        let why = "API token role may not use MQTT (operator or admin required)";
+        refuse(&ctx, conn, peer, ConnectCode::NotAuthorized, Some(why)).await;
         return "refused: role";
     }
     let actor = format!("token:{}", info.id);
@@ -229,6 +207,26 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     Box::pin(conn.close()).await;
     reason
+}
+
+/// CONNACK with a refusal, an event (none for our own outage), a counter; then close.
+async fn refuse<S: AsyncRead + AsyncWrite + Unpin>(
+    ctx: &Ctx,
+    mut conn: Conn<S>,
+    peer: SocketAddr,
+    code: ConnectCode,
+    reason: Option<&str>,
+) {
+    conn.encoder().connack(code, false, &mut conn.out);
+    if let Some(reason) = reason {
+        ctx.events.emit(
+            NewEvent::new("backend.refused", "gateway")
+                .reason(reason.to_owned())
+                .detail(serde_json::json!({ "peer": peer.to_string(), "code": code.v311_code() })),
+        );
+    }
+    inc(&ctx.stats.sessions_refused);
+    Box::pin(conn.close()).await;
 }
 
 struct Backend {
