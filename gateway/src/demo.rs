@@ -6,7 +6,7 @@
 use crate::config::Config;
 use crate::server::{self, Running};
 use anyhow::{Context, Result};
-use registry::{EventFilter, Registry};
+use registry::{Event, EventFilter};
 use sim_devices::fleet::{self, ActorReport, Target};
 use sim_devices::pki::ProvisioningCa;
 use std::io::Write;
@@ -32,8 +32,7 @@ pub struct DemoReport {
 }
 
 /// The server-side reason recorded for a refused actor, from the event log.
-async fn server_view(registry: &Registry, actor: &ActorReport) -> Option<String> {
-    let events = registry.events(&EventFilter::default(), 500).await.ok()?;
+fn server_view(events: &[Event], actor: &ActorReport) -> Option<String> {
     let wanted = match actor.name.as_str() {
         "counterfeit" => ("chain.rejected", "unknown_issuer"),
         "expired" => ("chain.rejected", "expired"),
@@ -106,8 +105,14 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
     let mut as_expected = true;
     writeln!(out, "{:<28} {:<9} what happened", "device", "verdict")?;
     writeln!(out, "{}", "-".repeat(100))?;
+    // The audit trail, read once for every actor's server-side view.
+    let events = running
+        .registry
+        .events(&EventFilter::default(), 500)
+        .await
+        .unwrap_or_default();
     for a in &actors {
-        let flagged = server_view(&running.registry, a).await;
+        let flagged = server_view(&events, a);
         let verdict = match (a.attack, a.admitted) {
             (None, true) => "IN",
             (None, false) => "FAILED",

@@ -81,11 +81,17 @@ async fn writer(
     max_batch: usize,
 ) {
     let mut items: Vec<IngestItem> = Vec::with_capacity(max_batch);
+    let mut batch: Vec<TelemetryMessage> = Vec::with_capacity(max_batch);
+    let mut acks: Vec<Option<AckTo>> = Vec::with_capacity(max_batch);
     // Devices' last-seen times, written every few seconds instead of per message.
     let mut seen: std::collections::HashMap<String, i64> = std::collections::HashMap::new();
     let mut last_flush = crate::clock::monotonic();
     while rx.recv_many(&mut items, max_batch).await > 0 {
-        let batch: Vec<TelemetryMessage> = items.iter().map(|i| i.msg.clone()).collect();
+        // Messages move into the batch (no copy of the payloads); acks wait beside them.
+        for item in items.drain(..) {
+            batch.push(item.msg);
+            acks.push(item.ack);
+        }
         let mut backoff = Duration::from_millis(20);
         let ids = loop {
             match registry.store_telemetry_returning_ids(&batch).await {
@@ -109,14 +115,13 @@ async fn writer(
         };
         add(&stats.messages_stored, ids.len() as u64);
         let mut stored = Vec::with_capacity(ids.len());
-        for (item, id) in items.drain(..).zip(ids) {
-            if let Some(ack) = item.ack {
+        for ((m, ack), id) in batch.drain(..).zip(acks.drain(..)).zip(ids) {
+            if let Some(ack) = ack {
                 // The session bounds its unacknowledged messages by this channel's capacity,
                 // so this cannot be full; a closed channel means the device left (it will
                 // resend on reconnect, and the message is stored either way).
                 let _ = ack.tx.try_send(ack.pkid);
             }
-            let m = item.msg;
             stored.push(Arc::new(StoredMessage {
                 id,
                 device_id: m.device_id,
@@ -127,7 +132,8 @@ async fn writer(
                 received_at_ms: m.received_at_ms,
             }));
         }
-        items.clear();
+        batch.clear();
+        acks.clear();
         for m in &stored {
             let at = seen.entry(m.device_id.clone()).or_insert(m.received_at_ms);
             *at = (*at).max(m.received_at_ms);

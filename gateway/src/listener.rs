@@ -86,10 +86,7 @@ impl RateLimiter {
 
     /// May a new connection from `ip` proceed at `now`?
     pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
-        let mut per_ip = match self.per_ip.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut per_ip = crate::locks::lock(&self.per_ip);
         if per_ip.len() > 65_536 {
             // Forget full buckets: they carry no state.
             let rate = self.per_ip_rate;
@@ -102,10 +99,7 @@ impl RateLimiter {
         if !bucket.take(self.per_ip_rate, now) {
             return false;
         }
-        let mut global = match self.global.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut global = crate::locks::lock(&self.global);
         global.take(self.global_rate, now)
     }
 }

@@ -90,7 +90,7 @@ fn generated_keyring(dir: &Path) -> Result<Keyring> {
         let mut key = [0u8; 32];
         aws_lc_rs::rand::fill(&mut key).map_err(|_| anyhow::anyhow!("no randomness for a KEK"))?;
         let line = format!("local-1 {}\n", hex::encode(key));
-        write_private(&path, line.as_bytes())?;
+        crate::secret_file::write(&path, line.as_bytes(), crate::secret_file::Existing::Refuse)?;
     }
     crate::cli::KekArgs {
         kek_file: Some(path),
@@ -98,22 +98,6 @@ fn generated_keyring(dir: &Path) -> Result<Keyring> {
     }
     .keyring()?
     .context("generated KEK file is empty")
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        options.mode(0o600);
-    }
-    let mut f = options
-        .open(path)
-        .with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(contents)?;
-    Ok(())
 }
 
 /// Registers each `--trust-ca` certificate that is not registered yet.

@@ -32,10 +32,7 @@ pub struct TrustState {
 
 impl TrustState {
     pub fn snapshot(&self) -> Arc<TrustSnapshot> {
-        match self.current.read() {
-            Ok(g) => g.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+        crate::locks::read(&self.current).clone()
     }
 
     /// Rebuilds the snapshot from the registry (serialized: one reload at a time).
@@ -60,10 +57,7 @@ impl TrustState {
             auto_activate,
             generation,
         });
-        match self.current.write() {
-            Ok(mut g) => *g = snapshot.clone(),
-            Err(poisoned) => *poisoned.into_inner() = snapshot.clone(),
-        }
+        *crate::locks::write(&self.current) = snapshot.clone();
         tracing::debug!(generation, cas = snapshot.store.cas().len(), "trust store reloaded");
         Ok(snapshot)
     }
@@ -81,10 +75,7 @@ impl TrustState {
     /// Marks a device revoked in the current snapshot at once (the registry write already
     /// happened; the next reload agrees).
     pub fn note_revoked(&self, device_id: &str) {
-        let mut guard = match self.current.write() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut guard = crate::locks::write(&self.current);
         let old = guard.clone();
         let mut revoked = old.revoked_devices.clone();
         revoked.insert(device_id.to_owned());

@@ -45,14 +45,19 @@ impl Drop for Proc {
     }
 }
 
+/// Resident memory of a process, KiB.
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
 impl Proc {
     fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
+        rss_kib(self.child.id())
     }
 
     fn tls(&self, device: &fleetward_test_support::TestDevice, profile: TlsProfile) -> ClientTls {
@@ -532,18 +537,10 @@ async fn idle_memory_per_device_next_to_mosquitto() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let rss = |pid: u32| -> u64 {
-        std::fs::read_to_string(format!("/proc/{pid}/status"))
-            .unwrap()
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .unwrap()
-    };
-    let m_before = rss(mosquitto.id());
+    let m_before = rss_kib(mosquitto.id());
     let clients = connect_all(addr, tls, &devices).await;
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let m_after = rss(mosquitto.id());
+    let m_after = rss_kib(mosquitto.id());
     drop(clients);
     let _ = mosquitto.kill();
     let _ = mosquitto.wait();

@@ -417,11 +417,7 @@ impl Encoder {
             pkid,
             reason: p::PubAckReason::Success,
         };
-        let props = match self.version {
-            Version::V311 => None,
-            Version::V5 => None,
-        };
-        self.write(p::Packet::PubAck(ack, props), out);
+        self.write(p::Packet::PubAck(ack, None), out);
     }
 
     /// SUBACK: `granted[i]` is the QoS granted to filter i, or `None` for a refusal.

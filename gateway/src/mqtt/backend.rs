@@ -184,10 +184,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     };
     ctx.hub.detach_backend(&client_id, conn_id);
     if !connect.clean_session {
-        let filters = match feed.filters.read() {
-            Ok(f) => f.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let filters = crate::locks::read(&feed.filters).clone();
         ctx.hub.keep_backend_session(
             &client_id,
             BackendState {
@@ -293,10 +290,7 @@ impl Backend {
         match packet {
             Incoming::Subscribe { pkid, filters } => {
                 let mut granted = Vec::with_capacity(filters.len());
-                let mut current = match self.feed.filters.write() {
-                    Ok(f) => f,
-                    Err(p) => p.into_inner(),
-                };
+                let mut current = crate::locks::write(&self.feed.filters);
                 for f in filters {
                     if backend_may_subscribe(&f.filter) {
                         let qos = if f.qos == 0 { Qos::AtMostOnce } else { Qos::AtLeastOnce };
@@ -311,9 +305,7 @@ impl Backend {
                 enc.suback(pkid, &granted, &mut conn.out);
             }
             Incoming::Unsubscribe { pkid, filters } => {
-                if let Ok(mut current) = self.feed.filters.write() {
-                    current.retain(|(f, _)| !filters.contains(f));
-                }
+                crate::locks::write(&self.feed.filters).retain(|(f, _)| !filters.contains(f));
                 enc.unsuback(pkid, filters.len(), &mut conn.out);
             }
             Incoming::PubAck { pkid } => {

@@ -200,8 +200,6 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let handle = DeviceHandle {
         conn_id,
         peer,
-        cert_sha256,
-        since: now,
         signal: signal_tx,
     };
     if let Some(previous) = ctx.hub.attach_device(&id, handle) {

@@ -5,6 +5,7 @@
 
 use super::codec::{DisconnectReason, Qos};
 use super::topic::matches;
+use crate::locks::lock;
 use crate::stats::{Stats, inc};
 use registry::StoredMessage;
 use std::collections::HashMap;
@@ -28,8 +29,6 @@ pub enum DeviceSignal {
 pub struct DeviceHandle {
     pub conn_id: u64,
     pub peer: SocketAddr,
-    pub cert_sha256: String,
-    pub since: Instant,
     pub signal: mpsc::Sender<DeviceSignal>,
 }
 
@@ -57,10 +56,7 @@ pub struct BackendFeed {
 impl BackendFeed {
     /// The QoS this subscriber gets `topic` at, if it subscribed to it.
     pub fn granted(&self, topic: &str) -> Option<Qos> {
-        let filters = match self.filters.read() {
-            Ok(f) => f,
-            Err(p) => p.into_inner(),
-        };
+        let filters = crate::locks::read(&self.filters);
         filters.iter().filter(|(f, _)| matches(f, topic)).map(|(_, q)| *q).max()
     }
 }
@@ -89,13 +85,6 @@ pub struct Hub {
     /// Every stored message, for in-process consumers (dashboards). Lossy by design: a lagging
     /// receiver skips ahead; backend applications get the lossless path above.
     live: tokio::sync::broadcast::Sender<Arc<StoredMessage>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 impl Hub {
@@ -207,10 +196,7 @@ impl Hub {
         for h in devices {
             let _ = h.signal.try_send(DeviceSignal::Close(reason));
         }
-        let backends: Vec<Arc<BackendFeed>> = match self.backends.read() {
-            Ok(b) => b.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let backends: Vec<Arc<BackendFeed>> = crate::locks::read(&self.backends).clone();
         for b in backends {
             let _ = b.kill.try_send(reason);
         }
@@ -218,10 +204,7 @@ impl Hub {
 
     /// Registers a backend subscriber's feed; ends an older connection with the same client id.
     pub fn attach_backend(&self, feed: Arc<BackendFeed>) {
-        let mut backends = match self.backends.write() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
+        let mut backends = crate::locks::write(&self.backends);
         backends.retain(|b| {
             if b.client_id == feed.client_id {
                 let _ = b.kill.try_send(DisconnectReason::SessionTakenOver);
@@ -235,10 +218,7 @@ impl Hub {
     }
 
     pub fn detach_backend(&self, client_id: &str, conn_id: u64) {
-        let mut backends = match self.backends.write() {
-            Ok(b) => b,
-            Err(p) => p.into_inner(),
-        };
+        let mut backends = crate::locks::write(&self.backends);
         backends.retain(|b| !(b.client_id == client_id && b.conn_id == conn_id));
     }
 
@@ -270,10 +250,7 @@ impl Hub {
                 let _ = self.live.send(m.clone());
             }
         }
-        let backends: Vec<Arc<BackendFeed>> = match self.backends.read() {
-            Ok(b) => b.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let backends: Vec<Arc<BackendFeed>> = crate::locks::read(&self.backends).clone();
         for feed in &backends {
             if feed.lagging.load(Ordering::Acquire) {
                 continue;

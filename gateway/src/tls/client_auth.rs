@@ -83,10 +83,7 @@ impl DeviceCertVerifier {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], Arc<VerifiedDevice>>> {
-        match self.verdicts.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::locks::lock(&self.verdicts)
     }
 }
 

@@ -2,6 +2,7 @@
 //! generated local server CA (P-256), whose certificate devices install as their trust anchor
 //! (`DIR/tls/server-ca.pem`). Generated keys are written owner-only.
 
+use crate::secret_file::{self, Existing};
 use anyhow::{Context, Result};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
@@ -81,7 +82,7 @@ pub fn ensure_generated(
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         params.not_after = params.not_before + time::Duration::days(3650);
         let cert = params.self_signed(&key)?;
-        write_private(&paths.ca_key, key.serialize_pem().as_bytes())?;
+        secret_file::write(&paths.ca_key, key.serialize_pem().as_bytes(), Existing::Replace)?;
         std::fs::write(&paths.ca_cert, cert.pem())?;
         rcgen::Issuer::new(params, key)
     };
@@ -113,7 +114,7 @@ pub fn ensure_generated(
         params.not_before = time::OffsetDateTime::now_utc() - time::Duration::hours(1);
         params.not_after = params.not_before + time::Duration::days(825);
         let cert = params.signed_by(&key, &issuer)?;
-        write_private(&paths.key, key.serialize_pem().as_bytes())?;
+        secret_file::write(&paths.key, key.serialize_pem().as_bytes(), Existing::Replace)?;
         std::fs::write(&paths.cert, cert.pem())?;
         std::fs::write(&names_file, names.join("\n"))?;
     }
@@ -130,26 +131,4 @@ pub fn load_pem(cert: &Path, key: &Path) -> Result<(Vec<CertificateDer<'static>>
     let key =
         PrivateKeyDer::from_pem_file(key).with_context(|| format!("{} is not a PEM private key", key.display()))?;
     Ok((chain, key))
-}
-
-fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-        f.write_all(contents)?;
-        return Ok(());
-    }
-    #[allow(unreachable_code)]
-    {
-        std::fs::write(path, contents)?;
-        Ok(())
-    }
 }
