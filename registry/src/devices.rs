@@ -95,6 +95,8 @@ pub struct DeviceRecord {
     pub cert_sha256: String,
     pub cert_serial: String,
     pub cert_not_after_ms: i64,
+    /// The device key's algorithm, e.g. `ECDSA P-256` (recorded at registration).
+    pub cert_key: Option<String>,
     pub status: DeviceStatus,
     pub status_changed_at_ms: i64,
     pub first_seen_ms: i64,
@@ -151,10 +153,16 @@ pub struct FleetSummary {
     pub by_integrity: BTreeMap<String, i64>,
     /// The 20 most common firmware versions (`unknown` for none reported).
     pub by_firmware: BTreeMap<String, i64>,
+    /// Devices per provisioning CA id.
+    pub by_ca: BTreeMap<String, i64>,
+    /// Devices per key algorithm (`unknown` for devices registered before it was recorded).
+    pub by_key: BTreeMap<String, i64>,
+    /// Devices per reported firmware image digest (`unknown` for none reported).
+    pub by_digest: BTreeMap<String, i64>,
 }
 
-const DEVICE_COLUMNS: &str = "id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, status, status_changed_at, \
-     first_seen, last_seen, last_peer, tls_version, tls_suite, firmware_version, firmware_digest, integrity, \
+const DEVICE_COLUMNS: &str = "id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, cert_key, status, \
+     status_changed_at, first_seen, last_seen, last_peer, tls_version, tls_suite, firmware_version, firmware_digest, integrity, \
      integrity_at, integrity_reason, connections";
 
 fn device_from_row(r: &AnyRow) -> Result<DeviceRecord> {
@@ -171,6 +179,7 @@ fn device_from_row(r: &AnyRow) -> Result<DeviceRecord> {
         cert_sha256: r.try_get("cert_sha256")?,
         cert_serial: r.try_get("cert_serial")?,
         cert_not_after_ms: r.try_get("cert_not_after")?,
+        cert_key: r.try_get("cert_key")?,
         status: DeviceStatus::parse(&status).ok_or_else(|| corrupt("status"))?,
         status_changed_at_ms: r.try_get("status_changed_at")?,
         first_seen_ms: r.try_get("first_seen")?,
@@ -203,11 +212,13 @@ impl Registry {
         } else {
             DeviceStatus::Pending
         };
+        // The key algorithm, for the weak-key audit (the chain was validated, so it parses).
+        let cert_key = verifier::x509::describe_certificate(s.cert_der).ok().map(|i| i.key);
         let mut tx = self.begin_write().await?;
         let created = sqlx::query(
             "INSERT INTO devices (id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, status, status_changed_at, \
-             first_seen, last_seen, integrity, connections) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, 'unknown', 0) ON CONFLICT (id) DO NOTHING",
+             first_seen, last_seen, integrity, connections, cert_key) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, 'unknown', 0, $9) ON CONFLICT (id) DO NOTHING",
         )
         .bind(s.device_id)
         .bind(s.ca_id)
@@ -217,6 +228,7 @@ impl Registry {
         .bind(s.cert_not_after_ms)
         .bind(status.as_str().to_owned())
         .bind(now_ms)
+        .bind(cert_key.clone())
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -242,8 +254,8 @@ impl Registry {
         }
         sqlx::query(
             "UPDATE devices SET last_seen = $2, connections = connections + 1, last_peer = $3, tls_version = $4, \
-             tls_suite = $5, ca_id = $6, cert_der = $7, cert_sha256 = $8, cert_serial = $9, cert_not_after = $10 \
-             WHERE id = $1",
+             tls_suite = $5, ca_id = $6, cert_der = $7, cert_sha256 = $8, cert_serial = $9, cert_not_after = $10, \
+             cert_key = $11 WHERE id = $1",
         )
         .bind(s.device_id)
         .bind(now_ms)
@@ -255,6 +267,7 @@ impl Registry {
         .bind(s.cert_sha256)
         .bind(s.cert_serial)
         .bind(s.cert_not_after_ms)
+        .bind(cert_key)
         .execute(&mut *tx)
         .await?;
         let row = sqlx::query(AssertSqlSafe(format!(
@@ -410,6 +423,42 @@ impl Registry {
         Ok(())
     }
 
+    /// Replaces all of a device's labels in one transaction, with a `device.labels` event.
+    pub async fn set_labels(
+        &self,
+        id: &str,
+        labels: &BTreeMap<String, String>,
+        actor: &str,
+        now_ms: i64,
+    ) -> Result<BTreeMap<String, String>> {
+        let mut tx = self.begin_write().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM devices WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(RegistryError::not_found("device", id));
+        }
+        sqlx::query("DELETE FROM device_labels WHERE device_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        for (key, value) in labels {
+            sqlx::query("INSERT INTO device_labels (device_id, key, value) VALUES ($1, $2, $3)")
+                .bind(id)
+                .bind(key)
+                .bind(value)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let event = NewEvent::new("device.labels", actor)
+            .device(id)
+            .detail(serde_json::json!({ "labels": labels }));
+        events::insert(&mut tx, &event, now_ms).await?;
+        tx.commit().await?;
+        Ok(labels.clone())
+    }
+
     pub async fn labels(&self, id: &str) -> Result<BTreeMap<String, String>> {
         let rows = sqlx::query("SELECT key, value FROM device_labels WHERE device_id = $1 ORDER BY key")
             .bind(id)
@@ -500,7 +549,17 @@ impl Registry {
                 "integrity" => {
                     summary.by_integrity.insert(value, n);
                 }
-                _ => firmware.push((value, n)),
+                "ca" => {
+                    summary.by_ca.insert(value, n);
+                }
+                "key" => {
+                    summary.by_key.insert(value, n);
+                }
+                "digest" => {
+                    summary.by_digest.insert(value, n);
+                }
+                "firmware" => firmware.push((value, n)),
+                _ => {}
             }
         }
         firmware.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));

@@ -1,5 +1,6 @@
 //! The audit trail: append-only events (who, when, what, why). Nothing updates or deletes them.
 
+use crate::sql::SqlBuilder;
 use crate::{Registry, Result};
 use serde::Serialize;
 use sqlx::Row;
@@ -62,13 +63,30 @@ pub struct Event {
     pub detail: Option<serde_json::Value>,
 }
 
-/// Which events to list (newest first unless `after_id` pages forward).
+/// Which events to list. Oldest first (tailing the trail with `after_id`) unless
+/// `newest_first` (browsing back with `before_id`).
 #[derive(Clone, Debug, Default)]
 pub struct EventFilter {
     pub device_id: Option<String>,
+    pub ca_id: Option<String>,
+    /// An exact kind (`device.status`) or, ending in `.`, a family (`device.`).
     pub kind: Option<String>,
     /// Only events with a greater id (for tailing the trail).
     pub after_id: Option<i64>,
+    /// Only events with a smaller id (for paging back).
+    pub before_id: Option<i64>,
+    /// Only events at or after this time.
+    pub since_ms: Option<i64>,
+    pub newest_first: bool,
+}
+
+/// How many events of one kind fell into one time bucket.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EventCount {
+    /// Start of the bucket, unix milliseconds.
+    pub bucket_ms: i64,
+    pub kind: String,
+    pub count: i64,
 }
 
 pub(crate) async fn insert(tx: &mut sqlx::AnyConnection, e: &NewEvent, now_ms: i64) -> Result<()> {
@@ -96,19 +114,43 @@ impl Registry {
         Ok(())
     }
 
-    /// Lists events, oldest first, at most `limit` (capped at 1000).
+    /// Lists events matching `filter`, at most `limit` (capped at 1000).
     pub async fn events(&self, filter: &EventFilter, limit: u32) -> Result<Vec<Event>> {
-        let rows = sqlx::query(
-            "SELECT id, at, kind, actor, device_id, ca_id, reason, detail FROM events \
-             WHERE ($1 IS NULL OR device_id = $1) AND ($2 IS NULL OR kind = $2) AND id > $3 \
-             ORDER BY id LIMIT $4",
-        )
-        .bind(filter.device_id.as_deref())
-        .bind(filter.kind.as_deref())
-        .bind(filter.after_id.unwrap_or(0))
-        .bind(i64::from(limit.min(1000)))
-        .fetch_all(self.pool())
-        .await?;
+        // Only the filters given become SQL, so each combination can use its index.
+        let mut q = SqlBuilder::new(
+            self.backend(),
+            "SELECT id, at, kind, actor, device_id, ca_id, reason, detail FROM events WHERE id > ",
+        );
+        q.bind(filter.after_id.unwrap_or(0));
+        if let Some(before) = filter.before_id {
+            q.push(" AND id < ").bind(before);
+        }
+        if let Some(device) = &filter.device_id {
+            q.push(" AND device_id = ").bind(device.clone());
+        }
+        if let Some(ca) = &filter.ca_id {
+            q.push(" AND ca_id = ").bind(ca.clone());
+        }
+        match filter.kind.as_deref() {
+            Some(family) if family.ends_with('.') => {
+                q.push(" AND kind >= ").bind(family.to_owned());
+                q.push(" AND kind < ").bind(format!("{family}\u{7f}"));
+            }
+            Some(kind) => {
+                q.push(" AND kind = ").bind(kind.to_owned());
+            }
+            None => {}
+        }
+        if let Some(since) = filter.since_ms {
+            q.push(" AND at >= ").bind(since);
+        }
+        q.push(if filter.newest_first {
+            " ORDER BY id DESC LIMIT "
+        } else {
+            " ORDER BY id LIMIT "
+        })
+        .bind(i64::from(limit.clamp(1, 1000)));
+        let rows = q.build()?.fetch_all(self.pool()).await?;
         rows.iter()
             .map(|r| {
                 Ok(Event {
@@ -125,5 +167,32 @@ impl Registry {
                 })
             })
             .collect()
+    }
+
+    /// Counts of events of `kinds` since `since_ms`, per `bucket_ms` bucket (for rates over
+    /// time: onboarding, rejections). Uses the (kind, at) index.
+    pub async fn event_counts(&self, kinds: &[&str], since_ms: i64, bucket_ms: i64) -> Result<Vec<EventCount>> {
+        let bucket_ms = bucket_ms.max(1000);
+        let mut out = Vec::new();
+        for kind in kinds {
+            let rows = sqlx::query(
+                "SELECT CAST((at / $3) * $3 AS BIGINT) AS bucket, CAST(COUNT(*) AS BIGINT) AS n FROM events \
+                 WHERE kind = $1 AND at >= $2 GROUP BY 1 ORDER BY 1",
+            )
+            .bind(*kind)
+            .bind(since_ms)
+            .bind(bucket_ms)
+            .fetch_all(self.pool())
+            .await?;
+            for r in rows {
+                out.push(EventCount {
+                    bucket_ms: r.try_get("bucket")?,
+                    kind: (*kind).to_owned(),
+                    count: r.try_get("n")?,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.bucket_ms.cmp(&b.bucket_ms).then_with(|| a.kind.cmp(&b.kind)));
+        Ok(out)
     }
 }

@@ -16,6 +16,7 @@
 //! - errors are [`RegistryError`]: typed, retryable or not, and free of SQL.
 
 mod attestation;
+mod audit;
 mod cas;
 mod commands;
 mod devices;
@@ -23,16 +24,18 @@ mod error;
 mod events;
 mod lpwan;
 mod seal;
+mod settings;
 mod sql;
 mod telemetry;
 mod tokens;
 
 pub use attestation::{AttestationResult, FirmwareReference, RedeemOutcome};
+pub use audit::{AuditOptions, AuditReport, CHECKS as AUDIT_CHECKS, COUNT_CAP as AUDIT_COUNT_CAP, Finding, Severity};
 pub use cas::{CaRecord, CaStatus, NewCa};
 pub use commands::PendingCommand;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
 pub use error::RegistryError;
-pub use events::{Event, EventFilter, NewEvent};
+pub use events::{Event, EventCount, EventFilter, NewEvent};
 pub use lpwan::{LorawanRootKeys, NewLorawanDevice};
 pub use seal::{Kek, Keyring};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};

@@ -66,6 +66,9 @@ impl std::fmt::Debug for NewToken {
     }
 }
 
+/// How precisely a token's last use is recorded.
+const LAST_USED_RESOLUTION_MS: i64 = 60_000;
+
 fn hash(secret: &str) -> String {
     hex::encode(Sha256::digest(secret.as_bytes()))
 }
@@ -109,7 +112,6 @@ impl Registry {
 
     /// Checks a presented token; `None` if unknown, wrong or revoked. Records its last use.
     pub async fn authenticate_token(&self, presented: &str, now_ms: i64) -> Result<Option<TokenInfo>> {
-        let _turn = self.write_turn().await;
         let Some(id) = presented
             .strip_prefix("fw_")
             .and_then(|rest| rest.split_once('_'))
@@ -135,11 +137,17 @@ impl Registry {
             return Ok(None);
         }
         let role: String = row.try_get("role")?;
-        sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
-            .bind(id)
-            .bind(now_ms)
-            .execute(self.pool())
-            .await?;
+        // Last use is kept to the minute: a write per API call would put every dashboard page
+        // in SQLite's single-writer queue.
+        let last_used: Option<i64> = row.try_get("last_used_at")?;
+        if last_used.is_none_or(|t| now_ms - t >= LAST_USED_RESOLUTION_MS) {
+            let _turn = self.write_turn().await;
+            sqlx::query("UPDATE api_tokens SET last_used_at = $2 WHERE id = $1")
+                .bind(id)
+                .bind(now_ms)
+                .execute(self.pool())
+                .await?;
+        }
         Ok(Some(TokenInfo {
             id: row.try_get("id")?,
             role: Role::parse(&role).ok_or_else(|| RegistryError::Invalid {
@@ -152,6 +160,33 @@ impl Registry {
             last_used_at_ms: Some(now_ms),
             revoked_at_ms: None,
         }))
+    }
+
+    /// Every token's metadata (never a secret), newest first.
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
+        let rows = sqlx::query(
+            "SELECT id, role, description, created_at, created_by, last_used_at, revoked_at FROM api_tokens \
+             ORDER BY created_at DESC, id",
+        )
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let role: String = row.try_get("role")?;
+                Ok(TokenInfo {
+                    id: row.try_get("id")?,
+                    role: Role::parse(&role).ok_or_else(|| RegistryError::Invalid {
+                        what: "stored token",
+                        detail: "unknown role".into(),
+                    })?,
+                    description: row.try_get("description")?,
+                    created_at_ms: row.try_get("created_at")?,
+                    created_by: row.try_get("created_by")?,
+                    last_used_at_ms: row.try_get("last_used_at")?,
+                    revoked_at_ms: row.try_get("revoked_at")?,
+                })
+            })
+            .collect()
     }
 
     /// Revokes a token by id; `NotFound` if there is none.

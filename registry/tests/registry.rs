@@ -33,6 +33,8 @@ both!(
     firmware_references,
     api_tokens,
     gateway_helpers,
+    operator_queries,
+    audit_findings,
 );
 
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
@@ -91,6 +93,7 @@ async fn migrations_from_empty(db: &TestDb) {
         "lorawan_devices",
         "lorawan_dev_nonces",
         "sigfox_devices",
+        "settings",
     ] {
         assert_eq!(count(db, table).await, 0, "{table}");
     }
@@ -825,10 +828,15 @@ async fn fleet_counts_stay_exact(db: &TestDb) {
     assert_eq!(s.total, 12);
     assert_eq!(s.by_status.len(), 1);
     assert_eq!(s.by_status["revoked"], 12);
+    assert_eq!(s.by_ca[&ca.id], 12);
+    assert_eq!(s.by_key["ECDSA P-256"], 12);
     for (dimension, column) in [
         ("status", "status"),
         ("integrity", "integrity"),
         ("firmware", "COALESCE(firmware_version, 'unknown')"),
+        ("ca", "ca_id"),
+        ("key", "COALESCE(cert_key, 'unknown')"),
+        ("digest", "COALESCE(firmware_digest, 'unknown')"),
     ] {
         let truth = db
             .raw_scalar(&format!("SELECT COUNT(DISTINCT {column}) FROM devices"))
@@ -836,6 +844,9 @@ async fn fleet_counts_stay_exact(db: &TestDb) {
         let map = match dimension {
             "status" => &s.by_status,
             "integrity" => &s.by_integrity,
+            "ca" => &s.by_ca,
+            "key" => &s.by_key,
+            "digest" => &s.by_digest,
             _ => &s.by_firmware,
         };
         assert_eq!(map.len() as i64, truth, "{dimension}");
@@ -1092,4 +1103,237 @@ async fn gateway_helpers(db: &TestDb) {
         "never moves back"
     );
     let _ = record;
+}
+
+async fn operator_queries(db: &TestDb) {
+    let r = &db.registry;
+    // One registration code for the whole server, whoever asks first.
+    let code = r.registration_code(|| "a".repeat(40)).await.unwrap();
+    assert_eq!(code, "a".repeat(40));
+    assert_eq!(r.registration_code(|| "b".repeat(40)).await.unwrap(), code);
+
+    let root = TestCa::root(KeyKind::P256, "Root");
+    r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    let d = root.issue_device(KeyKind::P256, "ops-1");
+    connect(r, &d.der, NOW).await;
+    // Labels are replaced as a whole, with an event.
+    let mut labels = std::collections::BTreeMap::new();
+    labels.insert("site".to_owned(), "lyon".to_owned());
+    labels.insert("line".to_owned(), "3".to_owned());
+    r.set_labels("ops-1", &labels, "api:t", NOW + 1).await.unwrap();
+    labels.remove("line");
+    r.set_labels("ops-1", &labels, "api:t", NOW + 2).await.unwrap();
+    assert_eq!(r.labels("ops-1").await.unwrap(), labels);
+    assert!(matches!(
+        r.set_labels("nope", &labels, "api:t", NOW).await,
+        Err(RegistryError::NotFound { .. })
+    ));
+    // Event filters: a family, newest first with paging back, a time floor.
+    let family = r
+        .events(
+            &EventFilter {
+                kind: Some("device.".into()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = family.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["device.registered", "device.labels", "device.labels"]);
+    let newest = r
+        .events(
+            &EventFilter {
+                newest_first: true,
+                ..Default::default()
+            },
+            2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(newest.len(), 2);
+    assert!(newest[0].id > newest[1].id);
+    let older = r
+        .events(
+            &EventFilter {
+                newest_first: true,
+                before_id: Some(newest[1].id),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert!(older.iter().all(|e| e.id < newest[1].id));
+    assert_eq!(
+        older.len() + 2,
+        r.events(&EventFilter::default(), 100).await.unwrap().len()
+    );
+    let since = r
+        .events(
+            &EventFilter {
+                since_ms: Some(NOW + 2),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
+    assert_eq!(since.len(), 1);
+    // Onboarding over time, in buckets.
+    let counts = r
+        .event_counts(&["device.registered", "chain.rejected"], NOW - 3_600_000, 60_000)
+        .await
+        .unwrap();
+    assert_eq!(counts.len(), 1);
+    assert_eq!((counts[0].kind.as_str(), counts[0].count), ("device.registered", 1));
+    assert_eq!(counts[0].bucket_ms, NOW / 60_000 * 60_000);
+    // Token listing never shows a secret.
+    let t = r.create_token(registry::Role::Viewer, None, "t", NOW).await.unwrap();
+    let listed = r.tokens().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, t.info.id);
+}
+
+async fn audit_findings(db: &TestDb) {
+    use fleetward_test_support::Spec;
+    use registry::{AuditOptions, NewEvent, Severity};
+    let r = &db.registry;
+    let day = 86_400_000;
+    let opts = AuditOptions::default();
+    // An empty fleet has nothing to report, but every check ran.
+    let empty = r.audit(&opts, NOW).await.unwrap();
+    assert!(empty.findings.is_empty(), "{:?}", empty.findings);
+    assert_eq!(empty.checks_run.len(), registry::AUDIT_CHECKS.len());
+
+    let root = TestCa::root(KeyKind::P256, "Root");
+    let ca = r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    let weak_root = TestCa::root(KeyKind::Rsa2048, "Weak Root");
+    let weak_ca = r.insert_ca(&new_ca(&weak_root, true), NOW).await.unwrap();
+    let fine = root.issue_device(KeyKind::P256, "fine");
+    let revoked_serial = root.issue_device(KeyKind::P256, "on-the-list");
+    let weak = root.issue_device(KeyKind::Rsa2048, "weak");
+    let soon = root.issue_device_with(
+        KeyKind::P256,
+        &[(fleetward_test_support::Dn::CommonName, "soon")],
+        &Spec {
+            not_after: "2026-12-01T00:00:00Z".into(),
+            ..Spec::default()
+        },
+    );
+    for d in [&fine, &revoked_serial, &weak, &soon] {
+        connect(r, &d.der, NOW).await;
+    }
+    // A device seen long ago whose certificate has expired since.
+    let stale = root.issue_device(KeyKind::P256, "stale");
+    let v = verifier::x509::describe_certificate(&stale.der).unwrap();
+    r.register_or_touch(
+        &Sighting {
+            device_id: "stale",
+            ca_id: &ca.id,
+            cert_der: &stale.der,
+            cert_sha256: &v.sha256,
+            cert_serial: &v.serial,
+            cert_not_after_ms: NOW - day,
+            peer: None,
+            tls_version: None,
+            tls_suite: None,
+        },
+        true,
+        NOW - 10 * day,
+    )
+    .await
+    .unwrap();
+    let serial = verifier::x509::describe_certificate(&revoked_serial.der)
+        .unwrap()
+        .serial;
+    r.revoke_serial(&ca.id, &serial, "key compromise", "t", NOW)
+        .await
+        .unwrap();
+    r.append_event(&NewEvent::new("device.clone_suspected", "gateway").device("fine"), NOW)
+        .await
+        .unwrap();
+    r.append_event(
+        &NewEvent::new("device.refused", "gateway")
+            .device("weak")
+            .detail(serde_json::json!({ "check": "client_id_mismatch" })),
+        NOW,
+    )
+    .await
+    .unwrap();
+    r.set_integrity("weak", Integrity::Failed, Some("bad signature"), "t", NOW)
+        .await
+        .unwrap();
+    r.add_firmware_reference("app", "1.0", "aa", None, true, "t", NOW)
+        .await
+        .unwrap();
+    r.add_firmware_reference("app", "0.9", "cc", None, false, "t", NOW)
+        .await
+        .unwrap();
+    r.set_firmware("fine", "1.0", "aa").await.unwrap();
+    r.set_firmware("soon", "1.1", "bb").await.unwrap();
+    r.set_firmware("weak", "0.9", "cc").await.unwrap();
+
+    let report = r.audit(&opts, NOW).await.unwrap();
+    let find = |check: &str| {
+        report
+            .findings
+            .iter()
+            .find(|f| f.check == check)
+            .unwrap_or_else(|| panic!("no `{check}` in {:#?}", report.findings))
+    };
+    let devices = |check: &str| find(check).affected_devices.clone();
+    assert_eq!(devices("revoked_device_certificate_still_active"), ["on-the-list"]);
+    assert_eq!(
+        find("revoked_device_certificate_still_active").affected_cas,
+        vec![ca.id.clone()]
+    );
+    assert_eq!(devices("device_certificate_shared"), ["fine"]);
+    assert_eq!(devices("conflicting_client_ids"), ["weak"]);
+    assert_eq!(devices("device_certificate_expired"), ["stale"]);
+    assert_eq!(devices("device_certificate_expiring"), ["soon"]);
+    assert_eq!(devices("device_certificate_key_quality"), ["weak"]);
+    assert_eq!(
+        find("ca_certificate_key_quality").affected_cas,
+        vec![weak_ca.id.clone()]
+    );
+    assert_eq!(devices("attestation_failing"), ["weak"]);
+    assert_eq!(find("attestation_never_passed").affected_count, 4);
+    assert_eq!(devices("firmware_blocked"), ["weak"]);
+    assert_eq!(devices("firmware_not_in_reference_set"), ["soon"]);
+    assert_eq!(devices("devices_silent"), ["stale"]);
+    assert!(
+        report
+            .findings
+            .iter()
+            .all(|f| !f.suggested_action.is_empty() && f.affected_count > 0)
+    );
+    // Most severe first.
+    assert_eq!(report.findings[0].severity, Severity::Critical);
+    assert!(report.findings.windows(2).all(|w| w[0].severity <= w[1].severity));
+
+    // Revoking a device clears its findings; a revoked CA with devices left active is reported.
+    r.set_device_status("on-the-list", DeviceStatus::Revoked, "t", "done", NOW)
+        .await
+        .unwrap();
+    let report = r.audit(&opts, NOW).await.unwrap();
+    assert!(
+        !report
+            .findings
+            .iter()
+            .any(|f| f.check == "revoked_device_certificate_still_active")
+    );
+    r.revoke_ca(&ca.id, "t", "rotate", NOW).await.unwrap();
+    db.raw_execute("UPDATE devices SET status = 'active' WHERE id = 'fine'")
+        .await;
+    let report = r.audit(&opts, NOW).await.unwrap();
+    let f = report
+        .findings
+        .iter()
+        .find(|f| f.check == "revoked_ca_active_devices")
+        .unwrap();
+    assert_eq!(
+        (f.affected_devices.as_slice(), f.affected_cas.as_slice()),
+        (&["fine".to_owned()][..], &[ca.id.clone()][..])
+    );
 }

@@ -95,6 +95,17 @@ impl TestDb {
             .unwrap()
     }
 
+    /// Raw SQL on a separate connection (tests simulating writes made outside fleetward).
+    pub async fn raw_execute(&self, sql: &str) {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.url)
+            .await
+            .unwrap();
+        sqlx::query(sqlx::AssertSqlSafe(sql.to_owned()))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+
     /// Every byte the database holds: for SQLite the files on disk (database and write-ahead
     /// log), for PostgreSQL a full `pg_dump` of the test database (bytea appears as hex).
     pub fn dump(&self) -> Vec<u8> {

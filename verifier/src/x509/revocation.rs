@@ -132,6 +132,20 @@ impl Crl {
         &self.info
     }
 
+    /// The serial numbers this CRL lists, lower-case minimal hex (as device records keep them).
+    pub fn revoked_serials_hex(&self) -> Vec<String> {
+        let Ok(parsed) = CertificateList::<x509_cert::certificate::Rfc5280>::from_der(&self.der) else {
+            return Vec::new(); // parsed in from_der; cannot fail
+        };
+        parsed
+            .tbs_cert_list
+            .revoked_certificates
+            .iter()
+            .flatten()
+            .map(|r| hex::encode(minimal(r.serial_number.as_bytes())))
+            .collect()
+    }
+
     /// Whether this CRL lists `serial` (big-endian bytes).
     pub(crate) fn lists(&self, serial: &[u8]) -> bool {
         matches!(self.webpki.find_serial(serial), Ok(Some(_)))

@@ -1,0 +1,76 @@
+-- Operator API and fleet audit (issue 5).
+--
+-- * `settings`: small server-wide values (the CA registration code).
+-- * `devices.cert_key`: the device key's algorithm ("ECDSA P-256"), recorded at registration so
+--   the weak-key audit is a counter lookup rather than a parse of every certificate.
+-- * fleet_counts gains the dimensions `ca`, `key` and `digest` (firmware image digest), kept by
+--   statement-level triggers like those of 0002, so the summary by CA and the audit's key and
+--   firmware checks cost the same at 1,000,000 devices as at 10.
+-- * indexes for the audit's range checks and the events API's time filter.
+
+CREATE TABLE settings (
+    key   TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+
+ALTER TABLE devices ADD COLUMN cert_key TEXT;
+CREATE INDEX devices_cert_not_after ON devices (cert_not_after);
+CREATE INDEX devices_cert_key ON devices (cert_key, id);
+CREATE INDEX devices_firmware_digest ON devices (firmware_digest, id);
+CREATE INDEX events_kind_at ON events (kind, at);
+CREATE INDEX events_at ON events (at);
+
+CREATE FUNCTION fleet_counts_more_inserted() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO fleet_counts (dimension, value, shard, n)
+    SELECT dimension, value, shard, SUM(n) FROM (
+        SELECT 'ca' AS dimension, t.ca_id AS value, ascii(right(t.id, 1)) % 16 AS shard, 1 AS n FROM new_rows t
+        UNION ALL SELECT 'key' AS dimension, COALESCE(t.cert_key, 'unknown') AS value, ascii(right(t.id, 1)) % 16 AS shard, 1 AS n FROM new_rows t
+        UNION ALL SELECT 'digest' AS dimension, COALESCE(t.firmware_digest, 'unknown') AS value, ascii(right(t.id, 1)) % 16 AS shard, 1 AS n FROM new_rows t
+    ) delta GROUP BY dimension, value, shard HAVING SUM(n) <> 0
+    ON CONFLICT (dimension, value, shard) DO UPDATE SET n = fleet_counts.n + excluded.n;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE FUNCTION fleet_counts_more_deleted() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO fleet_counts (dimension, value, shard, n)
+    SELECT dimension, value, shard, SUM(n) FROM (
+        SELECT 'ca' AS dimension, t.ca_id AS value, ascii(right(t.id, 1)) % 16 AS shard, -1 AS n FROM old_rows t
+        UNION ALL SELECT 'key' AS dimension, COALESCE(t.cert_key, 'unknown') AS value, ascii(right(t.id, 1)) % 16 AS shard, -1 AS n FROM old_rows t
+        UNION ALL SELECT 'digest' AS dimension, COALESCE(t.firmware_digest, 'unknown') AS value, ascii(right(t.id, 1)) % 16 AS shard, -1 AS n FROM old_rows t
+    ) delta GROUP BY dimension, value, shard HAVING SUM(n) <> 0
+    ON CONFLICT (dimension, value, shard) DO UPDATE SET n = fleet_counts.n + excluded.n;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE FUNCTION fleet_counts_more_updated() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO fleet_counts (dimension, value, shard, n)
+    SELECT dimension, value, shard, SUM(n) FROM (
+        SELECT 'ca' AS dimension, o.ca_id AS value, ascii(right(o.id, 1)) % 16 AS shard, -1 AS n FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.ca_id IS DISTINCT FROM n.ca_id
+        UNION ALL SELECT 'key' AS dimension, COALESCE(o.cert_key, 'unknown') AS value, ascii(right(o.id, 1)) % 16 AS shard, -1 AS n FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.cert_key IS DISTINCT FROM n.cert_key
+        UNION ALL SELECT 'digest' AS dimension, COALESCE(o.firmware_digest, 'unknown') AS value, ascii(right(o.id, 1)) % 16 AS shard, -1 AS n FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.firmware_digest IS DISTINCT FROM n.firmware_digest
+        UNION ALL SELECT 'ca' AS dimension, n.ca_id AS value, ascii(right(n.id, 1)) % 16 AS shard, 1 AS n FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.ca_id IS DISTINCT FROM n.ca_id
+        UNION ALL SELECT 'key' AS dimension, COALESCE(n.cert_key, 'unknown') AS value, ascii(right(n.id, 1)) % 16 AS shard, 1 AS n FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.cert_key IS DISTINCT FROM n.cert_key
+        UNION ALL SELECT 'digest' AS dimension, COALESCE(n.firmware_digest, 'unknown') AS value, ascii(right(n.id, 1)) % 16 AS shard, 1 AS n FROM old_rows o JOIN new_rows n ON n.id = o.id WHERE o.firmware_digest IS DISTINCT FROM n.firmware_digest
+    ) delta GROUP BY dimension, value, shard HAVING SUM(n) <> 0
+    ON CONFLICT (dimension, value, shard) DO UPDATE SET n = fleet_counts.n + excluded.n;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+CREATE TRIGGER devices_fleet_counts_more_insert AFTER INSERT ON devices
+    REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fleet_counts_more_inserted();
+CREATE TRIGGER devices_fleet_counts_more_delete AFTER DELETE ON devices
+    REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION fleet_counts_more_deleted();
+CREATE TRIGGER devices_fleet_counts_more_update AFTER UPDATE ON devices
+    REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION fleet_counts_more_updated();
+
+-- Devices that existed before this migration.
+INSERT INTO fleet_counts (dimension, value, shard, n)
+SELECT 'ca', ca_id, ascii(right(id, 1)) % 16, COUNT(*) FROM devices GROUP BY 2, 3
+UNION ALL SELECT 'key', 'unknown', ascii(right(id, 1)) % 16, COUNT(*) FROM devices GROUP BY 2, 3
+UNION ALL SELECT 'digest', COALESCE(firmware_digest, 'unknown'), ascii(right(id, 1)) % 16, COUNT(*) FROM devices GROUP BY 2, 3;
