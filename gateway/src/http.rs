@@ -1,8 +1,10 @@
-//! The HTTP side: health and readiness probes and Prometheus metrics. The operator API and the
-//! dashboard build on this router.
+//! The HTTP side: health and readiness probes, Prometheus metrics, the operator API
+//! ([`crate::api`]) and the dashboard ([`crate::dashboard`]).
 
+use crate::eventlog::EventSink;
 use crate::mqtt::hub::Hub;
 use crate::stats::Stats;
+use crate::trust::TrustState;
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
@@ -19,6 +21,22 @@ pub struct AppState {
     pub registry: Registry,
     pub stats: Arc<Stats>,
     pub hub: Arc<Hub>,
+    pub trust: Arc<TrustState>,
+    pub events: EventSink,
+    /// Flips to `true` at shutdown (ends long-lived responses such as event streams).
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl AppState {
+    /// After a CA or device change made here: the next handshake sees it, and sessions of
+    /// devices that may no longer connect are ended.
+    pub async fn trust_changed(&self) {
+        match self.trust.reload(&self.registry).await {
+            Ok(_) => crate::server::close_revoked(&self.trust, &self.hub),
+            // The 1-second poller retries; the change is in the registry already.
+            Err(e) => tracing::warn!(error = %e, "trust store reload failed; the poller will retry"),
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -26,6 +44,8 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .merge(crate::api::router())
+        .merge(crate::dashboard::router())
         .with_state(state)
 }
 
@@ -52,11 +72,14 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
 /// Serves until `shutdown` flips.
 pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutdown: watch::Receiver<bool>) {
     let app = router(state);
-    let result = axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.changed().await;
-        })
-        .await;
+    let result = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move {
+        let _ = shutdown.changed().await;
+    })
+    .await;
     if let Err(e) = result {
         tracing::warn!(error = %e, "HTTP server stopped");
     }

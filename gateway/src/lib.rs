@@ -9,9 +9,11 @@
 //! - [`cli`]: flags and the offline tools (`verify`, `migrate`, `keys`, `config print`).
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod cli;
 pub mod clock;
 pub mod config;
+pub mod dashboard;
 pub mod demo;
 pub mod eventlog;
 pub mod http;

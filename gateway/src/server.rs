@@ -34,6 +34,8 @@ pub struct Running {
     pub data_dir: PathBuf,
     /// The CA devices must trust to verify the server (PEM file).
     pub server_ca: Option<PathBuf>,
+    /// On the first start against a database: an admin API token, to show the operator once.
+    pub initial_admin_token: Option<zeroize::Zeroizing<String>>,
     pub registry: Registry,
     pub stats: Arc<Stats>,
     pub hub: Arc<Hub>,
@@ -135,6 +137,11 @@ pub async fn start(config: Config) -> Result<Running> {
     }
     let registry = open_registry(&config).await?;
     register_trusted_cas(&registry, &config.trust_ca).await?;
+    let initial_admin_token = registry
+        .bootstrap_admin_token(clock::now_ms())
+        .await
+        .context("cannot create the first admin token")?
+        .map(|t| t.secret);
 
     let stats = Arc::new(Stats::default());
     let trust = Arc::new(TrustState::default());
@@ -279,6 +286,9 @@ pub async fn start(config: Config) -> Result<Running> {
             registry: registry.clone(),
             stats: stats.clone(),
             hub: hub.clone(),
+            trust: trust.clone(),
+            events: events.clone(),
+            shutdown: shutdown_rx.clone(),
         },
         shutdown_rx,
     )));
@@ -289,6 +299,7 @@ pub async fn start(config: Config) -> Result<Running> {
         http_addr,
         data_dir: config.data_dir.clone(),
         server_ca,
+        initial_admin_token,
         registry,
         stats,
         hub,
@@ -304,6 +315,18 @@ pub async fn start(config: Config) -> Result<Running> {
 }
 
 impl Running {
+    /// The HTTP side's state (tests drive the router with it directly).
+    pub fn http_state(&self) -> http::AppState {
+        http::AppState {
+            registry: self.registry.clone(),
+            stats: self.stats.clone(),
+            hub: self.hub.clone(),
+            trust: self.trust.clone(),
+            events: self.events.clone(),
+            shutdown: self.shutdown.subscribe(),
+        }
+    }
+
     /// Makes registry changes (a CA registered or revoked, a device revoked) count from the
     /// next handshake, and ends sessions of devices that may no longer connect.
     pub async fn registry_changed(&self) -> Result<()> {
@@ -332,7 +355,7 @@ impl Running {
 }
 
 /// Ends the sessions of devices that are revoked (by themselves or through their CA).
-fn close_revoked(trust: &TrustState, hub: &Hub) {
+pub(crate) fn close_revoked(trust: &TrustState, hub: &Hub) {
     for id in &trust.snapshot().revoked_devices {
         hub.signal_device(
             id,

@@ -54,6 +54,8 @@ counters! {
     commands_queued: "commands accepted from backend applications",
     commands_delivered: "commands delivered to devices",
     events_dropped: "events not recorded because the event writer was saturated",
+    api_unauthorized: "API requests refused for a missing, invalid or revoked token (401)",
+    api_forbidden: "API requests refused because the token's role is insufficient (403)",
 }
 
 /// Adds one.

@@ -26,7 +26,7 @@ fn migrate_from_empty_then_nothing_to_do() {
     let d = data.to_str().unwrap();
     let o = fleetward(&["migrate", "--data-dir", d]);
     assert_eq!(o.status.code(), Some(0), "{}", String::from_utf8_lossy(&o.stderr));
-    assert!(stdout(&o).contains("2 migration(s) applied"), "{}", stdout(&o));
+    assert!(stdout(&o).contains("3 migration(s) applied"), "{}", stdout(&o));
     assert!(data.join("fleetward.db").exists());
     let o = fleetward(&["migrate", "--data-dir", d]);
     assert!(stdout(&o).contains("0 migration(s) applied"), "{}", stdout(&o));

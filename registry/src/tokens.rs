@@ -162,6 +162,29 @@ impl Registry {
         }))
     }
 
+    /// The first start's admin token: created once per database (whichever node or process
+    /// starts first), `None` ever after. The database settles races between nodes.
+    pub async fn bootstrap_admin_token(&self, now_ms: i64) -> Result<Option<NewToken>> {
+        let claimed = {
+            let _turn = self.write_turn().await;
+            sqlx::query(
+                "INSERT INTO settings (key, value) VALUES ('bootstrap_admin_token', $1) ON CONFLICT (key) DO NOTHING",
+            )
+            .bind(now_ms.to_string())
+            .execute(self.pool())
+            .await?
+            .rows_affected()
+                == 1
+        };
+        if !claimed {
+            return Ok(None);
+        }
+        let token = self
+            .create_token(Role::Admin, Some("first-start admin token"), "bootstrap", now_ms)
+            .await?;
+        Ok(Some(token))
+    }
+
     /// Every token's metadata (never a secret), newest first.
     pub async fn tokens(&self) -> Result<Vec<TokenInfo>> {
         let rows = sqlx::query(

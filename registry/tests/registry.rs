@@ -1188,10 +1188,25 @@ async fn operator_queries(db: &TestDb) {
     assert_eq!(counts.len(), 1);
     assert_eq!((counts[0].kind.as_str(), counts[0].count), ("device.registered", 1));
     assert_eq!(counts[0].bucket_ms, NOW / 60_000 * 60_000);
+    // The first start's admin token is made once per database.
+    let first = r.bootstrap_admin_token(NOW).await.unwrap().unwrap();
+    assert_eq!(first.info.role, registry::Role::Admin);
+    assert!(r.bootstrap_admin_token(NOW + 1).await.unwrap().is_none());
+    assert!(
+        db.reopen(common::keyring())
+            .await
+            .bootstrap_admin_token(NOW + 2)
+            .await
+            .unwrap()
+            .is_none()
+    );
     // Token listing never shows a secret.
-    let t = r.create_token(registry::Role::Viewer, None, "t", NOW).await.unwrap();
+    let t = r
+        .create_token(registry::Role::Viewer, None, "t", NOW + 3)
+        .await
+        .unwrap();
     let listed = r.tokens().await.unwrap();
-    assert_eq!(listed.len(), 1);
+    assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].id, t.info.id);
 }
 

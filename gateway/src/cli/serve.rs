@@ -106,6 +106,18 @@ pub(super) fn serve(args: ServeArgs, out: &mut dyn Write) -> Result<Outcome> {
         if let Some(ca) = &running.server_ca {
             writeln!(out, "  devices trust the server through {}", ca.display())?;
         }
+        writeln!(out, "  dashboard http://{}/", running.http_addr)?;
+        if let Some(token) = &running.initial_admin_token {
+            writeln!(
+                out,
+                "\nfirst start: an admin API token, shown this once (keep it secret):"
+            )?;
+            writeln!(out, "  {}", token.as_str())?;
+            writeln!(
+                out,
+                "  more tokens: fleetward token create --role admin|operator|viewer --data-dir DIR\n"
+            )?;
+        }
         writeln!(out, "  stop with Ctrl-C")?;
         out.flush()?;
         crate::server::termination_signal().await;

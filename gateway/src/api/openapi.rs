@@ -1,0 +1,58 @@
+//! The OpenAPI 3 document, derived from the handlers' annotations and the model types.
+
+use super::{cas, devices, events, fleet, model, tokens};
+use axum::response::IntoResponse;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "fleetward operator API",
+        description = "Provisioning CAs, devices, the audit trail, fleet summary and audit findings. \
+                       Authenticate with `Authorization: Bearer <token>`; roles: admin > operator > viewer.",
+        license(name = "Apache-2.0")
+    ),
+    paths(
+        cas::registration_code, cas::register, cas::list, cas::get_one, cas::revoke, cas::upload_crl,
+        devices::list, devices::get_one, devices::activate, devices::quarantine, devices::revoke, devices::put_labels,
+        events::list, events::stream,
+        fleet::summary, fleet::audit,
+        tokens::create, tokens::list, tokens::revoke,
+    ),
+    components(schemas(
+        model::ErrorBody, model::RegistrationCode, model::RegisterCa, model::Ca, model::CaList, model::Reason,
+        model::CaRevoked, model::CrlUpload, model::CrlAccepted, model::Device, model::DeviceCertificate,
+        model::DeviceList, model::DeviceDetail, model::ChainLink, model::Labels, model::EventItem, model::EventList,
+        model::Bucket, model::FleetSummary, model::AuditFinding, model::Audit, model::CreateToken, model::Token,
+        model::CreatedToken, model::TokenList,
+    )),
+    modifiers(&BearerAuth),
+    tags(
+        (name = "cas", description = "Provisioning CAs"),
+        (name = "devices", description = "Devices"),
+        (name = "events", description = "The audit trail"),
+        (name = "fleet", description = "Fleet summary"),
+        (name = "audit", description = "Fleet audit findings"),
+        (name = "tokens", description = "API tokens"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+/// `GET /api/openapi.json` (public: the contract is not a secret).
+pub(super) async fn document() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
