@@ -1,5 +1,6 @@
 //! Command-line interface: flags (clap) and the commands they run.
 
+mod admin;
 mod db;
 mod serve;
 mod verify;
@@ -7,6 +8,7 @@ mod verify;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
+pub use admin::{ApiArgs, AuditArgs, CaCommand, DeviceCommand, Format, TokenCommand};
 pub use db::{DbArgs, KekArgs, KeysCommand};
 pub use serve::{ConfigCommand, DemoArgs, ServeArgs};
 pub use verify::{ChainArgs, ChallengeArgs, RegistrationArgs, VerifyCommand};
@@ -41,6 +43,17 @@ pub enum Command {
     /// Key-encryption keys for sealed LPWAN keys: generate one, rotate to it.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// API tokens (`create` works offline against the registry).
+    #[command(subcommand)]
+    Token(TokenCommand),
+    /// Provisioning CAs, through the API: add (with proof of possession), list, revoke, CRLs.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// Devices, through the API: list, show, activate, quarantine, revoke.
+    #[command(subcommand)]
+    Device(DeviceCommand),
+    /// Fleet audit findings, through the API.
+    Audit(AuditArgs),
 }
 
 /// How a command ended; the process exit code.
@@ -64,5 +77,9 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Verify(cmd) => verify::run(cmd, out),
         Command::Migrate(db) => db::migrate(db, out),
         Command::Keys(cmd) => db::keys(cmd, out),
+        Command::Token(cmd) => admin::token(cmd, out),
+        Command::Ca(cmd) => admin::ca(cmd, out),
+        Command::Device(cmd) => admin::device(cmd, out),
+        Command::Audit(args) => admin::audit(args, out),
     }
 }
