@@ -145,6 +145,19 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
         stats.chains_rejected, stats.sessions_refused, stats.acl_violations, stats.clones_suspected
     )?;
     writeln!(out, "metrics: http://{}/metrics", running.http_addr)?;
+    writeln!(out)?;
+    writeln!(
+        out,
+        "dashboard: http://{}/  (the demo fleet, its audit findings and the refused bad actors)",
+        running.http_addr
+    )?;
+    if let Some(token) = &running.initial_admin_token {
+        writeln!(
+            out,
+            "admin token (log in with it; also for the API and CLI): {}",
+            token.as_str()
+        )?;
+    }
     writeln!(
         out,
         "{}",

@@ -25,6 +25,8 @@ pub struct AppState {
     pub events: EventSink,
     /// Flips to `true` at shutdown (ends long-lived responses such as event streams).
     pub shutdown: watch::Receiver<bool>,
+    /// Dashboard login sessions.
+    pub sessions: Arc<crate::dashboard::Sessions>,
 }
 
 impl AppState {

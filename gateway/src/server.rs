@@ -41,6 +41,7 @@ pub struct Running {
     pub hub: Arc<Hub>,
     pub trust: Arc<TrustState>,
     pub events: EventSink,
+    sessions: Arc<crate::dashboard::Sessions>,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -280,6 +281,7 @@ pub async fn start(config: Config) -> Result<Running> {
             }
         }));
     }
+    let sessions = Arc::new(crate::dashboard::Sessions::default());
     background.push(tokio::spawn(http::serve(
         http_listener,
         http::AppState {
@@ -289,6 +291,7 @@ pub async fn start(config: Config) -> Result<Running> {
             trust: trust.clone(),
             events: events.clone(),
             shutdown: shutdown_rx.clone(),
+            sessions: sessions.clone(),
         },
         shutdown_rx,
     )));
@@ -305,6 +308,7 @@ pub async fn start(config: Config) -> Result<Running> {
         hub,
         trust,
         events,
+        sessions,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -324,6 +328,7 @@ impl Running {
             trust: self.trust.clone(),
             events: self.events.clone(),
             shutdown: self.shutdown.subscribe(),
+            sessions: self.sessions.clone(),
         }
     }
 

@@ -189,7 +189,12 @@ impl Registry {
             Backend::Sqlite => &SQLITE_MIGRATIONS,
             Backend::Postgres => &POSTGRES_MIGRATIONS,
         };
-        let before = self.applied_migrations().await.unwrap_or(0);
+        // A fresh database has no migrations table yet: nothing applied (and nothing to log).
+        let before = if self.has_migrations_table().await? {
+            self.applied_migrations().await?
+        } else {
+            0
+        };
         migrator.run(&self.pool).await.map_err(|e| match e {
             sqlx::migrate::MigrateError::Execute(e) => RegistryError::from(e),
             other => {
@@ -198,6 +203,18 @@ impl Registry {
             }
         })?;
         Ok(self.applied_migrations().await?.saturating_sub(before))
+    }
+
+    async fn has_migrations_table(&self) -> Result<bool> {
+        let sql = match self.backend {
+            Backend::Sqlite => "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
+            Backend::Postgres => {
+                "SELECT COUNT(*) FROM information_schema.tables WHERE table_name = '_sqlx_migrations' \
+                                  AND table_schema = current_schema()"
+            }
+        };
+        let n: i64 = sqlx::query_scalar(sql).fetch_one(&self.pool).await?;
+        Ok(n > 0)
     }
 
     async fn applied_migrations(&self) -> Result<usize> {

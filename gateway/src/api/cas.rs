@@ -2,12 +2,12 @@
 //! every device under the CA) and CRLs.
 
 use super::model::{Ca, CaList, CaRevoked, CrlAccepted, CrlUpload, ErrorBody, Reason, RegisterCa, RegistrationCode};
-use super::{ApiError, ApiResult, Caller, Json, OptionalJson, Path, rfc3339};
+use super::{ADMIN, ApiError, ApiResult, Authorized, Json, OptionalJson, Path, VIEWER, rfc3339};
 use crate::clock::now_ms;
 use crate::http::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry::{NewCa, NewEvent, Role};
+use registry::{NewCa, NewEvent};
 use verifier::Timestamp;
 use verifier::x509::{self, RegistrationCode as Code};
 
@@ -48,9 +48,8 @@ async fn one(state: &AppState, id: &str) -> ApiResult<Ca> {
     security(("bearer" = [])))]
 pub(super) async fn registration_code(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ ADMIN }>,
 ) -> ApiResult<axum::Json<RegistrationCode>> {
-    caller.require(&state, Role::Admin)?;
     Ok(axum::Json(RegistrationCode {
         registration_code: current_code(&state).await?,
     }))
@@ -63,10 +62,9 @@ pub(super) async fn registration_code(
     security(("bearer" = [])))]
 pub(super) async fn register(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller): Authorized<{ ADMIN }>,
     Json(body): Json<RegisterCa>,
 ) -> ApiResult<(StatusCode, axum::Json<Ca>)> {
-    caller.require(&state, Role::Admin)?;
     let first_cert = |pem: &str, what: &str| {
         x509::certificates_from_pem_or_der(pem.as_bytes())
             .ok()
@@ -115,8 +113,10 @@ pub(super) async fn register(
 #[utoipa::path(get, path = "/api/v1/cas", tag = "cas",
     responses((status = 200, body = CaList), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
-pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<axum::Json<CaList>> {
-    caller.require(&state, Role::Viewer)?;
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Authorized(_): Authorized<{ VIEWER }>,
+) -> ApiResult<axum::Json<CaList>> {
     let items = with_count(&state, state.registry.cas().await?).await?;
     Ok(axum::Json(CaList {
         items,
@@ -130,10 +130,9 @@ pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> ApiRe
     security(("bearer" = [])))]
 pub(super) async fn get_one(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<Ca>> {
-    caller.require(&state, Role::Viewer)?;
     Ok(axum::Json(one(&state, &id).await?))
 }
 
@@ -145,11 +144,10 @@ pub(super) async fn get_one(
     security(("bearer" = [])))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller): Authorized<{ ADMIN }>,
     Path(id): Path<String>,
     OptionalJson(body): OptionalJson<Reason>,
 ) -> ApiResult<axum::Json<CaRevoked>> {
-    caller.require(&state, Role::Admin)?;
     let reason = body.reason.unwrap_or_else(|| "revoked by an operator".into());
     let devices_revoked = state
         .registry
@@ -171,11 +169,10 @@ pub(super) async fn revoke(
     security(("bearer" = [])))]
 pub(super) async fn upload_crl(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller): Authorized<{ ADMIN }>,
     Path(id): Path<String>,
     Json(body): Json<CrlUpload>,
 ) -> ApiResult<(StatusCode, axum::Json<CrlAccepted>)> {
-    caller.require(&state, Role::Admin)?;
     state.registry.ca(&id).await?;
     let der = x509::crls_from_pem_or_der(body.crl_pem.as_bytes())
         .ok()

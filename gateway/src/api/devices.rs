@@ -2,7 +2,10 @@
 //! actions; labels.
 
 use super::model::{ChainLink, Device, DeviceDetail, DeviceList, ErrorBody, EventItem, Labels, Reason};
-use super::{ApiError, ApiResult, Caller, Json, OptionalJson, Path, Query, decode_cursor, encode_cursor, page_limit};
+use super::{
+    ApiError, ApiResult, Authorized, Caller, Json, OPERATOR, OptionalJson, Path, Query, VIEWER, decode_cursor,
+    encode_cursor, page_limit,
+};
 use crate::clock::now_ms;
 use crate::http::AppState;
 use crate::mqtt::codec::DisconnectReason;
@@ -109,10 +112,9 @@ impl DeviceQuery {
     security(("bearer" = [])))]
 pub(super) async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     Query(query): Query<DeviceQuery>,
 ) -> ApiResult<axum::Json<DeviceList>> {
-    caller.require(&state, Role::Viewer)?;
     Ok(axum::Json(list_devices(&state, &query).await?))
 }
 
@@ -179,10 +181,9 @@ pub async fn device_detail(state: &AppState, id: &str) -> ApiResult<DeviceDetail
     security(("bearer" = [])))]
 pub(super) async fn get_one(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     Path(id): Path<String>,
 ) -> ApiResult<axum::Json<DeviceDetail>> {
-    caller.require(&state, Role::Viewer)?;
     Ok(axum::Json(device_detail(&state, &id).await?))
 }
 
@@ -231,7 +232,7 @@ macro_rules! action {
             security(("bearer" = [])))]
         pub(super) async fn $name(
             State(state): State<AppState>,
-            caller: Caller,
+            Authorized(caller): Authorized<{ OPERATOR }>,
             Path(id): Path<String>,
             OptionalJson(body): OptionalJson<Reason>,
         ) -> ApiResult<axum::Json<Device>> {
@@ -295,11 +296,10 @@ fn check_labels(labels: &BTreeMap<String, String>) -> ApiResult<()> {
     security(("bearer" = [])))]
 pub(super) async fn put_labels(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller): Authorized<{ OPERATOR }>,
     Path(id): Path<String>,
     Json(body): Json<Labels>,
 ) -> ApiResult<axum::Json<Labels>> {
-    caller.require(&state, Role::Operator)?;
     check_labels(&body.labels)?;
     let labels = state
         .registry

@@ -2,14 +2,14 @@
 //! Events stream that resumes from `Last-Event-ID`.
 
 use super::model::{ErrorBody, EventItem, EventList};
-use super::{ApiError, ApiResult, Caller, Query, decode_cursor, encode_cursor, page_limit};
+use super::{ApiError, ApiResult, Authorized, Query, VIEWER, decode_cursor, encode_cursor, page_limit};
 use crate::clock::now_ms;
 use crate::http::AppState;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use futures_util::stream::{self, Stream, StreamExt};
-use registry::{EventFilter, Registry, Role};
+use registry::{EventFilter, Registry};
 use serde::Deserialize;
 use std::convert::Infallible;
 use std::time::Duration;
@@ -83,10 +83,9 @@ impl EventQuery {
     security(("bearer" = [])))]
 pub(super) async fn list(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     Query(query): Query<EventQuery>,
 ) -> ApiResult<axum::Json<EventList>> {
-    caller.require(&state, Role::Viewer)?;
     Ok(axum::Json(list_events(&state.registry, &query).await?))
 }
 
@@ -123,11 +122,10 @@ pub struct StreamQuery {
     security(("bearer" = [])))]
 pub(super) async fn stream(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     headers: HeaderMap,
     Query(query): Query<StreamQuery>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>> {
-    caller.require(&state, Role::Viewer)?;
     let resume = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())

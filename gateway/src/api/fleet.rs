@@ -1,11 +1,11 @@
 //! The fleet at a glance (counts and rates over time) and the fleet audit.
 
 use super::model::{Audit, AuditFinding, Bucket, ErrorBody, FleetSummary};
-use super::{ApiError, ApiResult, Caller, Query, parse_duration_ms, rfc3339};
+use super::{ApiError, ApiResult, Authorized, Query, VIEWER, parse_duration_ms, rfc3339};
 use crate::clock::now_ms;
 use crate::http::AppState;
 use axum::extract::State;
-use registry::{AuditOptions, Role};
+use registry::AuditOptions;
 use serde::Deserialize;
 use utoipa::IntoParams;
 
@@ -13,6 +13,7 @@ use utoipa::IntoParams;
 #[into_params(parameter_in = Query)]
 pub struct SummaryQuery {
     /// How far back the rates go: `1h` … `90d` (default `24h`), in 24 buckets.
+    #[param(pattern = "^[0-9]{1,4}[hd]$")]
     pub window: Option<String>,
 }
 
@@ -25,10 +26,9 @@ pub const REJECTION_KINDS: &[&str] = &["chain.rejected", "device.refused"];
     security(("bearer" = [])))]
 pub(super) async fn summary(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     Query(query): Query<SummaryQuery>,
 ) -> ApiResult<axum::Json<FleetSummary>> {
-    caller.require(&state, Role::Viewer)?;
     Ok(axum::Json(fleet_summary(&state, query.window.as_deref()).await?))
 }
 
@@ -98,10 +98,9 @@ pub struct AuditQuery {
     security(("bearer" = [])))]
 pub(super) async fn audit(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(_): Authorized<{ VIEWER }>,
     Query(query): Query<AuditQuery>,
 ) -> ApiResult<axum::Json<Audit>> {
-    caller.require(&state, Role::Viewer)?;
     Ok(axum::Json(run_audit(&state, &query).await?))
 }
 

@@ -261,6 +261,32 @@ impl Caller {
     }
 }
 
+/// Role levels for [`Authorized`].
+pub const VIEWER: u8 = 0;
+pub const OPERATOR: u8 = 1;
+pub const ADMIN: u8 = 2;
+
+/// A caller whose role is at least `MIN` ([`VIEWER`], [`OPERATOR`], [`ADMIN`]). Checked while
+/// the request's head is extracted, before any body is read: a caller without the role gets
+/// 403 whatever the body holds.
+#[derive(Clone, Debug)]
+pub struct Authorized<const MIN: u8>(pub Caller);
+
+impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let needed = match MIN {
+            ADMIN => Role::Admin,
+            OPERATOR => Role::Operator,
+            _ => Role::Viewer,
+        };
+        caller.require(state, needed)?;
+        Ok(Authorized(caller))
+    }
+}
+
 /// The bearer token of a request, if it carries one.
 pub fn bearer(parts: &Parts) -> Option<&str> {
     let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;

@@ -439,11 +439,29 @@ pub struct Audit {
     pub findings: Vec<AuditFinding>,
 }
 
+/// API roles: admin > operator > viewer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoleName {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl RoleName {
+    pub fn role(self) -> registry::Role {
+        match self {
+            RoleName::Admin => registry::Role::Admin,
+            RoleName::Operator => registry::Role::Operator,
+            RoleName::Viewer => registry::Role::Viewer,
+        }
+    }
+}
+
 /// A new API token.
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct CreateToken {
-    /// `admin`, `operator` or `viewer`.
-    pub role: String,
+    pub role: RoleName,
     #[serde(default)]
     pub description: Option<String>,
 }

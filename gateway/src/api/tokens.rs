@@ -1,12 +1,12 @@
 //! API tokens (admin only): create (the secret is shown once), list, revoke.
 
 use super::model::{CreateToken, CreatedToken, ErrorBody, Token, TokenList};
-use super::{ApiError, ApiResult, Caller, Json, Path};
+use super::{ADMIN, ApiResult, Authorized, Json, Path};
 use crate::clock::now_ms;
 use crate::http::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry::{NewEvent, Role};
+use registry::NewEvent;
 
 /// Creates a token; the response carries its secret, which is never shown again.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateToken,
@@ -15,12 +15,10 @@ use registry::{NewEvent, Role};
     security(("bearer" = [])))]
 pub(super) async fn create(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller): Authorized<{ ADMIN }>,
     Json(body): Json<CreateToken>,
 ) -> ApiResult<(StatusCode, axum::Json<CreatedToken>)> {
-    caller.require(&state, Role::Admin)?;
-    let role = Role::parse(&body.role)
-        .ok_or_else(|| ApiError::bad_request("bad_role", "role must be admin, operator or viewer"))?;
+    let role = body.role.role();
     let t = state
         .registry
         .create_token(role, body.description.as_deref(), &caller.actor(), now_ms())
@@ -42,8 +40,10 @@ pub(super) async fn create(
 #[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens",
     responses((status = 200, body = TokenList), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
     security(("bearer" = [])))]
-pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> ApiResult<axum::Json<TokenList>> {
-    caller.require(&state, Role::Admin)?;
+pub(super) async fn list(
+    State(state): State<AppState>,
+    Authorized(_): Authorized<{ ADMIN }>,
+) -> ApiResult<axum::Json<TokenList>> {
     let items = state.registry.tokens().await?.iter().map(Token::from).collect();
     Ok(axum::Json(TokenList {
         items,
@@ -58,10 +58,9 @@ pub(super) async fn list(State(state): State<AppState>, caller: Caller) -> ApiRe
     security(("bearer" = [])))]
 pub(super) async fn revoke(
     State(state): State<AppState>,
-    caller: Caller,
+    Authorized(caller): Authorized<{ ADMIN }>,
     Path(id): Path<String>,
 ) -> ApiResult<StatusCode> {
-    caller.require(&state, Role::Admin)?;
     state.registry.revoke_token(&id, now_ms()).await?;
     state
         .events

@@ -140,9 +140,13 @@ pub struct DemoArgs {
     /// Telemetry readings each good device sends.
     #[arg(long, default_value_t = 5)]
     pub messages: usize,
-    /// Keep serving after the demo (until Ctrl-C), to look around.
-    #[arg(long)]
+    /// Keep serving after the demo (until Ctrl-C), to look around in the dashboard. The default
+    /// when the output is a terminal.
+    #[arg(long, conflicts_with = "exit")]
     pub stay: bool,
+    /// Stop once the demo has run (the default when the output is not a terminal).
+    #[arg(long)]
+    pub exit: bool,
     /// MQTT listen address (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub mqtt_listen: String,
@@ -176,8 +180,9 @@ pub(super) fn demo(args: DemoArgs, out: &mut dyn Write) -> Result<Outcome> {
             out,
         )
         .await?;
-        if args.stay {
-            writeln!(out, "\nstill serving (Ctrl-C to stop)")?;
+        let stay = args.stay || (!args.exit && std::io::IsTerminal::is_terminal(&std::io::stdout()));
+        if stay {
+            writeln!(out, "\nstill serving: open the dashboard above (Ctrl-C to stop)")?;
             out.flush()?;
             crate::server::termination_signal().await;
         }
