@@ -249,6 +249,7 @@ async fn malformed_requests_are_4xx_in_the_error_shape() {
         "/api/v1/events?order=sideways",
         "/api/v1/fleet/summary?window=5y",
         "/api/v1/fleet/summary?window=10m",
+        "/api/v1/fleet/summary?window=36h",
         "/api/v1/audit?silent_days=0",
         "/api/v1/audit?sample=-1",
     ] {

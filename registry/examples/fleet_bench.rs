@@ -1,9 +1,13 @@
 //! Fleet queries at scale: seeds N devices (default 1,000,000) in a fresh PostgreSQL database
 //! and times the dashboard summary and filtered pages through the registry API.
 //!
-//!     cargo run --release -p registry --example fleet_bench -- [--devices N] [--runs R] [--admin-url URL]
+//!     cargo run --release -p registry --example fleet_bench -- [--devices N] [--runs R] [--admin-url URL] [--keep]
 //!
-//! The database `fleetward_bench` on the admin URL's server is dropped and recreated.
+//! The database `fleetward_bench` on the admin URL's server is dropped and recreated; with
+//! `--keep` it stays for `cargo run --release -p gateway --example dashboard_bench`, which times
+//! the dashboard and API pages on it. Besides devices it seeds what the dashboard and audit read:
+//! one `device.registered` event per device over the last 24 h, 100,000 refused handshakes,
+//! clone and client-id events, certificates expiring or expired.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
 use fleetward_test_support::{KeyKind, TestCa};
@@ -32,6 +36,11 @@ fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
 #[tokio::main]
 async fn main() {
     let devices: i64 = arg("--devices", "1000000").parse().unwrap();
+    let keep = std::env::args().any(|a| a == "--keep");
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
     let runs: usize = arg("--runs", "25").parse().unwrap();
     let admin = arg("--admin-url", "postgres://postgres@127.0.0.1:5432/postgres");
     let (base, _) = admin.rsplit_once('/').unwrap();
@@ -78,12 +87,14 @@ async fn main() {
     while start <= devices {
         let end = (start + chunk - 1).min(devices);
         sqlx::query(
-            "INSERT INTO devices (id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, status, status_changed_at, \
-             first_seen, last_seen, firmware_version, firmware_digest, integrity, connections) \
-             SELECT 'dev-' || lpad(g::text, 8, '0'), $1, $2, md5(g::text) || md5((g + 1)::text), to_hex(g), 2000000000000, \
+            "INSERT INTO devices (id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, cert_key, status, \
+             status_changed_at, first_seen, last_seen, firmware_version, firmware_digest, integrity, connections) \
+             SELECT 'dev-' || lpad(g::text, 8, '0'), $1, $2, md5(g::text) || md5((g + 1)::text), to_hex(g), \
+                    CASE WHEN g % 200 = 0 THEN $5 - 86400000 WHEN g % 100 = 0 THEN $5 + 864000000 ELSE 2000000000000 END, \
+                    'ECDSA P-256', \
                     CASE WHEN g % 100 = 0 THEN 'revoked' ELSE (ARRAY['active','active','active','active','pending','quarantined'])[1 + g % 6] END, \
-                    1790000000000, 1790000000000, 1795000000000 - (g % 2592000) * 1000, \
-                    '1.' || (g % 12)::text || '.0', md5(g::text), \
+                    $5 - 2592000000, $5 - 2592000000, $5 - (g % 2592000) * 1000, \
+                    '1.' || (g % 12)::text || '.0', md5('1.' || (g % 12)::text || '.0'), \
                     (ARRAY['verified','verified','verified','unknown','failed','stale'])[1 + (g / 7) % 6], 1 \
              FROM generate_series($3::bigint, $4::bigint) g",
         )
@@ -91,6 +102,7 @@ async fn main() {
         .bind(&device_der)
         .bind(start)
         .bind(end)
+        .bind(now_ms)
         .execute(&mut db)
         .await
         .unwrap();
@@ -104,6 +116,40 @@ async fn main() {
     .execute(&mut db)
     .await
     .unwrap();
+    // The audit trail the dashboard charts and the audit read: every registration in the last
+    // 24 h (the onboarding chart's worst case), refused handshakes, clones, client-id conflicts.
+    for (sql, n) in [
+        (
+            "INSERT INTO events (at, kind, actor, device_id, ca_id, detail) SELECT $1 - (g % 86400) * 1000, \
+             'device.registered', 'jitr', 'dev-' || lpad(g::text, 8, '0'), $2, '{}' FROM generate_series(1, $3::bigint) g",
+            devices,
+        ),
+        (
+            "INSERT INTO events (at, kind, actor, reason, detail) SELECT $1 - (g % 86400) * 1000, 'chain.rejected', \
+             'gateway', 'unknown issuer', '{\"check\":\"unknown_issuer\"}' FROM generate_series(1, $3::bigint) g \
+             WHERE $2 <> ''",
+            devices / 10,
+        ),
+        (
+            "INSERT INTO events (at, kind, actor, device_id, detail) SELECT $1 - g * 1000, 'device.clone_suspected', \
+             'gateway', 'dev-' || lpad((g * 97)::text, 8, '0'), '{}' FROM generate_series(1, $3::bigint) g WHERE $2 <> ''",
+            devices / 1000,
+        ),
+        (
+            "INSERT INTO events (at, kind, actor, device_id, detail) SELECT $1 - g * 1000, 'device.refused', 'gateway', \
+             'dev-' || lpad((g * 89)::text, 8, '0'), '{\"check\":\"client_id_mismatch\"}' FROM generate_series(1, $3::bigint) g \
+             WHERE $2 <> ''",
+            devices / 1000,
+        ),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(now_ms)
+            .bind(&ca.id)
+            .bind(n)
+            .execute(&mut db)
+            .await
+            .unwrap();
+    }
     sqlx::query("ANALYZE").execute(&mut db).await.unwrap();
     println!("seeded {devices} devices in {:.1} s", t0.elapsed().as_secs_f64());
 
@@ -159,7 +205,7 @@ async fn main() {
         (
             "last seen in the last hour",
             DeviceFilter {
-                last_seen_after_ms: Some(1_795_000_000_000 - 3_600_000),
+                last_seen_after_ms: Some(now_ms - 3_600_000),
                 ..Default::default()
             },
             None,
@@ -189,7 +235,19 @@ async fn main() {
             first.items.len()
         );
     }
+    let mut samples = Vec::new();
+    for _ in 0..runs.min(10) {
+        let t = Instant::now();
+        r.audit(&registry::AuditOptions::default(), now_ms).await.unwrap();
+        samples.push(t.elapsed());
+    }
+    let (median, p95) = stats(samples);
+    println!("{:<58} median {median:7.2} ms  p95 {p95:7.2} ms", "audit (15 checks)");
     r.close().await;
+    if keep {
+        println!("kept {url} (drop it with: psql {admin} -c 'DROP DATABASE fleetward_bench')");
+        return;
+    }
     sqlx::query("DROP DATABASE IF EXISTS fleetward_bench WITH (FORCE)")
         .execute(&mut conn)
         .await

@@ -495,7 +495,8 @@ impl Registry {
             .map(|r| r.digest_hex.as_str())
             .collect();
         let (mut blocked_n, mut unknown_n, mut blocked_ids, mut unknown_ids) = (0, 0, Vec::new(), Vec::new());
-        for (digest, n) in summary.by_digest.iter().filter(|(d, _)| d.as_str() != "unknown") {
+        let digests = self.firmware_digest_counts().await?;
+        for (digest, n) in digests.iter().filter(|(d, _)| d.as_str() != "unknown") {
             let (total, list) = if blocked.contains(digest.as_str()) {
                 (&mut blocked_n, &mut blocked_ids)
             } else if allowed.contains(digest.as_str()) {

@@ -80,6 +80,19 @@ pub struct EventFilter {
     pub newest_first: bool,
 }
 
+const HOUR_MS: i64 = 3_600_000;
+
+/// The event kinds whose hourly counts are kept (for rates over time).
+pub const RATE_KINDS: &[&str] = &[
+    "device.registered",
+    "chain.rejected",
+    "device.refused",
+    "device.acl_violation",
+    "device.clone_suspected",
+    "api.unauthorized",
+    "api.forbidden",
+];
+
 /// How many events of one kind fell into one time bucket.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct EventCount {
@@ -169,18 +182,20 @@ impl Registry {
             .collect()
     }
 
-    /// Counts of events of `kinds` since `since_ms`, per `bucket_ms` bucket (for rates over
-    /// time: onboarding, rejections). Uses the (kind, at) index.
-    pub async fn event_counts(&self, kinds: &[&str], since_ms: i64, bucket_ms: i64) -> Result<Vec<EventCount>> {
-        let bucket_ms = bucket_ms.max(1000);
+    /// Counts of events of `kinds` since `since_ms` (rounded down to the hour), per bucket of
+    /// `bucket_hours` hours, for rates over time. Read from `event_hourly`, which a trigger keeps
+    /// (migration 0003) for the kinds in [`RATE_KINDS`]; other kinds count zero.
+    pub async fn event_counts(&self, kinds: &[&str], since_ms: i64, bucket_hours: i64) -> Result<Vec<EventCount>> {
+        let bucket_ms = bucket_hours.max(1) * HOUR_MS;
+        let since = since_ms.div_euclid(HOUR_MS) * HOUR_MS;
         let mut out = Vec::new();
         for kind in kinds {
             let rows = sqlx::query(
-                "SELECT CAST((at / $3) * $3 AS BIGINT) AS bucket, CAST(COUNT(*) AS BIGINT) AS n FROM events \
-                 WHERE kind = $1 AND at >= $2 GROUP BY 1 ORDER BY 1",
+                "SELECT CAST((hour / $3) * $3 AS BIGINT) AS bucket, CAST(SUM(n) AS BIGINT) AS n FROM event_hourly \
+                 WHERE kind = $1 AND hour >= $2 GROUP BY 1 ORDER BY 1",
             )
             .bind(*kind)
-            .bind(since_ms)
+            .bind(since)
             .bind(bucket_ms)
             .fetch_all(self.pool())
             .await?;

@@ -35,7 +35,7 @@ pub use cas::{CaRecord, CaStatus, NewCa};
 pub use commands::PendingCommand;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
 pub use error::RegistryError;
-pub use events::{Event, EventCount, EventFilter, NewEvent};
+pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
 pub use lpwan::{LorawanRootKeys, NewLorawanDevice};
 pub use seal::{Kek, Keyring};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};

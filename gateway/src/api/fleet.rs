@@ -12,8 +12,9 @@ use utoipa::IntoParams;
 #[derive(Debug, Default, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct SummaryQuery {
-    /// How far back the rates go: `1h` … `90d` (default `24h`), in 24 buckets.
-    #[param(pattern = "^[0-9]{1,4}[hd]$")]
+    /// How far back the rates go, in whole days: `1d` (or `24h`) … `90d`; default `24h`.
+    /// 24 buckets.
+    #[param(pattern = "^[0-9]{1,2}d$|^[0-9]{2,4}h$")]
     pub window: Option<String>,
 }
 
@@ -36,19 +37,21 @@ pub async fn fleet_summary(state: &AppState, window: Option<&str>) -> ApiResult<
     let window_ms = match window {
         None => 86_400_000,
         Some(w) => parse_duration_ms(w)
-            .filter(|ms| (3_600_000..=90 * 86_400_000).contains(ms))
+            .filter(|ms| (86_400_000..=90 * 86_400_000).contains(ms) && ms % 86_400_000 == 0)
             .ok_or_else(|| {
-                ApiError::bad_request("bad_query", "window must be a duration from 1h to 90d, like 24h or 7d")
+                ApiError::bad_request("bad_query", "window must be whole days from 1d to 90d, like 24h or 7d")
             })?,
     };
-    let bucket_ms = (window_ms / 24).max(60_000) / 60_000 * 60_000;
+    // Whole hours per bucket: the registry keeps hourly counts.
+    let bucket_hours = window_ms / 24 / 3_600_000;
+    let bucket_ms = bucket_hours * 3_600_000;
     let now = now_ms();
     // 24 whole buckets ending with the current one.
     let first = (now / bucket_ms - 23) * bucket_ms;
     let s = state.registry.fleet_summary().await?;
     let mut kinds = vec!["device.registered"];
     kinds.extend(REJECTION_KINDS);
-    let counts = state.registry.event_counts(&kinds, first, bucket_ms).await?;
+    let counts = state.registry.event_counts(&kinds, first, bucket_hours).await?;
     let series = |wanted: &[&str]| -> Vec<Bucket> {
         (0..24)
             .map(|i| {

@@ -59,3 +59,25 @@ INSERT INTO fleet_counts (dimension, value, shard, n)
 SELECT 'ca', ca_id, unicode(substr(id, -1)) % 16, COUNT(*) FROM devices GROUP BY 2, 3
 UNION ALL SELECT 'key', 'unknown', unicode(substr(id, -1)) % 16, COUNT(*) FROM devices GROUP BY 2, 3
 UNION ALL SELECT 'digest', COALESCE(firmware_digest, 'unknown'), unicode(substr(id, -1)) % 16, COUNT(*) FROM devices GROUP BY 2, 3;
+
+-- Onboarding and rejection rates: events per kind and hour (see migrations/postgres/0003).
+CREATE TABLE event_hourly (
+    kind  TEXT NOT NULL,
+    hour  BIGINT NOT NULL,
+    shard BIGINT NOT NULL,
+    n     BIGINT NOT NULL,
+    PRIMARY KEY (kind, hour, shard)
+);
+
+CREATE TRIGGER events_hourly_insert AFTER INSERT ON events
+    WHEN NEW.kind IN ('device.registered', 'chain.rejected', 'device.refused', 'device.acl_violation',
+                      'device.clone_suspected', 'api.unauthorized', 'api.forbidden') BEGIN
+    INSERT INTO event_hourly (kind, hour, shard, n) VALUES (NEW.kind, (NEW.at / 3600000) * 3600000, NEW.id % 16, 1)
+        ON CONFLICT (kind, hour, shard) DO UPDATE SET n = n + 1;
+END;
+
+INSERT INTO event_hourly (kind, hour, shard, n)
+SELECT kind, (at / 3600000) * 3600000, id % 16, COUNT(*) FROM events
+WHERE kind IN ('device.registered', 'chain.rejected', 'device.refused', 'device.acl_violation',
+               'device.clone_suspected', 'api.unauthorized', 'api.forbidden')
+GROUP BY 1, 2, 3;
