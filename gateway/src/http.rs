@@ -27,7 +27,12 @@ pub struct AppState {
     pub shutdown: watch::Receiver<bool>,
     /// Dashboard login sessions.
     pub sessions: Arc<crate::dashboard::Sessions>,
+    /// Open event streams (each polls the registry); more are refused with 503.
+    pub stream_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Event streams open at once, per node.
+pub const MAX_EVENT_STREAMS: usize = 256;
 
 impl AppState {
     /// After a CA or device change made here: the next handshake sees it, and sessions of

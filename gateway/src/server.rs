@@ -42,6 +42,7 @@ pub struct Running {
     pub trust: Arc<TrustState>,
     pub events: EventSink,
     sessions: Arc<crate::dashboard::Sessions>,
+    stream_slots: Arc<tokio::sync::Semaphore>,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -282,6 +283,7 @@ pub async fn start(config: Config) -> Result<Running> {
         }));
     }
     let sessions = Arc::new(crate::dashboard::Sessions::default());
+    let stream_slots = Arc::new(tokio::sync::Semaphore::new(http::MAX_EVENT_STREAMS));
     background.push(tokio::spawn(http::serve(
         http_listener,
         http::AppState {
@@ -292,6 +294,7 @@ pub async fn start(config: Config) -> Result<Running> {
             events: events.clone(),
             shutdown: shutdown_rx.clone(),
             sessions: sessions.clone(),
+            stream_slots: stream_slots.clone(),
         },
         shutdown_rx,
     )));
@@ -309,6 +312,7 @@ pub async fn start(config: Config) -> Result<Running> {
         trust,
         events,
         sessions,
+        stream_slots,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -329,6 +333,7 @@ impl Running {
             events: self.events.clone(),
             shutdown: self.shutdown.subscribe(),
             sessions: self.sessions.clone(),
+            stream_slots: self.stream_slots.clone(),
         }
     }
 

@@ -219,6 +219,25 @@ async fn every_endpoint_checks_token_and_role() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_start_has_a_one_time_admin_token() {
+    let api = Api::new(&[]).await;
+    let first = api
+        .server
+        .running
+        .initial_admin_token
+        .clone()
+        .expect("first start makes a token");
+    let (status, _) = api.call(Method::GET, "/api/v1/tokens", Some(&first), None).await;
+    assert_eq!(status, StatusCode::OK, "it is an admin token");
+    // A second server on the same database (a restart, another node) makes none.
+    let mut c = common::config(api.server.dir.path());
+    c.database_url = None;
+    let again = gateway::start(c).await.unwrap();
+    assert!(again.initial_admin_token.is_none());
+    again.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_requests_are_4xx_in_the_error_shape() {
     let api = Api::new(&[]).await;
     let admin = Some(api.admin.as_str());
@@ -838,6 +857,15 @@ async fn event_stream_over_real_http() {
     assert!(String::from_utf8_lossy(&chunk).contains("\"streamed\""));
     // Without a token: 401.
     assert_eq!(client.get(&url).send().await.unwrap().status(), 401);
+    // Streams are bounded per node: with every slot taken, a new one is refused with 503.
+    let slots = api.server.running.http_state().stream_slots;
+    let held = slots
+        .clone()
+        .try_acquire_many_owned(slots.available_permits() as u32)
+        .unwrap();
+    let refused = client.get(&url).bearer_auth(&api.viewer).send().await.unwrap();
+    assert_eq!(refused.status(), 503);
+    drop(held);
     // Open streams do not hold up shutdown.
     let shutdown = tokio::time::timeout(Duration::from_secs(20), api.server.running.shutdown()).await;
     assert!(shutdown.is_ok(), "shutdown waited on an open event stream");

@@ -38,5 +38,11 @@ fn readme_first_command_is_the_demo_and_it_works() {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
     assert_eq!(text.matches(" IN ").count(), 6, "{text}");
+    // It ends with the dashboard and a token to log in with (and, not at a terminal, exits).
+    assert!(text.contains("dashboard: http://127.0.0.1:"), "{text}");
+    assert!(
+        text.contains("admin token (log in with it; also for the API and CLI): fw_"),
+        "{text}"
+    );
     assert!(dir.path().join("demo/tls/server-ca.pem").exists());
 }

@@ -118,7 +118,7 @@ pub struct StreamQuery {
 /// events raised after the request.
 #[utoipa::path(get, path = "/api/v1/events/stream", tag = "events", params(StreamQuery),
     responses((status = 200, description = "An endless text/event-stream", content_type = "text/event-stream", body = String),
-        (status = 401, body = ErrorBody)),
+        (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 503, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn stream(
     State(state): State<AppState>,
@@ -144,6 +144,16 @@ pub async fn event_stream(
     kind: Option<String>,
     resume: Option<i64>,
 ) -> ApiResult<Sse<impl Stream<Item = Result<SseEvent, Infallible>> + use<>>> {
+    let slot = state.stream_slots.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!(
+                "{} event streams are open on this node; retry later",
+                crate::http::MAX_EVENT_STREAMS
+            ),
+        )
+    })?;
     let registry = state.registry.clone();
     let start = match resume {
         Some(id) => id,
@@ -166,9 +176,10 @@ pub async fn event_stream(
         kind: kind.filter(|s| !s.is_empty()),
         ..Default::default()
     };
+    // The slot travels with the stream and is released when the client goes away.
     let batches = stream::unfold(
-        (start, wake, filter, registry, stop),
-        |(mut last, mut wake, filter, registry, mut stop)| async move {
+        (start, wake, filter, registry, stop, slot),
+        |(mut last, mut wake, filter, registry, mut stop, slot)| async move {
             loop {
                 if *stop.borrow() {
                     return None;
@@ -194,7 +205,7 @@ pub async fn event_stream(
                                     .unwrap_or_default())
                             })
                             .collect();
-                        return Some((stream::iter(out), (last, wake, filter, registry, stop)));
+                        return Some((stream::iter(out), (last, wake, filter, registry, stop, slot)));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!(error = %e, "event stream: registry read failed; retrying"),

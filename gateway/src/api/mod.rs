@@ -409,6 +409,18 @@ mod tests {
         assert_eq!(parse_duration_ms("9999999999999999999d"), None);
     }
 
+    proptest::proptest! {
+        /// Hostile query strings: never a panic, and cursors round-trip.
+        #[test]
+        fn query_parsers_never_panic(s in ".{0,64}", n in proptest::prelude::any::<i64>()) {
+            let _ = parse_time(&s, n);
+            let _ = parse_duration_ms(&s);
+            let _ = decode_cursor(&s);
+            proptest::prop_assert_eq!(decode_cursor(&encode_cursor(&s)).ok(), Some(s.clone()));
+            let _ = rfc3339(n);
+        }
+    }
+
     #[test]
     fn cursors() {
         assert_eq!(decode_cursor(&encode_cursor("dev-1")).unwrap(), "dev-1");

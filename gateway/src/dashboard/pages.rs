@@ -657,10 +657,21 @@ fn events_table(events: &[EventItem], live: bool) -> Markup {
     }
 }
 
-pub(super) async fn events(State(state): State<AppState>, user: User) -> Response {
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct EventsPageQuery {
+    kind: Option<String>,
+    device: Option<String>,
+    cursor: Option<String>,
+}
+
+pub(super) async fn events(State(state): State<AppState>, user: User, Query(q): Query<EventsPageQuery>) -> Response {
+    let paging_back = q.cursor.is_some();
     let list = match list_events(
         &state.registry,
         &EventQuery {
+            kind: q.kind.clone().filter(|k| !k.is_empty()),
+            device: q.device.clone().filter(|d| !d.is_empty()),
+            cursor: q.cursor.clone(),
             limit: Some(50),
             ..Default::default()
         },
@@ -670,11 +681,31 @@ pub(super) async fn events(State(state): State<AppState>, user: User) -> Respons
         Ok(l) => l,
         Err(e) => return error_page(e),
     };
+    let older = list.next_cursor.as_ref().map(|c| {
+        let mut link = format!("/events?cursor={}", urlencode(c));
+        for (k, v) in [("kind", &q.kind), ("device", &q.device)] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                link.push_str(&format!("&{k}={}", urlencode(v)));
+            }
+        }
+        link
+    });
+    let live = !paging_back && q.kind.is_none() && q.device.is_none();
     let body = html! {
         h1 { "Live events" }
-        p.hint #live-status { "Newest first; new events appear as they happen." }
-        (events_table(&list.items, true))
-        script src="/static/live.js" {}
+        form.filters method="get" action="/events" {
+            input type="text" name="kind" placeholder="kind (device. for a family)" value=[q.kind.as_deref()];
+            input type="text" name="device" placeholder="device id" value=[q.device.as_deref()];
+            button type="submit" { "Filter" }
+        }
+        @if live {
+            p.hint #live-status { "Newest first; new events appear as they happen." }
+        } @else {
+            p.hint { "Filtered or older events (not live). " a href="/events" { "Back to the live feed" } }
+        }
+        (events_table(&list.items, live))
+        nav.pager { @if let Some(link) = &older { a href=(link) { "Older events →" } } }
+        @if live { script src="/static/live.js" {} }
     };
     page("Live events", &user, "/events", body)
 }
