@@ -126,6 +126,15 @@ fn key_is_weak(key: &str) -> bool {
     }
 }
 
+/// `1 device`, `2 devices`.
+fn devices(n: i64) -> String {
+    if n == 1 {
+        "1 device".into()
+    } else {
+        format!("{n} devices")
+    }
+}
+
 struct Builder {
     findings: Vec<Finding>,
 }
@@ -261,7 +270,7 @@ impl Registry {
             ids.truncate(sample as usize);
             b.add(
                 "revoked_ca_active_devices",
-                format!("{count} devices under a revoked CA are not revoked"),
+                format!("{} under a revoked CA not revoked", devices(count)),
                 "A revoked CA's devices are refused at the handshake, but their records say otherwise: \
                  the registry was changed outside fleetward."
                     .into(),
@@ -322,7 +331,7 @@ impl Registry {
             }
             b.add(
                 "revoked_device_certificate_still_active",
-                format!("{count} devices present a certificate their CA has revoked"),
+                format!("{} with a certificate their CA has revoked", devices(count)),
                 "The serial is on the CA's revoked list or CRL, so the handshake refuses it, but the device \
                  record is not revoked."
                     .into(),
@@ -346,7 +355,8 @@ impl Registry {
         b.add(
             "device_certificate_shared",
             format!(
-                "{count} device certificates were used by two peers at once (last {} days)",
+                "{}: certificate used by two peers at once (last {} days)",
+                devices(count),
                 opts.window_days
             ),
             "Concurrent connections with one certificate from different addresses: the device key may have been \
@@ -370,7 +380,8 @@ impl Registry {
         b.add(
             "conflicting_client_ids",
             format!(
-                "{count} devices tried MQTT client ids that are not theirs (last {} days)",
+                "{} tried MQTT client ids not their own (last {} days)",
+                devices(count),
                 opts.window_days
             ),
             "A certificate valid for one device was used to claim another device's client id.".into(),
@@ -398,7 +409,7 @@ impl Registry {
             .await?;
         b.add(
             "device_certificate_expired",
-            format!("{} devices have an expired certificate", expired.0),
+            format!("{} with an expired certificate", devices(expired.0)),
             "They are refused at every connection until re-provisioned.".into(),
             expired,
             ids,
@@ -435,7 +446,10 @@ impl Registry {
         ids.truncate(sample as usize);
         b.add(
             "device_certificate_key_quality",
-            format!("{} devices have a weak key", weak.iter().map(|(_, n)| **n).sum::<i64>()),
+            format!(
+                "{} with a weak key",
+                devices(weak.iter().map(|(_, n)| **n).sum::<i64>())
+            ),
             format!(
                 "Key(s): {}. Secure elements hold ECDSA P-256 keys; anything weaker deserves a look.",
                 weak.iter().map(|(k, _)| k.as_str()).collect::<Vec<_>>().join(", ")
@@ -457,7 +471,7 @@ impl Registry {
             .await?;
         b.add(
             "attestation_failing",
-            format!("{failed} devices failed their last attestation"),
+            format!("{} failed their last attestation", devices(failed)),
             "Their evidence did not verify or their firmware measurement is not an allowed reference value.".into(),
             (failed, false),
             ids,
@@ -474,7 +488,7 @@ impl Registry {
             .await?;
         b.add(
             "attestation_never_passed",
-            format!("{never} devices have never passed attestation"),
+            format!("{} never passed attestation", devices(never)),
             "Their certificate proves a key was provisioned, not that the device holds it now or runs trusted \
              firmware."
                 .into(),
@@ -519,7 +533,7 @@ impl Registry {
         }
         b.add(
             "firmware_blocked",
-            format!("{blocked_n} devices run a blocked firmware image"),
+            format!("{} running a blocked firmware image", devices(blocked_n)),
             "Their reported firmware digest is on the blocked list of reference values.".into(),
             (blocked_n, false),
             blocked_ids,
@@ -528,7 +542,10 @@ impl Registry {
         );
         b.add(
             "firmware_not_in_reference_set",
-            format!("{unknown_n} devices run firmware that is not a known-good reference value"),
+            format!(
+                "{} running firmware that is not a known-good reference value",
+                devices(unknown_n)
+            ),
             "Their reported firmware digest matches no allowed entry in /api/v1/firmware.".into(),
             (unknown_n, false),
             unknown_ids,
