@@ -871,3 +871,22 @@ async fn event_stream_over_real_http() {
     assert!(shutdown.is_ok(), "shutdown waited on an open event stream");
     drop((response, resumed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_trickling_its_headers_is_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let api = Api::new(&[]).await;
+    let mut slow = tokio::net::TcpStream::connect(api.server.running.http_addr)
+        .await
+        .unwrap();
+    slow.write_all(b"GET /api/v1/devices HTTP/1.1\r\nHost: fleetward\r\n")
+        .await
+        .unwrap();
+    // Never finishes its headers: the server hangs up after its 10 s header timeout.
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(20), slow.read_to_end(&mut buf)).await;
+    assert!(closed.is_ok(), "the connection was still open after 20 s");
+    // Meanwhile and after, normal requests are served.
+    let (status, _) = api.call(Method::GET, "/api/v1/devices", Some(&api.viewer), None).await;
+    assert_eq!(status, StatusCode::OK);
+}
