@@ -277,7 +277,7 @@ impl Registry {
                 (count, false),
                 ids,
                 revoked_cas.clone(),
-                "Revoke the devices (POST /api/v1/devices/{id}/revoke) or revoke the CA again to re-run the cascade.",
+                "Revoke the devices (POST /api/v1/devices/{id}/revoke, or fleetward device revoke ID).",
             );
         }
 
@@ -495,7 +495,7 @@ impl Registry {
             (never, false),
             ids,
             Vec::new(),
-            "Request attestation (POST /api/v1/devices/{id}/attest) or schedule it for the fleet.",
+            "Attest the devices (secure-element challenge-response, signed firmware measurement); quarantine those that cannot.",
         );
         let references = self.firmware_references().await?;
         let allowed: BTreeSet<&str> = references
@@ -550,7 +550,7 @@ impl Registry {
             (unknown_n, false),
             unknown_ids,
             Vec::new(),
-            "Add the image to the reference values if it is yours (POST /api/v1/firmware); otherwise quarantine.",
+            "Add the image to the firmware reference values if it is yours; otherwise quarantine the devices.",
         );
 
         // --- liveness ----------------------------------------------------------------------
