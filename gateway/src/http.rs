@@ -38,10 +38,9 @@ impl AppState {
     /// After a CA or device change made here: the next handshake sees it, and sessions of
     /// devices that may no longer connect are ended.
     pub async fn trust_changed(&self) {
-        match self.trust.reload(&self.registry).await {
-            Ok(_) => crate::server::close_revoked(&self.trust, &self.hub),
+        if let Err(e) = crate::server::apply_trust_change(&self.trust, &self.registry, &self.hub).await {
             // The 1-second poller retries; the change is in the registry already.
-            Err(e) => tracing::warn!(error = %e, "trust store reload failed; the poller will retry"),
+            tracing::warn!(error = %e, "trust store reload failed; the poller will retry");
         }
     }
 }

@@ -340,9 +340,7 @@ impl Running {
     /// Makes registry changes (a CA registered or revoked, a device revoked) count from the
     /// next handshake, and ends sessions of devices that may no longer connect.
     pub async fn registry_changed(&self) -> Result<()> {
-        self.trust.reload(&self.registry).await?;
-        close_revoked(&self.trust, &self.hub);
-        Ok(())
+        Ok(apply_trust_change(&self.trust, &self.registry, &self.hub).await?)
     }
 
     /// Graceful shutdown: stop accepting, DISCONNECT every session, let the pipeline flush
@@ -365,6 +363,18 @@ impl Running {
 }
 
 /// Ends the sessions of devices that are revoked (by themselves or through their CA).
+/// Rebuilds the trust snapshot from the registry and ends the sessions of devices that may no
+/// longer connect (after a CA or device change made in this process).
+pub(crate) async fn apply_trust_change(
+    trust: &TrustState,
+    registry: &Registry,
+    hub: &Hub,
+) -> Result<(), RegistryError> {
+    trust.reload(registry).await?;
+    close_revoked(trust, hub);
+    Ok(())
+}
+
 pub(crate) fn close_revoked(trust: &TrustState, hub: &Hub) {
     for id in &trust.snapshot().revoked_devices {
         hub.signal_device(

@@ -287,17 +287,7 @@ impl Registry {
             let mut ids = BTreeSet::new();
             let mut affected_cas = Vec::new();
             for ca in cas.iter().filter(|c| c.status == CaStatus::Active) {
-                let mut serials: Vec<String> =
-                    sqlx::query_scalar("SELECT serial FROM ca_revoked_serials WHERE ca_id = $1")
-                        .bind(&ca.id)
-                        .fetch_all(self.pool())
-                        .await?;
-                let crl: Option<Vec<u8>> = sqlx::query_scalar(
-                    "SELECT crl_der FROM ca_crls WHERE ca_id = $1 ORDER BY this_update DESC LIMIT 1",
-                )
-                .bind(&ca.id)
-                .fetch_optional(self.pool())
-                .await?;
+                let (mut serials, crl) = self.revocation_inputs(&ca.id).await?;
                 if let Some(der) = crl
                     && let Ok(crl) = verifier::x509::Crl::from_der(&der)
                 {

@@ -276,6 +276,19 @@ impl Registry {
         Ok(())
     }
 
+    /// What a CA has revoked: its revoked serials (normalized hex) and its newest CRL (DER).
+    pub(crate) async fn revocation_inputs(&self, ca_id: &str) -> Result<(Vec<String>, Option<Vec<u8>>)> {
+        let serials = sqlx::query_scalar("SELECT serial FROM ca_revoked_serials WHERE ca_id = $1")
+            .bind(ca_id)
+            .fetch_all(self.pool())
+            .await?;
+        let crl = sqlx::query_scalar("SELECT crl_der FROM ca_crls WHERE ca_id = $1 ORDER BY this_update DESC LIMIT 1")
+            .bind(ca_id)
+            .fetch_optional(self.pool())
+            .await?;
+        Ok((serials, crl))
+    }
+
     /// The trust store for handshakes: active CAs with their policies, revoked serials and the
     /// newest CRL of each; revoked CAs are distrusted (so their devices get `ca_revoked`).
     pub async fn trust_store(&self) -> Result<TrustStore> {
@@ -288,11 +301,8 @@ impl Registry {
                 })?;
                 continue;
             }
+            let (rows, crl) = self.revocation_inputs(&ca.id).await?;
             let mut serials = RevokedSerials::new();
-            let rows: Vec<String> = sqlx::query_scalar("SELECT serial FROM ca_revoked_serials WHERE ca_id = $1")
-                .bind(&ca.id)
-                .fetch_all(self.pool())
-                .await?;
             for s in rows {
                 // Stored normalized; cannot fail.
                 let _ = serials.insert_hex(&s);
@@ -312,11 +322,6 @@ impl Registry {
                 .with_digest_mode(ca.digest_mode)
                 .with_revoked_serials(serials);
             store.add_ca(anchor);
-            let crl: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT crl_der FROM ca_crls WHERE ca_id = $1 ORDER BY this_update DESC LIMIT 1")
-                    .bind(&ca.id)
-                    .fetch_optional(self.pool())
-                    .await?;
             if let Some(der) = crl {
                 store.add_crl(Crl::from_der(&der).map_err(|e| RegistryError::Invalid {
                     what: "stored CRL",

@@ -66,6 +66,22 @@ impl std::fmt::Debug for NewToken {
     }
 }
 
+fn token_from_row(row: &sqlx::any::AnyRow) -> Result<TokenInfo> {
+    let role: String = row.try_get("role")?;
+    Ok(TokenInfo {
+        id: row.try_get("id")?,
+        role: Role::parse(&role).ok_or_else(|| RegistryError::Invalid {
+            what: "stored token",
+            detail: "unknown role".into(),
+        })?,
+        description: row.try_get("description")?,
+        created_at_ms: row.try_get("created_at")?,
+        created_by: row.try_get("created_by")?,
+        last_used_at_ms: row.try_get("last_used_at")?,
+        revoked_at_ms: row.try_get("revoked_at")?,
+    })
+}
+
 /// How precisely a token's last use is recorded.
 const LAST_USED_RESOLUTION_MS: i64 = 60_000;
 
@@ -136,7 +152,6 @@ impl Registry {
         if row.try_get::<Option<i64>, _>("revoked_at")?.is_some() {
             return Ok(None);
         }
-        let role: String = row.try_get("role")?;
         // Last use is kept to the minute: a write per API call would put every dashboard page
         // in SQLite's single-writer queue.
         let last_used: Option<i64> = row.try_get("last_used_at")?;
@@ -149,16 +164,8 @@ impl Registry {
                 .await?;
         }
         Ok(Some(TokenInfo {
-            id: row.try_get("id")?,
-            role: Role::parse(&role).ok_or_else(|| RegistryError::Invalid {
-                what: "stored token",
-                detail: "unknown role".into(),
-            })?,
-            description: row.try_get("description")?,
-            created_at_ms: row.try_get("created_at")?,
-            created_by: row.try_get("created_by")?,
             last_used_at_ms: Some(now_ms),
-            revoked_at_ms: None,
+            ..token_from_row(&row)?
         }))
     }
 
@@ -193,23 +200,7 @@ impl Registry {
         )
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|row| {
-                let role: String = row.try_get("role")?;
-                Ok(TokenInfo {
-                    id: row.try_get("id")?,
-                    role: Role::parse(&role).ok_or_else(|| RegistryError::Invalid {
-                        what: "stored token",
-                        detail: "unknown role".into(),
-                    })?,
-                    description: row.try_get("description")?,
-                    created_at_ms: row.try_get("created_at")?,
-                    created_by: row.try_get("created_by")?,
-                    last_used_at_ms: row.try_get("last_used_at")?,
-                    revoked_at_ms: row.try_get("revoked_at")?,
-                })
-            })
-            .collect()
+        rows.iter().map(token_from_row).collect()
     }
 
     /// Revokes a token by id; `NotFound` if there is none.

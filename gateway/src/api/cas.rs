@@ -29,6 +29,11 @@ async fn current_code(state: &AppState) -> ApiResult<String> {
     Ok(state.registry.registration_code(move || fresh).await?)
 }
 
+/// Every registered CA with its device count (the API's list and the dashboard's CA page).
+pub(crate) async fn all_with_counts(state: &AppState) -> ApiResult<Vec<Ca>> {
+    with_count(state, state.registry.cas().await?).await
+}
+
 async fn with_count(state: &AppState, records: Vec<registry::CaRecord>) -> ApiResult<Vec<Ca>> {
     let summary = state.registry.fleet_summary().await?;
     Ok(records
@@ -117,7 +122,7 @@ pub(super) async fn list(
     State(state): State<AppState>,
     Authorized(_): Authorized<{ VIEWER }>,
 ) -> ApiResult<axum::Json<CaList>> {
-    let items = with_count(&state, state.registry.cas().await?).await?;
+    let items = all_with_counts(&state).await?;
     Ok(axum::Json(CaList {
         items,
         next_cursor: None,

@@ -170,7 +170,7 @@ pub async fn device_detail(state: &AppState, id: &str) -> ApiResult<DeviceDetail
         device: Device::from_record(&d, state.hub.device_online(id)),
         labels,
         chain,
-        certificate_pem: super::model::pem("CERTIFICATE", &d.cert_der),
+        certificate_pem: sim_devices::pki::pem("CERTIFICATE", &d.cert_der),
         recent_events: events.iter().map(EventItem::from).collect(),
     })
 }

@@ -6,7 +6,7 @@
 //! produces a 5xx. Authentication failures (401) and role refusals (403) are counted and
 //! recorded as events.
 
-mod cas;
+pub(crate) mod cas;
 pub mod devices;
 pub mod events;
 pub mod fleet;

@@ -154,37 +154,9 @@ impl Ca {
             revoked_at: c.revoked_at_ms.map(rfc3339),
             revoked_reason: c.revoked_reason.clone(),
             device_count,
-            certificate_pem: pem("CERTIFICATE", &c.cert_der),
+            certificate_pem: sim_devices::pki::pem("CERTIFICATE", &c.cert_der),
         }
     }
-}
-
-pub fn pem(label: &str, der: &[u8]) -> String {
-    use std::fmt::Write;
-    let b64 = base64_encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    for chunk in b64.as_bytes().chunks(64) {
-        let _ = writeln!(out, "{}", String::from_utf8_lossy(chunk));
-    }
-    let _ = writeln!(out, "-----END {label}-----");
-    out
-}
-
-fn base64_encode(bytes: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(A[((n >> (18 - 6 * i)) & 63) as usize]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]

@@ -111,9 +111,9 @@ impl Sessions {
     }
 }
 
-fn session_id(parts: &Parts) -> Option<String> {
-    parts
-        .headers
+/// The session id in a request's cookies.
+fn session_id(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
@@ -170,7 +170,7 @@ impl FromRequestParts<AppState> for User {
             .uri
             .path_and_query()
             .map_or_else(|| "/".to_owned(), |p| p.as_str().to_owned());
-        let Some(id) = session_id(parts) else {
+        let Some(id) = session_id(&parts.headers) else {
             return Err(LoginRedirect(here).into_response());
         };
         let Some((token, csrf)) = state.sessions.get(&id) else {

@@ -189,21 +189,12 @@ pub(super) async fn logout(
     if !same_origin(&headers) || !csrf_ok(&user, &form.csrf) {
         return forbidden_form();
     }
-    if let Some(id) = session_cookie(&headers) {
+    if let Some(id) = super::session_id(&headers) {
         state.sessions.remove(&id);
     }
     let mut r = Redirect::to("/login").into_response();
     r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
     r
-}
-
-fn session_cookie(headers: &HeaderMap) -> Option<String> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .find_map(|c| c.trim().strip_prefix(&format!("{COOKIE}=")).map(str::to_owned))
 }
 
 fn csrf_ok(user: &User, presented: &str) -> bool {
@@ -579,15 +570,10 @@ pub(super) async fn device_action(
 // --- CAs, audit, events -----------------------------------------------------------------------
 
 pub(super) async fn cas(State(state): State<AppState>, user: User) -> Response {
-    let (records, summary) = tokio::join!(state.registry.cas(), state.registry.fleet_summary());
-    let (records, summary) = match (records, summary) {
-        (Ok(r), Ok(s)) => (r, s),
-        (Err(e), _) | (_, Err(e)) => return error_page(e.into()),
+    let cas: Vec<Ca> = match crate::api::cas::all_with_counts(&state).await {
+        Ok(c) => c,
+        Err(e) => return error_page(e),
     };
-    let cas: Vec<Ca> = records
-        .iter()
-        .map(|c| Ca::from_record(c, summary.by_ca.get(&c.id).copied().unwrap_or(0)))
-        .collect();
     let body = html! {
         h1 { "Provisioning CAs" }
         p.hint { "Register a CA with " code { "fleetward ca add --certificate CA.pem --ca-key CA.key" } " (proof of possession)." }
