@@ -21,6 +21,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub http: HttpConfig,
     pub telemetry: TelemetryConfig,
+    pub attestation: AttestationConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,6 +69,28 @@ pub struct TelemetryConfig {
     pub batch_size: usize,
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AttestationConfig {
+    /// Seconds a challenge nonce may be answered in.
+    pub challenge_lifetime_secs: u64,
+    /// Connected devices (subscribed to their challenge topic) are challenged again this often;
+    /// 0: only on connect and on demand.
+    pub interval_secs: u64,
+    /// How often verdicts are checked for staleness and expired nonces deleted.
+    pub sweep_interval_secs: u64,
+}
+
+impl Default for AttestationConfig {
+    fn default() -> Self {
+        AttestationConfig {
+            challenge_lifetime_secs: 60,
+            interval_secs: 86_400,
+            sweep_interval_secs: 60,
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -79,6 +102,7 @@ impl Default for Config {
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
             telemetry: TelemetryConfig::default(),
+            attestation: AttestationConfig::default(),
         }
     }
 }
@@ -198,6 +222,15 @@ max_messages_per_device = 100000
 ingest_queue = 8192
 # Most messages per commit.
 batch_size = 500
+
+[attestation]
+# Devices subscribed to devices/{id}/attestation/challenge get a fresh 32-byte nonce when they
+# subscribe, every interval_secs after that (0: never again), and on demand
+# (POST /api/v1/devices/{id}/attest). An answer must arrive within challenge_lifetime_secs.
+challenge_lifetime_secs = 60
+interval_secs = 86400
+# Verdicts older than the CA's freshness window become "stale"; expired nonces are deleted.
+sweep_interval_secs = 60
 "#;
 
 impl Config {
@@ -237,6 +270,12 @@ impl Config {
         }
         if self.mqtt.per_ip_connection_rate <= 0.0 || self.mqtt.global_connection_rate <= 0.0 {
             problems.push("connection rates must be positive".into());
+        }
+        if !(5..=3600).contains(&self.attestation.challenge_lifetime_secs) {
+            problems.push("attestation.challenge_lifetime_secs must be 5..=3600".into());
+        }
+        if self.attestation.sweep_interval_secs == 0 {
+            problems.push("attestation.sweep_interval_secs must be positive".into());
         }
         if self.telemetry.batch_size == 0 || self.telemetry.ingest_queue == 0 {
             problems.push("telemetry.batch_size and telemetry.ingest_queue must be positive".into());

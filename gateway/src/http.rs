@@ -29,6 +29,8 @@ pub struct AppState {
     pub sessions: Arc<crate::dashboard::Sessions>,
     /// Open event streams (each polls the registry); more are refused with 503.
     pub stream_slots: Arc<tokio::sync::Semaphore>,
+    /// Challenges and evidence (shared with the MQTT sessions).
+    pub attestor: Arc<crate::attestation::Attestor>,
 }
 
 /// Event streams open at once, per node.

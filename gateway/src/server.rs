@@ -43,6 +43,7 @@ pub struct Running {
     pub events: EventSink,
     sessions: Arc<crate::dashboard::Sessions>,
     stream_slots: Arc<tokio::sync::Semaphore>,
+    pub attestor: Arc<crate::attestation::Attestor>,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -206,7 +207,19 @@ pub async fn start(config: Config) -> Result<Running> {
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
 
+    let attestor = Arc::new(crate::attestation::Attestor::new(
+        registry.clone(),
+        hub.clone(),
+        stats.clone(),
+        crate::attestation::AttestationSettings {
+            challenge_lifetime: Duration::from_secs(config.attestation.challenge_lifetime_secs),
+            interval: (config.attestation.interval_secs > 0)
+                .then(|| Duration::from_secs(config.attestation.interval_secs)),
+            sweep_interval: Duration::from_secs(config.attestation.sweep_interval_secs),
+        },
+    ));
     let ctx = Arc::new(Ctx {
+        attestor: attestor.clone(),
         registry: registry.clone(),
         hub: hub.clone(),
         ingest,
@@ -282,6 +295,23 @@ pub async fn start(config: Config) -> Result<Running> {
             }
         }));
     }
+    // Attestation freshness: stale verdicts, expired nonces.
+    {
+        let (attestor, mut stop) = (attestor.clone(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(attestor.settings.sweep_interval);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => match attestor.sweep().await {
+                        Ok(n) if n > 0 => tracing::info!(devices = n, "attestation verdicts became stale"),
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(error = %e, "attestation sweep failed"),
+                    },
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
     let sessions = Arc::new(crate::dashboard::Sessions::default());
     let stream_slots = Arc::new(tokio::sync::Semaphore::new(http::MAX_EVENT_STREAMS));
     background.push(tokio::spawn(http::serve(
@@ -295,6 +325,7 @@ pub async fn start(config: Config) -> Result<Running> {
             shutdown: shutdown_rx.clone(),
             sessions: sessions.clone(),
             stream_slots: stream_slots.clone(),
+            attestor: attestor.clone(),
         },
         shutdown_rx,
     )));
@@ -313,6 +344,7 @@ pub async fn start(config: Config) -> Result<Running> {
         events,
         sessions,
         stream_slots,
+        attestor,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -334,6 +366,7 @@ impl Running {
             shutdown: self.shutdown.subscribe(),
             sessions: self.sessions.clone(),
             stream_slots: self.stream_slots.clone(),
+            attestor: self.attestor.clone(),
         }
     }
 

@@ -56,6 +56,10 @@ counters! {
     events_dropped: "events not recorded because the event writer was saturated",
     api_unauthorized: "API requests refused for a missing, invalid or revoked token (401)",
     api_forbidden: "API requests refused because the token's role is insufficient (403)",
+    challenges_issued: "attestation challenges issued (MQTT and HTTP)",
+    attestations_verified: "attestation answers verified and appraised as good",
+    attestations_failed: "attestation answers that failed (nonce, signature, claims or appraisal)",
+    attestations_stale: "verdicts that became stale (no fresh evidence within the CA's window)",
 }
 
 /// Adds one.

@@ -91,6 +91,9 @@ pub const RATE_KINDS: &[&str] = &[
     "device.clone_suspected",
     "api.unauthorized",
     "api.forbidden",
+    "attestation.verified",
+    "attestation.failed",
+    "attestation.stale",
 ];
 
 /// How many events of one kind fell into one time bucket.

@@ -29,7 +29,10 @@ mod sql;
 mod telemetry;
 mod tokens;
 
-pub use attestation::{AttestationResult, FirmwareReference, RedeemOutcome};
+pub use attestation::{
+    ATTESTATION_ACTOR, AppraisalEffect, AttestationPolicy, AttestationRecord, AttestationResult, FirmwareReference,
+    OnFailure, RedeemOutcome,
+};
 pub use audit::{AuditOptions, AuditReport, CHECKS as AUDIT_CHECKS, COUNT_CAP as AUDIT_COUNT_CAP, Finding, Severity};
 pub use cas::{CaRecord, CaStatus, NewCa};
 pub use commands::PendingCommand;

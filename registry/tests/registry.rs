@@ -30,6 +30,7 @@ both!(
     fleet_counts_stay_exact,
     commands_wait_for_offline_devices,
     challenges_are_single_use,
+    appraisal_effects,
     firmware_references,
     api_tokens,
     gateway_helpers,
@@ -916,7 +917,9 @@ async fn challenges_are_single_use(db: &TestDb) {
         r.redeem_challenge("dev-y", &Nonce::from_bytes([0x42; 32]), NOW)
             .await
             .unwrap(),
-        RedeemOutcome::Unknown
+        RedeemOutcome::OtherDevice {
+            issued_to: "dev-x".into()
+        }
     );
     assert_eq!(
         r.redeem_challenge("dev-x", &Nonce::from_bytes([0x43; 32]), NOW)
@@ -932,28 +935,133 @@ async fn challenges_are_single_use(db: &TestDb) {
             .unwrap(),
         RedeemOutcome::Expired
     );
-    r.record_attestation(
-        &registry::AttestationResult {
-            device_id: "dev-x",
-            format: "se-signature",
-            verified: true,
-            ..Default::default()
-        },
-        NOW,
-    )
-    .await
-    .unwrap();
-    let ev = r
+    // Expired challenges are pruned.
+    assert_eq!(r.prune_challenges(NOW + 61_000).await.unwrap(), 2);
+}
+
+/// Appraisals move integrity and, per the CA's policy, the device's status; key possession never
+/// clears a failed firmware verdict; only the policy's own quarantine is lifted by attestation.
+async fn appraisal_effects(db: &TestDb) {
+    use registry::{AttestationPolicy, AttestationResult, OnFailure};
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Appraisal CA");
+    let ca = r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    let dev = root.issue_device(KeyKind::P256, "eval3-0209A1");
+    connect(r, &dev.der, NOW).await;
+    let id = "eval3-0209A1";
+    let policy = AttestationPolicy::default();
+    let measured = |verified: bool, reason: Option<&'static str>| AttestationResult {
+        device_id: id,
+        format: "measurement",
+        verified,
+        reason,
+        message: reason,
+        firmware_name: Some("sensor-fw"),
+        firmware_version: Some(if verified { "1.4.2" } else { "1.3.0" }),
+        firmware_digest: Some(if verified { "d1d1" } else { "b0b0" }),
+        affects_integrity: true,
+        ..Default::default()
+    };
+    // A replayed answer says nothing about the device: integrity and status unchanged.
+    let replay = AttestationResult {
+        device_id: id,
+        format: "measurement",
+        reason: Some("replayed_nonce"),
+        affects_integrity: false,
+        ..Default::default()
+    };
+    let e = r.record_attestation(&replay, &policy, NOW + 1).await.unwrap();
+    assert_eq!(
+        (e.integrity, e.status, e.status_changed),
+        (Integrity::Unknown, DeviceStatus::Active, None)
+    );
+    // Blocked firmware: failed, quarantined by the policy, the measured firmware recorded.
+    let e = r
+        .record_attestation(&measured(false, Some("firmware_blocked")), &policy, NOW + 2)
+        .await
+        .unwrap();
+    assert_eq!(e.integrity, Integrity::Failed);
+    assert_eq!(
+        e.status_changed,
+        Some((DeviceStatus::Active, DeviceStatus::Quarantined))
+    );
+    let d = r.device(id).await.unwrap();
+    assert_eq!(
+        (d.firmware_version.as_deref(), d.firmware_digest.as_deref()),
+        (Some("1.3.0"), Some("b0b0"))
+    );
+    // A plain SE signature proves the key, not the firmware: the verdict stays failed.
+    let se = AttestationResult {
+        device_id: id,
+        format: "se-signature",
+        verified: true,
+        affects_integrity: true,
+        ..Default::default()
+    };
+    let e = r.record_attestation(&se, &policy, NOW + 3).await.unwrap();
+    assert_eq!((e.integrity, e.status), (Integrity::Failed, DeviceStatus::Quarantined));
+    // Good firmware: verified, and the policy's own quarantine is lifted.
+    let e = r
+        .record_attestation(&measured(true, None), &policy, NOW + 4)
+        .await
+        .unwrap();
+    assert_eq!(e.integrity, Integrity::Verified);
+    assert_eq!(
+        e.status_changed,
+        Some((DeviceStatus::Quarantined, DeviceStatus::Active))
+    );
+    // An operator's quarantine is not lifted by attestation.
+    r.set_device_status(id, DeviceStatus::Quarantined, "api:ops", "inspection", NOW + 5)
+        .await
+        .unwrap();
+    let e = r
+        .record_attestation(&measured(true, None), &policy, NOW + 6)
+        .await
+        .unwrap();
+    assert_eq!((e.status, e.status_changed), (DeviceStatus::Quarantined, None));
+    r.set_device_status(id, DeviceStatus::Active, "api:ops", "inspected", NOW + 7)
+        .await
+        .unwrap();
+    // Flag-only policy: failed, still active.
+    let flag = AttestationPolicy {
+        on_failure: OnFailure::Flag,
+        ..Default::default()
+    };
+    r.set_attestation_policy(&ca.id, &flag, "api:admin", NOW + 8)
+        .await
+        .unwrap();
+    assert_eq!(r.attestation_policy(&ca.id).await.unwrap(), flag);
+    let e = r
+        .record_attestation(&measured(false, Some("firmware_unknown")), &flag, NOW + 9)
+        .await
+        .unwrap();
+    assert_eq!(
+        (e.integrity, e.status, e.status_changed),
+        (Integrity::Failed, DeviceStatus::Active, None)
+    );
+    let history = r.attestation_history(id, 10).await.unwrap();
+    assert_eq!(history.len(), 6);
+    assert_eq!(history[0].reason.as_deref(), Some("firmware_unknown"));
+    let failed = r
         .events(
             &EventFilter {
-                kind: Some("attestation.result".into()),
+                kind: Some("attestation.failed".into()),
                 ..Default::default()
             },
             10,
         )
         .await
         .unwrap();
-    assert_eq!(ev[0].detail.as_ref().unwrap()["result"], "verified");
+    assert_eq!(failed.len(), 3);
+    // Freshness: a verdict older than the window becomes stale, once.
+    r.record_attestation(&measured(true, None), &flag, NOW + 10)
+        .await
+        .unwrap();
+    let window = i64::try_from(flag.freshness_secs).unwrap() * 1000;
+    assert!(r.mark_stale(NOW + 10 + window, 100).await.unwrap().is_empty());
+    assert_eq!(r.mark_stale(NOW + 11 + window, 100).await.unwrap(), [id]);
+    assert!(r.mark_stale(NOW + 12 + window, 100).await.unwrap().is_empty());
+    assert_eq!(r.device(id).await.unwrap().integrity, Integrity::Stale);
 }
 
 async fn firmware_references(db: &TestDb) {

@@ -28,6 +28,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod attestation;
 pub mod challenge;
 mod timestamp;
 pub mod x509;

@@ -6,6 +6,7 @@
 //! produces a 5xx. Authentication failures (401) and role refusals (403) are counted and
 //! recorded as events.
 
+pub(crate) mod attestation;
 pub(crate) mod cas;
 pub mod devices;
 pub mod events;
@@ -40,6 +41,18 @@ pub fn router() -> Router<AppState> {
         .route("/cas/{id}", get(cas::get_one))
         .route("/cas/{id}/revoke", post(cas::revoke))
         .route("/cas/{id}/crl", post(cas::upload_crl))
+        .route(
+            "/cas/{id}/attestation-policy",
+            get(attestation::get_policy).put(attestation::put_policy),
+        )
+        .route("/attestation/challenge", post(attestation::challenge))
+        .route("/attestation/evidence", post(attestation::evidence))
+        .route("/devices/{id}/attest", post(attestation::attest))
+        .route("/devices/{id}/attestation", get(attestation::history))
+        .route(
+            "/firmware",
+            get(attestation::list_firmware).post(attestation::add_firmware),
+        )
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::get_one))
         .route("/devices/{id}/activate", post(devices::activate))

@@ -477,3 +477,163 @@ pub struct TokenList {
     pub items: Vec<Token>,
     pub next_cursor: Option<String>,
 }
+
+/// `POST /api/v1/attestation/challenge`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChallengeRequest {
+    pub device_id: String,
+}
+
+/// A challenge: the device signs (or puts in its token) exactly these 32 bytes.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct ChallengeIssued {
+    pub device_id: String,
+    /// 32 random bytes, hex (64 digits).
+    pub nonce: String,
+    /// After this the answer is refused (`expired_nonce`).
+    pub expires_at: String,
+}
+
+/// `POST /api/v1/devices/{id}/attest`: the challenge sent to the connected device.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttestSent {
+    #[serde(flatten)]
+    pub challenge: ChallengeIssued,
+    /// The MQTT topic it was published on.
+    pub topic: String,
+}
+
+/// `POST /api/v1/attestation/evidence`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EvidenceRequest {
+    pub device_id: String,
+    /// The challenge answered, hex.
+    pub nonce: String,
+    /// `se-signature`, `measurement` or `psa-token`.
+    pub format: String,
+    /// `se-signature`: the SE's ECDSA signature over the nonce, raw r‖s or DER, hex.
+    #[serde(default)]
+    pub signature_hex: Option<String>,
+    /// `measurement` and `psa-token`: the COSE_Sign1, base64 (standard or URL-safe).
+    #[serde(default)]
+    pub token_b64: Option<String>,
+}
+
+/// The verdict on one answer.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct EvidenceVerdict {
+    pub device_id: String,
+    pub format: String,
+    /// `verified` or `failed`.
+    pub result: String,
+    /// The failed check: `unknown_nonce`, `replayed_nonce`, `expired_nonce`, `wrong_device`,
+    /// `bad_signature`, `malformed_token`, `nonce_mismatch`, `missing_claim`, `invalid_claim`,
+    /// `unknown_profile`, `lifecycle_not_allowed`, `firmware_unknown`, `firmware_blocked`,
+    /// `signer_mismatch`, `version_mismatch`, …; null when verified.
+    pub reason: Option<String>,
+    /// The claim that failed, where one did (`nonce`, `security_lifecycle`, `measurement_value`, …).
+    pub claim: Option<String>,
+    pub message: Option<String>,
+    /// The device's integrity after this answer: `unknown`, `verified`, `failed`, `stale`.
+    pub integrity: String,
+    /// The device's status after this answer (the CA's policy may quarantine or release it).
+    pub status: String,
+    pub firmware_name: Option<String>,
+    pub firmware_version: Option<String>,
+    pub firmware_digest: Option<String>,
+}
+
+/// One stored appraisal.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttestationItem {
+    pub at: String,
+    pub format: String,
+    pub result: String,
+    pub reason: Option<String>,
+    pub firmware_name: Option<String>,
+    pub firmware_version: Option<String>,
+    pub firmware_digest: Option<String>,
+    /// What the evidence said (claims), when it verified.
+    #[schema(value_type = Option<Object>)]
+    pub claims: Option<serde_json::Value>,
+}
+
+/// `GET /api/v1/devices/{id}/attestation`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttestationHistory {
+    pub device_id: String,
+    pub integrity: String,
+    pub integrity_at: Option<String>,
+    pub integrity_reason: Option<String>,
+    /// Newest first (at most 50).
+    pub items: Vec<AttestationItem>,
+}
+
+/// `allowed` or `blocked`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum FirmwareStatus {
+    #[default]
+    Allowed,
+    Blocked,
+}
+
+/// `POST /api/v1/firmware`.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct NewFirmware {
+    pub name: String,
+    pub version: String,
+    /// The measurement value: the image digest (SHA-256/384/512), hex.
+    pub digest_hex: String,
+    /// If set, evidence must also name this signer (hash of the image-signing key), hex.
+    #[serde(default)]
+    pub signer_id_hex: Option<String>,
+    #[serde(default)]
+    pub status: FirmwareStatus,
+}
+
+/// A firmware reference value.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct Firmware {
+    pub id: i64,
+    pub name: String,
+    pub version: String,
+    pub digest_hex: String,
+    pub signer_id_hex: Option<String>,
+    pub status: FirmwareStatus,
+    pub created_at: String,
+    pub created_by: String,
+    /// Devices whose last measurement is this digest.
+    pub devices: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct FirmwareList {
+    pub items: Vec<Firmware>,
+    pub next_cursor: Option<String>,
+}
+
+/// A CA's attestation policy.
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationPolicyBody {
+    /// `quarantine` (default) or `flag`.
+    #[serde(default)]
+    pub on_failure: Option<String>,
+    /// PSA lifecycle states accepted (default `["secured"]`): `secured`, `non_psa_rot_debug`,
+    /// `recoverable_psa_rot_debug`, `psa_rot_provisioning`, `assembly_and_test`, `unknown`,
+    /// `decommissioned`.
+    #[serde(default)]
+    pub allowed_lifecycles: Option<Vec<String>>,
+    /// Verdicts older than this become `stale` (default 172800).
+    #[serde(default)]
+    pub freshness_secs: Option<u64>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct AttestationPolicyView {
+    pub ca_id: String,
+    pub on_failure: String,
+    pub allowed_lifecycles: Vec<String>,
+    pub freshness_secs: u64,
+}

@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document, derived from the handlers' annotations and the model types.
 
-use super::{cas, devices, events, fleet, model, tokens};
+use super::{attestation, cas, devices, events, fleet, model, tokens};
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -9,7 +9,8 @@ use utoipa::{Modify, OpenApi};
 #[openapi(
     info(
         title = "fleetward operator API",
-        description = "Provisioning CAs, devices, the audit trail, fleet summary and audit findings. \
+        description = "Provisioning CAs, devices, attestation and firmware reference values, the audit trail, fleet \
+                       summary and audit findings. \
                        Authenticate with `Authorization: Bearer <token>`; roles: admin > operator > viewer.",
         license(name = "Apache-2.0")
     ),
@@ -19,13 +20,18 @@ use utoipa::{Modify, OpenApi};
         events::list, events::stream,
         fleet::summary, fleet::audit,
         tokens::create, tokens::list, tokens::revoke,
+        attestation::challenge, attestation::evidence, attestation::attest, attestation::history,
+        attestation::add_firmware, attestation::list_firmware, attestation::get_policy, attestation::put_policy,
     ),
     components(schemas(
         model::ErrorBody, model::RegistrationCode, model::RegisterCa, model::Ca, model::CaList, model::Reason,
         model::CaRevoked, model::CrlUpload, model::CrlAccepted, model::Device, model::DeviceCertificate,
         model::DeviceList, model::DeviceDetail, model::ChainLink, model::Labels, model::EventItem, model::EventList,
         model::Bucket, model::FleetSummary, model::AuditFinding, model::Audit, model::CreateToken, model::Token,
-        model::CreatedToken, model::TokenList,
+        model::CreatedToken, model::TokenList, model::ChallengeRequest, model::ChallengeIssued, model::AttestSent,
+        model::EvidenceRequest, model::EvidenceVerdict, model::AttestationItem, model::AttestationHistory,
+        model::FirmwareStatus, model::NewFirmware, model::Firmware, model::FirmwareList, model::AttestationPolicyBody,
+        model::AttestationPolicyView,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -35,6 +41,8 @@ use utoipa::{Modify, OpenApi};
         (name = "fleet", description = "Fleet summary"),
         (name = "audit", description = "Fleet audit findings"),
         (name = "tokens", description = "API tokens"),
+        (name = "attestation", description = "Challenges, evidence and appraisal; CA attestation policies"),
+        (name = "firmware", description = "Firmware reference values"),
     )
 )]
 #[derive(Debug)]

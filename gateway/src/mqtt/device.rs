@@ -8,6 +8,7 @@ use super::conn::{Conn, ConnError};
 use super::hub::{CloneEvidence, DeviceHandle, DeviceSignal};
 use super::topic::{DeviceScope, device_may_publish, device_may_subscribe, matches};
 use super::{ClonePolicy, Ctx};
+use crate::attestation::{AttestError, Issued, NotSent, Submission};
 use crate::clock::{monotonic, now_ms};
 use crate::ingest::{AckTo, IngestItem};
 use crate::stats::inc;
@@ -237,10 +238,16 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         inflight_in: 0,
         out_inflight: HashMap::new(),
         next_pkid: 1,
+        challenged: false,
+        next_challenge: None,
     };
     let (ack_tx, mut ack_rx) = mpsc::channel::<u16>(ctx.settings.max_inflight);
     if session.wants_commands() {
         session.deliver_commands(&mut conn).await;
+    }
+    // A persistent session that already covers the challenge topic is challenged at once.
+    if session.granted(&session.challenge_topic()).is_some() {
+        let _ = session.send_challenge(&mut conn).await;
     }
     let keep_alive =
         (connect.keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive_secs) * 1500));
@@ -290,6 +297,11 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         session.deliver_commands(&mut conn).await;
                     }
                 }
+                DeviceSignal::Attest(reply) => {
+                    let sent = session.send_challenge(&mut conn).await;
+                    let _ = reply.send(sent);
+                }
+                DeviceSignal::Scope(scope) => session.set_scope(scope),
                 DeviceSignal::Close(reason) => {
                     enc.disconnect(reason, &mut conn.out);
                     break 'session Ok(match reason {
@@ -300,6 +312,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     });
                 }
             },
+            _ = sleep_until_opt(session.next_challenge), if session.next_challenge.is_some() => {
+                session.next_challenge = None;
+                let _ = session.send_challenge(&mut conn).await;
+            }
             _ = tokio::time::sleep_until(deadline), if keep_alive.is_some() => {
                 inc(&ctx.stats.keepalive_timeouts);
                 enc.disconnect(DisconnectReason::KeepAliveTimeout, &mut conn.out);
@@ -361,6 +377,18 @@ struct Session {
     /// Commands sent at QoS 1 awaiting the device's PUBACK: packet id → command id.
     out_inflight: HashMap<u16, i64>,
     next_pkid: u16,
+    /// A challenge was sent in this connection (the first one goes out when the device
+    /// subscribes to its challenge topic).
+    challenged: bool,
+    /// When the device is challenged again (`attestation.interval_secs`).
+    next_challenge: Option<tokio::time::Instant>,
+}
+
+async fn sleep_until_opt(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }
 
 impl Session {
@@ -409,6 +437,9 @@ impl Session {
                 if self.wants_commands() {
                     self.deliver_commands(conn).await;
                 }
+                if !self.challenged && self.granted(&self.challenge_topic()).is_some() {
+                    let _ = self.send_challenge(conn).await;
+                }
             }
             Incoming::Unsubscribe { pkid, filters } => {
                 self.subs.retain(|(f, _)| !filters.contains(f));
@@ -447,6 +478,9 @@ impl Session {
                 .disconnect(DisconnectReason::NotAuthorized, &mut conn.out);
             return Ok(Some("topic trespass"));
         }
+        if p.topic == self.evidence_topic() {
+            return self.evidence(p, conn).await;
+        }
         let item = IngestItem {
             msg: TelemetryMessage {
                 device_id: self.id.clone(),
@@ -468,6 +502,121 @@ impl Session {
             self.inflight_in += 1;
         }
         Ok(None)
+    }
+
+    fn challenge_topic(&self) -> String {
+        format!("devices/{}/attestation/challenge", self.id)
+    }
+
+    fn evidence_topic(&self) -> String {
+        format!("devices/{}/attestation/evidence", self.id)
+    }
+
+    /// Issues a challenge and publishes it on the device's challenge topic (QoS 0: a lost
+    /// challenge is simply answered never, and the next one is as good).
+    async fn send_challenge<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        conn: &mut Conn<S>,
+    ) -> Result<Issued, NotSent> {
+        let topic = self.challenge_topic();
+        if self.granted(&topic).is_none() {
+            return Err(NotSent::NotSubscribed);
+        }
+        let issued = match Box::pin(self.ctx.attestor.challenge(&self.id)).await {
+            Ok(i) => i,
+            Err(e) => {
+                tracing::warn!(device = %self.id, error = %e, "could not issue an attestation challenge");
+                return Err(NotSent::Unavailable);
+            }
+        };
+        conn.encoder()
+            .publish(&topic, &issued.payload(), Qos::AtMostOnce, 0, false, &mut conn.out);
+        self.challenged = true;
+        self.next_challenge = self
+            .ctx
+            .attestor
+            .settings
+            .interval
+            .map(|i| tokio::time::Instant::now() + i);
+        Ok(issued)
+    }
+
+    /// An answer on `devices/{id}/attestation/evidence`: appraised at once (not telemetry), the
+    /// verdict published on `…/attestation/result` when the device subscribed to it, the PUBACK
+    /// sent once the verdict is recorded.
+    async fn evidence<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        p: Publish,
+        conn: &mut Conn<S>,
+    ) -> Result<Option<&'static str>, ConnError> {
+        #[derive(serde::Deserialize)]
+        struct Payload {
+            device_id: Option<String>,
+            nonce: String,
+            format: String,
+            signature_hex: Option<String>,
+            token_b64: Option<String>,
+        }
+        let attestor = self.ctx.attestor.clone();
+        let parsed = serde_json::from_slice::<Payload>(&p.payload);
+        let verdict = match parsed {
+            Ok(body) if body.device_id.as_deref().is_none_or(|d| d == self.id) => {
+                let submission = Submission {
+                    device_id: self.id.clone(),
+                    nonce: body.nonce,
+                    format: body.format,
+                    signature_hex: body.signature_hex,
+                    token_b64: body.token_b64,
+                };
+                match Box::pin(attestor.evidence(&submission)).await {
+                    Ok(v) => Ok(v),
+                    Err(AttestError::BadRequest { message, .. }) => {
+                        Box::pin(attestor.malformed(&self.id, &message)).await
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Ok(_) => {
+                Box::pin(attestor.malformed(&self.id, "the evidence names another device than the connected one")).await
+            }
+            Err(e) => {
+                let message = format!("evidence is not the attestation JSON: {e}");
+                Box::pin(attestor.malformed(&self.id, &message)).await
+            }
+        };
+        let verdict = match verdict {
+            Ok(v) => v,
+            Err(e) => {
+                // Not recorded: no PUBACK, so a QoS 1 answer is sent again.
+                tracing::warn!(device = %self.id, error = %e, "could not record an attestation answer");
+                return Ok(None);
+            }
+        };
+        let enc = conn.encoder();
+        if p.qos == Qos::AtLeastOnce {
+            enc.puback(p.pkid, &mut conn.out);
+            inc(&self.ctx.stats.pubacks_sent);
+        }
+        let result_topic = format!("devices/{}/attestation/result", self.id);
+        if self.granted(&result_topic).is_some() {
+            let payload = serde_json::to_vec(&verdict).unwrap_or_default();
+            enc.publish(&result_topic, &payload, Qos::AtMostOnce, 0, false, &mut conn.out);
+        }
+        self.set_scope(match verdict.status {
+            DeviceStatus::Active => DeviceScope::Full,
+            _ => DeviceScope::AttestationOnly,
+        });
+        Ok(None)
+    }
+
+    /// Narrows or widens what the device may touch; subscriptions outside a narrowed scope end.
+    fn set_scope(&mut self, scope: DeviceScope) {
+        if scope == self.scope {
+            return;
+        }
+        self.scope = scope;
+        let id = self.id.clone();
+        self.subs.retain(|(f, _)| device_may_subscribe(&id, scope, f));
     }
 
     fn wants_commands(&self) -> bool {

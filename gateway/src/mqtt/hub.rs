@@ -16,12 +16,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Something a device session must act on.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum DeviceSignal {
     /// New commands are waiting in the registry.
     CommandsPending,
     /// End the session (takeover, revocation, shutdown).
     Close(DisconnectReason),
+    /// Challenge the device now (on demand); the reply says whether the challenge was sent.
+    Attest(tokio::sync::oneshot::Sender<Result<crate::attestation::Issued, crate::attestation::NotSent>>),
+    /// The device's status changed under the session (attestation policy): narrow or widen
+    /// what it may touch without ending the session.
+    Scope(super::topic::DeviceScope),
 }
 
 /// An online device session.
@@ -159,7 +164,7 @@ impl Hub {
         let handle = lock(&self.devices).get(device_id).cloned();
         match handle {
             Some(h) => {
-                if signal == DeviceSignal::CommandsPending {
+                if matches!(signal, DeviceSignal::CommandsPending) {
                     // A full signal queue already holds a wake-up.
                     let _ = h.signal.try_send(signal);
                 } else {

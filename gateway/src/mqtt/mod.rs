@@ -74,5 +74,6 @@ pub struct Ctx {
     pub events: EventSink,
     pub stats: Arc<Stats>,
     pub trust: Arc<TrustState>,
+    pub attestor: Arc<crate::attestation::Attestor>,
     pub settings: SessionSettings,
 }

@@ -23,7 +23,9 @@ pub fn device_may_publish(device_id: &str, scope: DeviceScope, topic: &str) -> b
     };
     match scope {
         // Commands and challenges flow cloud → device only.
-        DeviceScope::Full => !rest.starts_with("commands/") && rest != "attestation/challenge",
+        DeviceScope::Full => {
+            !rest.starts_with("commands/") && rest != "attestation/challenge" && rest != "attestation/result"
+        }
         DeviceScope::AttestationOnly => rest == "attestation/evidence",
     }
 }

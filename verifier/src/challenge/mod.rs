@@ -13,4 +13,4 @@ mod nonce;
 mod signature;
 
 pub use nonce::{Challenge, ChallengeError, ChallengePolicy, NONCE_LEN, Nonce};
-pub use signature::{Curve, DeviceKey, DigestMode, SignatureError, SignatureFormat};
+pub use signature::{CoseHash, Curve, DeviceKey, DigestMode, SignatureError, SignatureFormat};

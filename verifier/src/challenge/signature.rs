@@ -78,6 +78,13 @@ impl DigestMode {
     }
 }
 
+/// The hash of a COSE ECDSA algorithm: ES256 (-7) or ES384 (-35).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CoseHash {
+    Sha256,
+    Sha384,
+}
+
 /// How the signature bytes are encoded.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -262,6 +269,21 @@ impl DeviceKey {
                 mode: mode.as_str(),
             })?;
         Ok(used)
+    }
+
+    /// Verifies a COSE ECDSA signature (RFC 9053 section 2.1: exactly `r‖s`, never DER) over
+    /// `message`, hashed with SHA-256 (ES256) or SHA-384 (ES384).
+    pub fn verify_message_raw(&self, message: &[u8], signature: &[u8], hash: CoseHash) -> Result<(), SignatureError> {
+        let (der, _) = self.normalize(signature, SignatureFormat::Raw)?;
+        let (key, mode) = match hash {
+            CoseHash::Sha256 => (&self.with_sha256, "sha256"),
+            CoseHash::Sha384 => (&self.with_sha384, "sha384"),
+        };
+        key.verify_sig(message, der.as_ref())
+            .map_err(|_| SignatureError::Mismatch {
+                curve: self.curve,
+                mode,
+            })
     }
 
     /// Checks the encoding and returns the signature as strict DER.
