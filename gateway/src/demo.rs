@@ -7,6 +7,7 @@ use crate::config::Config;
 use crate::server::{self, Running};
 use anyhow::{Context, Result};
 use registry::{Event, EventFilter};
+use sim_devices::attest::Firmware;
 use sim_devices::fleet::{self, ActorReport, Target};
 use sim_devices::pki::ProvisioningCa;
 use std::io::Write;
@@ -39,6 +40,7 @@ fn server_view(events: &[Event], actor: &ActorReport) -> Option<String> {
         "impostor" => ("device.refused", "client_id_mismatch"),
         "trespasser" => ("device.acl_violation", ""),
         "clone" => ("device.clone_suspected", ""),
+        "tampered-firmware" => ("attestation.failed", "firmware_unknown"),
         _ => return None,
     };
     events
@@ -77,9 +79,31 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
     )?;
     writeln!(out, "   data in {}", opts.data_dir.display())?;
     writeln!(out, "2. demo provisioning CA registered ({})", ca_path.display())?;
+    // The good firmware image is a known-good reference value; anything else fails appraisal.
+    let firmware = Firmware::demo();
+    running
+        .registry
+        .add_firmware_reference(
+            &firmware.name,
+            &firmware.version,
+            &firmware.digest_hex(),
+            Some(&firmware.signer_id_hex()),
+            true,
+            "demo",
+            crate::clock::now_ms(),
+        )
+        .await
+        .context("cannot register the demo firmware reference value")?;
     writeln!(
         out,
-        "3. {} devices onboard (just-in-time registration, TLS 1.2 ECDHE-ECDSA-AES128-GCM-SHA256 and TLS 1.3),\n   then 5 bad actors try their luck…\n",
+        "3. firmware {} {} registered as a known-good reference value (SHA-256 {}…)",
+        firmware.name,
+        firmware.version,
+        &firmware.digest_hex()[..16]
+    )?;
+    writeln!(
+        out,
+        "4. {} devices onboard (just-in-time registration, TLS 1.2 ECDHE-ECDSA-AES128-GCM-SHA256 and TLS 1.3)\n   and attest their firmware; then 6 bad actors try their luck…\n",
         opts.good_devices
     )?;
     out.flush()?;
@@ -98,19 +122,19 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
         server_ca_der: server_ca_der.to_vec(),
         server_name: "localhost".into(),
     };
-    let actors = fleet::run(&target, &ca, opts.good_devices, opts.messages).await?;
+    let actors = fleet::run(&target, &ca, opts.good_devices, opts.messages, &firmware).await?;
     // Let the event writer catch up before reading the audit trail.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let mut as_expected = true;
-    writeln!(out, "{:<28} {:<9} what happened", "device", "verdict")?;
-    writeln!(out, "{}", "-".repeat(100))?;
-    // The audit trail, read once for every actor's server-side view.
     let events = running
         .registry
         .events(&EventFilter::default(), 500)
         .await
         .unwrap_or_default();
+    writeln!(out, "{:<28} {:<9} what happened", "device", "verdict")?;
+    writeln!(out, "{}", "-".repeat(100))?;
+    // The audit trail (read above), once for every actor's server-side view.
     for a in &actors {
         let flagged = server_view(&events, a);
         let verdict = match (a.attack, a.admitted) {
@@ -143,6 +167,11 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
         out,
         "refusals: {} certificate chains, {} CONNECTs, {} topic violations, {} clone suspicions",
         stats.chains_rejected, stats.sessions_refused, stats.acl_violations, stats.clones_suspected
+    )?;
+    writeln!(
+        out,
+        "attestation: {} challenges, {} verified, {} failed; integrity {:?}",
+        stats.challenges_issued, stats.attestations_verified, stats.attestations_failed, summary.by_integrity
     )?;
     writeln!(out, "metrics: http://{}/metrics", running.http_addr)?;
     writeln!(out)?;

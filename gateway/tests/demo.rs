@@ -33,11 +33,14 @@ fn readme_first_command_is_the_demo_and_it_works() {
         "impostor                     STOPPED",
         "trespasser                   STOPPED",
         "clone                        FLAGGED",
+        "tampered-firmware            STOPPED",
+        "attestation failed (firmware_unknown), device quarantined",
         "all as expected.",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
     assert_eq!(text.matches(" IN ").count(), 6, "{text}");
+    assert_eq!(text.matches("firmware attested").count(), 6, "{text}");
     // It ends with the dashboard and a token to log in with (and, not at a terminal, exits).
     assert!(text.contains("dashboard: http://127.0.0.1:"), "{text}");
     assert!(

@@ -1,7 +1,8 @@
 //! A small fleet for the demo and for tests: good devices that onboard and report, and bad
 //! actors that each try one of the attacks fleetward exists to stop.
 
-use crate::client::{Client, ClientError, ClientTls, ConnectOptions, TlsProfile};
+use crate::attest::{self, Firmware};
+use crate::client::{Client, ClientError, ClientTls, ConnectOptions, ServerPacket, TlsProfile};
 use crate::pki::{DeviceIdentity, PkiError, ProvisioningCa};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use time::OffsetDateTime;
@@ -65,13 +66,54 @@ fn describe(e: &ClientError) -> String {
     }
 }
 
-/// A good device: connects, subscribes to its commands, publishes `messages` telemetry
-/// readings at QoS 1 (each acknowledged only once stored), disconnects.
+/// Waits for a PUBLISH on `topic` (acknowledging QoS 1 ones on the way).
+async fn wait_publish(c: &mut Client, topic: &str) -> Result<bytes::Bytes, ClientError> {
+    loop {
+        match c.recv(std::time::Duration::from_secs(10)).await? {
+            ServerPacket::Publish {
+                topic: t,
+                payload,
+                qos,
+                pkid,
+            } => {
+                if qos == 1 {
+                    c.puback(pkid).await?;
+                }
+                if t == topic {
+                    return Ok(payload);
+                }
+            }
+            ServerPacket::Disconnect => return Err(ClientError::Closed),
+            _ => {}
+        }
+    }
+}
+
+/// Answers the challenge fleetward sends after the device subscribes to its attestation topics
+/// (with a signed measurement of `firmware`); returns the verdict fleetward publishes back.
+pub async fn attest_once(
+    c: &mut Client,
+    identity: &DeviceIdentity,
+    firmware: &Firmware,
+) -> Result<serde_json::Value, ClientError> {
+    let base = format!("devices/{}/attestation/", identity.id);
+    let challenge = wait_publish(c, &format!("{base}challenge")).await?;
+    let answer = attest::answer(identity, firmware, &challenge)
+        .ok_or_else(|| ClientError::Protocol("the challenge is not the attestation JSON".into()))?;
+    c.publish(&format!("{base}evidence"), &answer, 1).await?;
+    let verdict = wait_publish(c, &format!("{base}result")).await?;
+    serde_json::from_slice(&verdict).map_err(|e| ClientError::Protocol(format!("attestation result: {e}")))
+}
+
+/// A good device: connects, subscribes to its commands and attestation topics, answers the
+/// challenge with a signed measurement of `firmware`, publishes `messages` telemetry readings at
+/// QoS 1 (each acknowledged only once stored), disconnects.
 pub async fn good_device(
     target: &Target,
     identity: &DeviceIdentity,
     profile: TlsProfile,
     messages: usize,
+    firmware: &Firmware,
 ) -> ActorReport {
     let name = identity.id.clone();
     let result = async {
@@ -80,8 +122,15 @@ pub async fn good_device(
             return Ok::<_, ClientError>((false, format!("CONNACK {code}")));
         }
         let (version, suite) = c.tls_parameters();
-        c.subscribe(&[(&format!("devices/{}/commands/#", identity.id), 1)])
-            .await?;
+        c.subscribe(&[
+            (&format!("devices/{}/commands/#", identity.id), 1),
+            (&format!("devices/{}/attestation/#", identity.id), 1),
+        ])
+        .await?;
+        let verdict = attest_once(&mut c, identity, firmware).await?;
+        if verdict["result"] != "verified" {
+            return Ok((false, format!("attestation failed: {}", verdict["reason"])));
+        }
         for i in 0..messages {
             let payload = format!("{{\"seq\":{i},\"temperature_c\":{:.1}}}", 20.0 + (i % 7) as f64 * 0.5);
             c.publish(&format!("devices/{}/telemetry", identity.id), payload.as_bytes(), 1)
@@ -90,7 +139,7 @@ pub async fn good_device(
         c.disconnect().await?;
         Ok((
             true,
-            format!("onboarded over {version} {suite}; {messages} readings acknowledged"),
+            format!("onboarded over {version} {suite}; firmware attested; {messages} readings acknowledged"),
         ))
     }
     .await;
@@ -110,12 +159,14 @@ pub async fn good_device(
     }
 }
 
-/// Runs the demo fleet: `good` devices under `ca`, then the bad actors. Reports in order.
+/// Runs the demo fleet: `good` devices under `ca` running `firmware`, then the bad actors.
+/// Reports in order.
 pub async fn run(
     target: &Target,
     ca: &ProvisioningCa,
     good: usize,
     messages: usize,
+    firmware: &Firmware,
 ) -> Result<Vec<ActorReport>, PkiError> {
     let now = OffsetDateTime::now_utc();
     let year = time::Duration::days(365);
@@ -139,13 +190,13 @@ pub async fn run(
     let mut reports = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for (i, d) in devices.iter().enumerate() {
-        let (t, d) = (target.clone(), d.clone());
+        let (t, d, fw) = (target.clone(), d.clone(), firmware.clone());
         let profile = if i % 2 == 0 {
             TlsProfile::Stm32Tls12
         } else {
             TlsProfile::Tls13
         };
-        tasks.spawn(async move { (i, good_device(&t, &d, profile, messages).await) });
+        tasks.spawn(async move { (i, good_device(&t, &d, profile, messages, &fw).await) });
     }
     let mut good_reports: Vec<(usize, ActorReport)> = tasks.join_all().await;
     good_reports.sort_by_key(|(i, _)| *i);
@@ -195,7 +246,48 @@ pub async fn run(
     if let Some(original) = devices.first() {
         reports.push(clone(target, original).await);
     }
+
+    let tampered = ca.issue("eval3", &[0x02, 0x09, 0xBB, 0x00, 0x00, 0x05], now - year, now + year)?;
+    reports.push(tampered_firmware(target, &tampered, &firmware.tampered()).await);
     Ok(reports)
+}
+
+/// A genuine device (valid certificate, real key) running modified firmware: it attests
+/// honestly, fails appraisal, is quarantined, and its telemetry is refused.
+async fn tampered_firmware(target: &Target, identity: &DeviceIdentity, firmware: &Firmware) -> ActorReport {
+    let outcome = async {
+        let (mut c, code) = onboard(target, identity, &identity.id, TlsProfile::Stm32Tls12, None).await?;
+        if code != 0 {
+            return Ok::<_, ClientError>((false, format!("CONNACK {code}")));
+        }
+        c.subscribe(&[(&format!("devices/{}/attestation/#", identity.id), 1)])
+            .await?;
+        let verdict = attest_once(&mut c, identity, firmware).await?;
+        let summary = format!(
+            "attestation {} ({}), device {}",
+            verdict["result"].as_str().unwrap_or("?"),
+            verdict["reason"].as_str().unwrap_or("-"),
+            verdict["status"].as_str().unwrap_or("?"),
+        );
+        match c
+            .publish(&format!("devices/{}/telemetry", identity.id), b"{\"t\":1}", 1)
+            .await
+        {
+            Ok(()) => Ok((true, format!("{summary}; telemetry acknowledged!"))),
+            Err(_) => Ok((
+                verdict["result"] == "verified",
+                format!("{summary}; telemetry refused (disconnected)"),
+            )),
+        }
+    }
+    .await;
+    let (admitted, detail) = outcome.unwrap_or_else(|e| (false, describe(&e)));
+    ActorReport {
+        name: "tampered-firmware".into(),
+        attack: Some("genuine device running a modified firmware image"),
+        admitted,
+        detail,
+    }
 }
 
 async fn attack(

@@ -6,9 +6,12 @@
 //! - [`pki`]: a provisioning CA and STSAFE-A-profile device certificates;
 //! - [`client`]: the device's TLS (STM32/mbedTLS TLS 1.2 profile or TLS 1.3) and an MQTT 3.1.1
 //!   client independent of the server's codec;
+//! - [`attest`]: the device's answer to an attestation challenge (a signed firmware
+//!   measurement), for good and tampered firmware;
 //! - [`fleet`]: the demo fleet and its attacks.
 #![forbid(unsafe_code)]
 
+pub mod attest;
 pub mod client;
 pub mod fleet;
 pub mod pki;

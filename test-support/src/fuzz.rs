@@ -29,6 +29,10 @@ pub struct World {
     pub challenge: [u8; 32],
     pub signature_raw: Vec<u8>,
     pub signature_der: Vec<u8>,
+    /// A genuine signed measurement and PSA tokens (current and legacy keys) over `challenge`.
+    pub measurement_token: Vec<u8>,
+    pub psa_token: Vec<u8>,
+    pub psa_legacy_token: Vec<u8>,
     pub now: Timestamp,
 }
 
@@ -62,7 +66,13 @@ pub static WORLD: LazyLock<World> = LazyLock::new(|| {
     let signature_raw = stsafe_leaf.answer_direct(&challenge);
     let signature_der = stsafe_leaf.se_sign_digest_der(&challenge);
     let device_key = DeviceKey::from_certificate_der(&stsafe_leaf.der).expect("device key");
+    let measurement_token = crate::attest::measurement(&stsafe_leaf, &challenge, "dev-1", &[0xd1; 32], "1.4.2");
+    let psa_token = crate::attest::psa(&stsafe_leaf, &challenge, 0x3000, false);
+    let psa_legacy_token = crate::attest::psa(&stsafe_leaf, &challenge, 0x3000, true);
     World {
+        measurement_token,
+        psa_token,
+        psa_legacy_token,
         store,
         leaf: leaf.der.clone(),
         intermediate: int.der.clone(),
@@ -79,6 +89,35 @@ pub static WORLD: LazyLock<World> = LazyLock::new(|| {
         now: Timestamp::from(now()),
     }
 });
+
+/// Attestation evidence: signed measurements and PSA tokens, raw and as mutations of genuine
+/// ones. A mutated token may only verify if what it says is exactly what the genuine one says
+/// (the unsigned COSE framing may change; the claims may not).
+pub fn attestation(data: &[u8]) {
+    use verifier::attestation::{AppraisalPolicy, Evidence, appraise, verify_measurement, verify_psa_token};
+    let w = &*WORLD;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let token = match mode % 5 {
+        0 => rest.to_vec(),
+        1 => mutate(&w.measurement_token, rest),
+        2 => mutate(&w.psa_token, rest),
+        3 => mutate(&w.psa_legacy_token, rest),
+        _ => splice(&w.psa_token, rest),
+    };
+    if let Ok(m) = verify_measurement(&token, &w.device_key, &w.challenge, "dev-1") {
+        let genuine = verify_measurement(&w.measurement_token, &w.device_key, &w.challenge, "dev-1").expect("genuine");
+        assert_eq!(m, genuine, "forged measurement accepted");
+        let _ = appraise(&Evidence::Measurement(m), &[], &AppraisalPolicy::default());
+    }
+    if let Ok(p) = verify_psa_token(&token, &w.device_key, &w.challenge) {
+        let current = verify_psa_token(&w.psa_token, &w.device_key, &w.challenge).expect("genuine");
+        let legacy = verify_psa_token(&w.psa_legacy_token, &w.device_key, &w.challenge).expect("genuine");
+        assert!(p == current || p == legacy, "forged PSA token accepted");
+        let _ = appraise(&Evidence::Psa(p), &[], &AppraisalPolicy::default());
+    }
+}
 
 /// Applies `edits` to `base`: each 3-byte chunk is (position hi, position lo, xor mask).
 fn mutate(base: &[u8], edits: &[u8]) -> Vec<u8> {

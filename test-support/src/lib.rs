@@ -13,6 +13,7 @@
 //!   serial as serial number.
 #![allow(clippy::unwrap_used, missing_debug_implementations, unreachable_pub)]
 
+pub mod attest;
 pub mod fuzz;
 
 use p256::ecdsa::signature::hazmat::PrehashSigner;

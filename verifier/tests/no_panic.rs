@@ -22,6 +22,11 @@ proptest! {
     }
 
     #[test]
+    fn attestation_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fuzz::attestation(&data);
+    }
+
+    #[test]
     fn registration_never_panics(data in proptest::collection::vec(any::<u8>(), 0..1200)) {
         fuzz::registration(&data);
     }
@@ -71,6 +76,7 @@ fn fuzz_regressions_replay() {
         ("chain", fuzz::chain as fn(&[u8])),
         ("challenge", fuzz::challenge),
         ("registration", fuzz::registration),
+        ("attestation", fuzz::attestation),
     ] {
         let Ok(dir) = std::fs::read_dir(root.join(target)) else {
             continue;
