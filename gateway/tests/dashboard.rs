@@ -87,7 +87,15 @@ async fn login_pages_actions_and_logout() {
     server.wait_event("chain.rejected", |_| true).await;
 
     // Not logged in: every page sends us to the login form, remembering where we were going.
-    for path in ["/", "/devices", "/devices/dash-1", "/cas", "/audit", "/events"] {
+    for path in [
+        "/",
+        "/devices",
+        "/devices/dash-1",
+        "/cas",
+        "/firmware",
+        "/audit",
+        "/events",
+    ] {
         let r = request(&server, Method::GET, path, None, None).await;
         assert_eq!(r.status, StatusCode::SEE_OTHER, "{path}");
         assert!(
@@ -150,6 +158,35 @@ async fn login_pages_actions_and_logout() {
         !page.body.contains("value=\"quarantine\""),
         "viewers get no action buttons"
     );
+    assert!(page.body.contains("id=\"attestation\""), "the attestation panel");
+    assert!(page.body.contains("No evidence yet."));
+    // The firmware page: reference values, and measured images that are not one.
+    let reg = &server.running.registry;
+    reg.add_firmware_reference("sensor-fw", "1.4.2", &"ab".repeat(32), None, true, "t", 0)
+        .await
+        .unwrap();
+    reg.set_firmware("dash-1", "0.9.0", &"ee".repeat(32)).await.unwrap();
+    let fw = request(&server, Method::GET, "/firmware", c, None).await;
+    assert_eq!(fw.status, StatusCode::OK);
+    assert!(
+        fw.body.contains("sensor-fw") && fw.body.contains(&"ab".repeat(32)),
+        "{}",
+        fw.body
+    );
+    assert!(
+        fw.body.contains("id=\"unknown-firmware\"") && fw.body.contains(&"ee".repeat(32)),
+        "{}",
+        fw.body
+    );
+    let by_digest = request(
+        &server,
+        Method::GET,
+        &format!("/devices?firmware_digest={}", "ee".repeat(32)),
+        c,
+        None,
+    )
+    .await;
+    assert!(by_digest.body.contains(">dash-1</a>"), "{}", by_digest.body);
     let missing = request(&server, Method::GET, "/devices/ghost", c, None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
     assert!(

@@ -128,6 +128,51 @@ async fn operator_cli_against_a_running_server() {
     assert!(text(&o).contains("fleet audit at"), "{}", text(&o));
     assert!(text(&o).contains("attestation_never_passed"), "{}", text(&o));
 
+    // Firmware reference values, and an on-demand challenge to a device that is not connected.
+    let digest = "ab".repeat(32);
+    let o = api(&[
+        "firmware",
+        "add",
+        "--name",
+        "sensor-fw",
+        "--version",
+        "1.4.2",
+        "--digest",
+        &digest,
+    ])
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = api(&[
+        "firmware",
+        "add",
+        "--name",
+        "sensor-fw",
+        "--version",
+        "1.3.0",
+        "--digest",
+        &"cd".repeat(32),
+        "--blocked",
+    ])
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    let o = api(&["firmware", "list"]).await;
+    assert!(
+        text(&o).contains("1.3.0") && text(&o).contains("blocked") && text(&o).contains(&digest),
+        "{}",
+        text(&o)
+    );
+    let o = api(&["firmware", "add", "--name", "x", "--version", "1", "--digest", "nothex"]).await;
+    assert!(!o.status.success() && text(&o).contains("400 invalid"), "{}", text(&o));
+    let o = api(&["device", "list", "-o", "json"]).await;
+    let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let device_id = json["items"][0]["id"].as_str().unwrap().to_owned();
+    let o = api(&["device", "attest", &device_id]).await;
+    assert!(
+        !o.status.success() && text(&o).contains("409 device_offline"),
+        "{}",
+        text(&o)
+    );
+
     // The CA's revocation through the CLI cascades.
     let o = api(&["ca", "list", "-o", "json"]).await;
     let json: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();

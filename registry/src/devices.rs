@@ -129,6 +129,8 @@ pub struct DeviceFilter {
     pub status: Option<DeviceStatus>,
     pub ca_id: Option<String>,
     pub firmware_version: Option<String>,
+    /// The measured image digest (hex, lower case).
+    pub firmware_digest: Option<String>,
     pub integrity: Option<Integrity>,
     /// A label `key=value`.
     pub label: Option<(String, String)>,
@@ -488,6 +490,9 @@ impl Registry {
         }
         if let Some(ca) = &filter.ca_id {
             q.push(" AND ca_id = ").bind(ca.clone());
+        }
+        if let Some(digest) = &filter.firmware_digest {
+            q.push(" AND firmware_digest = ").bind(digest.to_ascii_lowercase());
         }
         if let Some(fw) = &filter.firmware_version {
             q.push(" AND firmware_version = ").bind(fw.clone());

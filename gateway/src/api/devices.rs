@@ -47,6 +47,8 @@ pub struct DeviceQuery {
     pub ca: Option<String>,
     /// Firmware version (`unknown`: none reported).
     pub firmware: Option<String>,
+    /// Measured firmware image digest (hex).
+    pub firmware_digest: Option<String>,
     /// Integrity verdict.
     #[param(inline)]
     pub integrity: Option<IntegrityParam>,
@@ -92,6 +94,7 @@ impl DeviceQuery {
             }),
             ca_id: self.ca.clone().filter(|s| !s.is_empty()),
             firmware_version: self.firmware.clone().filter(|s| !s.is_empty()),
+            firmware_digest: self.firmware_digest.clone().filter(|s| !s.is_empty()),
             integrity: self.integrity.map(|i| match i {
                 IntegrityParam::Unknown => Integrity::Unknown,
                 IntegrityParam::Verified => Integrity::Verified,

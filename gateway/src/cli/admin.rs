@@ -5,7 +5,8 @@
 use super::Outcome;
 use super::db::{DbArgs, runtime};
 use crate::api::model::{
-    Audit, Ca, CaList, CaRevoked, CrlAccepted, Device, DeviceDetail, DeviceList, ErrorBody, RegistrationCode,
+    AttestSent, Audit, Ca, CaList, CaRevoked, CrlAccepted, Device, DeviceDetail, DeviceList, ErrorBody, Firmware,
+    FirmwareList, FirmwareStatus, NewFirmware, RegistrationCode,
 };
 use anyhow::{Context, Result, anyhow};
 use clap::{Args, Subcommand, ValueEnum};
@@ -178,6 +179,109 @@ pub enum DeviceCommand {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Challenge a connected device now (over its MQTT attestation topic).
+    Attest {
+        id: String,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirmwareCommand {
+    /// Add a firmware reference value (an allowed image, or with --blocked a blocked one).
+    Add {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        version: String,
+        /// The image digest (the measurement value), hex.
+        #[arg(long, value_name = "HEX")]
+        digest: String,
+        /// Hash of the image-signing key, hex (evidence must then name this signer).
+        #[arg(long, value_name = "HEX")]
+        signer_id: Option<String>,
+        /// Block this image instead of allowing it.
+        #[arg(long)]
+        blocked: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// List firmware reference values (with how many devices run each).
+    List {
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+}
+
+fn show_firmware(f: &Firmware, out: &mut dyn Write) -> Result<()> {
+    writeln!(
+        out,
+        "{:<20} {:<12} {:<8} {:>7}  {}{}",
+        f.name,
+        f.version,
+        match f.status {
+            FirmwareStatus::Allowed => "allowed",
+            FirmwareStatus::Blocked => "blocked",
+        },
+        f.devices,
+        f.digest_hex,
+        f.signer_id_hex
+            .as_deref()
+            .map(|s| format!(" signer {s}"))
+            .unwrap_or_default()
+    )?;
+    Ok(())
+}
+
+pub(super) fn firmware(cmd: FirmwareCommand, out: &mut dyn Write) -> Result<Outcome> {
+    match cmd {
+        FirmwareCommand::Add {
+            name,
+            version,
+            digest,
+            signer_id,
+            blocked,
+            api,
+        } => {
+            let body = NewFirmware {
+                name,
+                version,
+                digest_hex: digest,
+                signer_id_hex: signer_id,
+                status: if blocked {
+                    FirmwareStatus::Blocked
+                } else {
+                    FirmwareStatus::Allowed
+                },
+            };
+            run_api(
+                &api,
+                out,
+                async move |c: &Client| c.call::<Firmware>(Method::POST, "/api/v1/firmware", Some(&body)).await,
+                show_firmware,
+            )
+        }
+        FirmwareCommand::List { api } => run_api(
+            &api,
+            out,
+            async move |c: &Client| {
+                c.call::<FirmwareList>(Method::GET, "/api/v1/firmware", None::<&()>)
+                    .await
+            },
+            |l, out| {
+                writeln!(
+                    out,
+                    "{:<20} {:<12} {:<8} {:>7}  digest",
+                    "name", "version", "status", "devices"
+                )?;
+                for f in &l.items {
+                    show_firmware(f, out)?;
+                }
+                Ok(())
+            },
+        ),
+    }
 }
 
 /// Flags of `audit`.
@@ -655,6 +759,26 @@ pub(super) fn device(cmd: DeviceCommand, out: &mut dyn Write) -> Result<Outcome>
         DeviceCommand::Activate { id, reason, api } => action(id, reason, api, "activate", out),
         DeviceCommand::Quarantine { id, reason, api } => action(id, reason, api, "quarantine", out),
         DeviceCommand::Revoke { id, reason, api } => action(id, reason, api, "revoke", out),
+        DeviceCommand::Attest { id, api } => run_api(
+            &api,
+            out,
+            async move |c: &Client| {
+                c.call::<AttestSent>(
+                    Method::POST,
+                    &format!("/api/v1/devices/{}/attest", urlencode(&id)),
+                    None::<&()>,
+                )
+                .await
+            },
+            |s, out| {
+                writeln!(
+                    out,
+                    "challenge {} sent on {} (answer by {}); the verdict appears in `fleetward device show {}`",
+                    s.challenge.nonce, s.topic, s.challenge.expires_at, s.challenge.device_id
+                )?;
+                Ok(())
+            },
+        ),
     }
 }
 

@@ -8,7 +8,7 @@ mod verify;
 use clap::{Parser, Subcommand};
 use std::io::Write;
 
-pub use admin::{ApiArgs, AuditArgs, CaCommand, DeviceCommand, Format, TokenCommand};
+pub use admin::{ApiArgs, AuditArgs, CaCommand, DeviceCommand, FirmwareCommand, Format, TokenCommand};
 pub use db::{DbArgs, KekArgs, KeysCommand};
 pub use serve::{ConfigCommand, DemoArgs, ServeArgs};
 pub use verify::{ChainArgs, ChallengeArgs, RegistrationArgs, VerifyCommand};
@@ -49,9 +49,12 @@ pub enum Command {
     /// Provisioning CAs, through the API: add (with proof of possession), list, revoke, CRLs.
     #[command(subcommand)]
     Ca(CaCommand),
-    /// Devices, through the API: list, show, activate, quarantine, revoke.
+    /// Devices, through the API: list, show, activate, quarantine, revoke, attest.
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Firmware reference values, through the API: add (allowed or blocked), list.
+    #[command(subcommand)]
+    Firmware(FirmwareCommand),
     /// Fleet audit findings, through the API.
     Audit(AuditArgs),
 }
@@ -80,6 +83,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Token(cmd) => admin::token(cmd, out),
         Command::Ca(cmd) => admin::ca(cmd, out),
         Command::Device(cmd) => admin::device(cmd, out),
+        Command::Firmware(cmd) => admin::firmware(cmd, out),
         Command::Audit(args) => admin::audit(args, out),
     }
 }

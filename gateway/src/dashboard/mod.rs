@@ -31,6 +31,7 @@ pub fn router() -> Router<AppState> {
         .route("/devices/{id}", get(pages::device))
         .route("/devices/{id}/action", post(pages::device_action))
         .route("/cas", get(pages::cas))
+        .route("/firmware", get(pages::firmware))
         .route("/audit", get(pages::audit))
         .route("/events", get(pages::events))
         .route("/ui/events/stream", get(pages::live_events))

@@ -5,7 +5,7 @@ use super::{COOKIE, User, clear_cookie, error_page, secure, urlencode};
 use crate::api::devices::{DeviceQuery, device_detail, list_devices, set_status};
 use crate::api::events::{self as api_events, EventQuery, list_events};
 use crate::api::fleet::{AuditQuery, fleet_summary, run_audit};
-use crate::api::model::{AuditFinding, Ca, EventItem};
+use crate::api::model::{AuditFinding, Ca, EventItem, FirmwareStatus};
 use crate::http::AppState;
 use axum::Form;
 use axum::extract::{Path, Query, State};
@@ -43,6 +43,7 @@ fn layout(title: &str, user: Option<&User>, active: &str, body: Markup) -> Marku
         ("/", "Overview"),
         ("/devices", "Devices"),
         ("/cas", "CAs"),
+        ("/firmware", "Firmware"),
         ("/audit", "Audit"),
         ("/events", "Live events"),
     ];
@@ -477,6 +478,7 @@ pub(super) async fn device(State(state): State<AppState>, user: User, Path(id): 
     };
     let dev = &d.device;
     let can_act = user.caller.role >= Role::Operator;
+    let attestations = state.registry.attestation_history(&id, 20).await.unwrap_or_default();
     let body = html! {
         h1 { "Device " code #device-id { (dev.id) } }
         section.cards {
@@ -527,6 +529,30 @@ pub(super) async fn device(State(state): State<AppState>, user: User, Path(id): 
                     @if dev.status != "active" && dev.status != "revoked" { button name="action" value="activate" { "Activate" } }
                     @if dev.status != "quarantined" && dev.status != "revoked" { button name="action" value="quarantine" { "Quarantine" } }
                     @if dev.status != "revoked" { button.danger name="action" value="revoke" { "Revoke" } }
+                    @if dev.online && dev.status != "revoked" { button name="action" value="attest" { "Attest now" } }
+                }
+            }
+        }
+        section.panel #attestation {
+            h2 { "Attestation" }
+            @if attestations.is_empty() {
+                p.hint { "No evidence yet. Devices are challenged when they subscribe to "
+                    code { "devices/" (dev.id) "/attestation/#" } "; see docs/attestation.md." }
+            } @else {
+                table {
+                    thead { tr { th { "When" } th { "Format" } th { "Result" } th { "Reason" } th { "Firmware" } th { "Digest" } } }
+                    tbody {
+                        @for a in &attestations {
+                            tr {
+                                td { (crate::api::rfc3339(a.at_ms)) }
+                                td { (a.format) }
+                                td { (badge(&a.result)) }
+                                td { (a.reason.as_deref().unwrap_or("")) }
+                                td { (a.firmware_name.as_deref().unwrap_or("")) " " (a.firmware_version.as_deref().unwrap_or("")) }
+                                td { code.hash { (a.firmware_digest.as_deref().map(|d| &d[..d.len().min(16)]).unwrap_or("")) } }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -554,6 +580,22 @@ pub(super) async fn device_action(
 ) -> Response {
     if !same_origin(&headers) || !csrf_ok(&user, &form.csrf) {
         return forbidden_form();
+    }
+    if form.action == "attest" {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let sent = state.hub.signal_device(&id, crate::mqtt::hub::DeviceSignal::Attest(tx))
+            && matches!(
+                tokio::time::timeout(std::time::Duration::from_secs(10), rx).await,
+                Ok(Ok(Ok(_)))
+            );
+        if !sent {
+            return error_page(crate::api::ApiError::new(
+                axum::http::StatusCode::CONFLICT,
+                "not_sent",
+                "the device is not connected to this node or not subscribed to its challenge topic",
+            ));
+        }
+        return Redirect::to(&format!("/devices/{}#attestation", urlencode(&id))).into_response();
     }
     let to = match form.action.as_str() {
         "activate" => DeviceStatus::Active,
@@ -597,6 +639,48 @@ pub(super) async fn cas(State(state): State<AppState>, user: User) -> Response {
         @if cas.is_empty() { p { "No CA registered yet." } }
     };
     page("CAs", &user, "/cas", body)
+}
+
+pub(super) async fn firmware(State(state): State<AppState>, user: User) -> Response {
+    let items = match crate::api::attestation::firmware_items(&state).await {
+        Ok(i) => i,
+        Err(e) => return error_page(e),
+    };
+    let counts = state.registry.firmware_digest_counts().await.unwrap_or_default();
+    let unknown: Vec<(&String, &i64)> = counts
+        .iter()
+        .filter(|(digest, _)| digest.as_str() != "unknown" && !items.iter().any(|i| &i.digest_hex == *digest))
+        .collect();
+    let body = html! {
+        h1 { "Firmware reference values" }
+        p.hint { "Evidence is appraised against these. Add one with "
+            code { "fleetward firmware add --name N --version V --digest HEX" } " or " code { "POST /api/v1/firmware" } "." }
+        table #firmware {
+            thead { tr { th { "Name" } th { "Version" } th { "Status" } th { "Digest" } th { "Signer" } th.num { "Devices" } th { "Added" } } }
+            tbody {
+                @for f in &items {
+                    tr {
+                        td { (f.name) }
+                        td { (f.version) }
+                        td { (badge(match f.status { FirmwareStatus::Allowed => "allowed", FirmwareStatus::Blocked => "blocked" })) }
+                        td { code.hash { (f.digest_hex) } }
+                        td { code.hash { (f.signer_id_hex.as_deref().unwrap_or("any")) } }
+                        td.num { a href=(format!("/devices?firmware_digest={}", f.digest_hex)) { (f.devices) } }
+                        td { (f.created_at.get(..10).unwrap_or("")) " " span.hint { (f.created_by) } }
+                    }
+                }
+            }
+        }
+        @if items.is_empty() { p { "No reference values yet: every measured image is unknown." } }
+        h2 { "Images in the fleet that are not reference values" }
+        @if unknown.is_empty() { p.hint { "None." } } @else {
+            table #unknown-firmware {
+                thead { tr { th { "Digest" } th.num { "Devices" } } }
+                tbody { @for (digest, n) in &unknown { tr { td { code.hash { (digest) } } td.num { (n) } } } }
+            }
+        }
+    };
+    page("Firmware", &user, "/firmware", body)
 }
 
 pub(super) async fn audit(State(state): State<AppState>, user: User) -> Response {
