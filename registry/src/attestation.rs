@@ -444,7 +444,8 @@ impl Registry {
             let policy: AttestationPolicy = policy.and_then(|p| serde_json::from_str(&p).ok()).unwrap_or_default();
             let window_ms = i64::try_from(policy.freshness_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
             let cutoff = now_ms.saturating_sub(window_ms);
-            let mut tx = self.begin_write().await?;
+            // Read first; a write transaction only when there is something to mark (the sweep
+            // runs every minute on every node). The UPDATE below re-checks the condition.
             let ids: Vec<String> = sqlx::query_scalar(
                 "SELECT id FROM devices WHERE integrity = 'verified' AND integrity_at < $1 AND ca_id = $2 \
                  ORDER BY integrity_at LIMIT $3",
@@ -452,8 +453,12 @@ impl Registry {
             .bind(cutoff)
             .bind(&ca_id)
             .bind(i64::from(remaining))
-            .fetch_all(&mut *tx)
+            .fetch_all(self.pool())
             .await?;
+            if ids.is_empty() {
+                continue;
+            }
+            let mut tx = self.begin_write().await?;
             for id in &ids {
                 let n = sqlx::query(
                     "UPDATE devices SET integrity = 'stale', integrity_at = $2, integrity_reason = $3 \

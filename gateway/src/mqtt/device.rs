@@ -478,7 +478,7 @@ impl Session {
                 .disconnect(DisconnectReason::NotAuthorized, &mut conn.out);
             return Ok(Some("topic trespass"));
         }
-        if p.topic == self.evidence_topic() {
+        if self.is_evidence_topic(&p.topic) {
             return self.evidence(p, conn).await;
         }
         let item = IngestItem {
@@ -508,8 +508,12 @@ impl Session {
         format!("devices/{}/attestation/challenge", self.id)
     }
 
-    fn evidence_topic(&self) -> String {
-        format!("devices/{}/attestation/evidence", self.id)
+    /// `devices/{id}/attestation/evidence`, checked without allocating (every publish asks).
+    fn is_evidence_topic(&self, topic: &str) -> bool {
+        topic
+            .strip_prefix("devices/")
+            .and_then(|rest| rest.strip_prefix(self.id.as_str()))
+            == Some("/attestation/evidence")
     }
 
     /// Issues a challenge and publishes it on the device's challenge topic (QoS 0: a lost

@@ -166,6 +166,9 @@ mod tests {
         assert!(!device_may_publish("d1", full, "devices/d1"));
         assert!(!device_may_publish("d1", full, "devices/d1/"));
         assert!(!device_may_publish("d1", full, "devices/d1/commands/reboot"));
+        // Challenges and verdicts flow cloud → device only: a device cannot forge its own.
+        assert!(!device_may_publish("d1", full, "devices/d1/attestation/challenge"));
+        assert!(!device_may_publish("d1", full, "devices/d1/attestation/result"));
         assert!(!device_may_publish("d1", full, "other/d1/telemetry"));
         assert!(device_may_subscribe("d1", full, "devices/d1/commands/#"));
         assert!(device_may_subscribe("d1", full, "devices/d1/#"));
@@ -175,7 +178,9 @@ mod tests {
         let q = DeviceScope::AttestationOnly;
         assert!(device_may_publish("d1", q, "devices/d1/attestation/evidence"));
         assert!(!device_may_publish("d1", q, "devices/d1/telemetry"));
+        assert!(!device_may_publish("d1", q, "devices/d1/attestation/result"));
         assert!(device_may_subscribe("d1", q, "devices/d1/attestation/challenge"));
+        assert!(device_may_subscribe("d1", q, "devices/d1/attestation/#"));
         assert!(!device_may_subscribe("d1", q, "devices/d1/commands/#"));
         assert!(!device_may_subscribe("d1", q, "devices/d1/#"));
     }
