@@ -181,8 +181,15 @@ impl<S: Send + Sync, T: DeserializeOwned + Default> FromRequest<S> for OptionalJ
     }
 }
 
+/// Every API body is a JSON object: serde would otherwise also build a struct from an array
+/// (`[null, null]`), which the OpenAPI schema does not allow.
 fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> ApiResult<T> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))
+    let value: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::bad_request("bad_json", "request body must be a JSON object"));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::bad_request("bad_json", format!("request body: {e}")))
 }
 
 fn body_error(e: BytesRejection) -> ApiError {
