@@ -30,6 +30,7 @@
 
 pub mod attestation;
 pub mod challenge;
+pub mod lorawan;
 mod timestamp;
 pub mod x509;
 
