@@ -141,3 +141,88 @@ proptest! {
         });
     }
 }
+
+#[test]
+fn join_accept_and_session_keys_match_the_spec_formulas() {
+    use verifier::lorawan::{JoinAcceptParams, JoinRequest, MacVersion, RootKeys, accept_join};
+    let cases: Vec<Value> = vectors()
+        .into_iter()
+        .filter(|v| v["category"] == "join_accept_and_session_keys")
+        .collect();
+    assert_eq!(cases.len(), 3);
+    for v in cases {
+        let i = &v["inputs"];
+        let e = &v["expected"];
+        let version = MacVersion::parse(i["mac_version"].as_str().unwrap()).unwrap();
+        let root = RootKeys {
+            app_key: key(&i["app_key"]),
+            nwk_key: i["nwk_key"].as_str().map(|_| key(&i["nwk_key"])),
+        };
+        let request = JoinRequest {
+            join_eui: i["join_eui"].as_str().unwrap().into(),
+            dev_eui: i["dev_eui"].as_str().unwrap().into(),
+            dev_nonce: i["dev_nonce"].as_u64().unwrap() as u16,
+        };
+        let arr = |v: &Value| bytes(v);
+        let params = JoinAcceptParams {
+            join_nonce: i["join_nonce"].as_u64().unwrap() as u32,
+            net_id: arr(&i["net_id"]).try_into().unwrap(),
+            dev_addr: arr(&i["dev_addr"]).try_into().unwrap(),
+            rx1_dr_offset: i["rx1_dr_offset"].as_u64().unwrap() as u8,
+            rx2_dr: i["rx2_dr"].as_u64().unwrap() as u8,
+            rx_delay: i["rx_delay"].as_u64().unwrap() as u8,
+            cflist: i["cflist"].as_str().map(|_| arr(&i["cflist"]).try_into().unwrap()),
+        };
+        let ja = accept_join(version, &root, &request, &params).unwrap_or_else(|e| panic!("{}: {e}", v["id"]));
+        let id = v["id"].as_str().unwrap();
+        assert_eq!(
+            hex::encode(&ja.phy_payload),
+            e["phy_payload"].as_str().unwrap(),
+            "{id}: join-accept"
+        );
+        assert_eq!(
+            hex::encode(ja.session.app_s_key),
+            e["app_s_key"].as_str().unwrap(),
+            "{id}: AppSKey"
+        );
+        assert_eq!(
+            hex::encode(ja.session.f_nwk_s_int_key),
+            e["f_nwk_s_int_key"].as_str().unwrap(),
+            "{id}"
+        );
+        assert_eq!(
+            hex::encode(ja.session.s_nwk_s_int_key),
+            e["s_nwk_s_int_key"].as_str().unwrap(),
+            "{id}"
+        );
+        assert_eq!(
+            hex::encode(ja.session.nwk_s_enc_key),
+            e["nwk_s_enc_key"].as_str().unwrap(),
+            "{id}"
+        );
+        if version.is_1_1() {
+            assert_eq!(
+                hex::encode(ja.js_int_key.unwrap()),
+                e["js_int_key"].as_str().unwrap(),
+                "{id}"
+            );
+            assert_eq!(
+                hex::encode(ja.js_enc_key.unwrap()),
+                e["js_enc_key"].as_str().unwrap(),
+                "{id}"
+            );
+        }
+    }
+}
+
+#[test]
+fn join_nonce_must_increase() {
+    use verifier::lorawan::check_join_nonce;
+    assert!(check_join_nonce(None, 0).is_ok());
+    assert!(check_join_nonce(Some(4), 5).is_ok());
+    assert_eq!(
+        check_join_nonce(Some(5), 5).unwrap_err().check(),
+        "join_nonce_not_increasing"
+    );
+    assert!(check_join_nonce(Some(5), 0x0100_0000).is_err());
+}

@@ -37,6 +37,8 @@ pub enum LorawanError {
     DevNonceReused { dev_nonce: u16 },
     #[error("DevNonce {got} is not above the last {last} (LoRaWAN 1.1 requires it to increase)")]
     DevNonceNotIncreasing { last: u16, got: u16 },
+    #[error("JoinNonce {next} is not above the last {last}")]
+    JoinNonceNotIncreasing { last: u32, next: u32 },
 }
 
 impl LorawanError {
@@ -50,6 +52,7 @@ impl LorawanError {
             LorawanError::FCntGap { .. } => "fcnt_gap",
             LorawanError::DevNonceReused { .. } => "dev_nonce_reused",
             LorawanError::DevNonceNotIncreasing { .. } => "dev_nonce_not_increasing",
+            LorawanError::JoinNonceNotIncreasing { .. } => "join_nonce_not_increasing",
         }
     }
 }
@@ -110,6 +113,219 @@ pub fn verify_join_request(phy: &[u8], root_key: &[u8; 16]) -> Result<JoinReques
         dev_eui: jr.dev_eui.to_string(),
         dev_nonce: jr.dev_nonce,
     })
+}
+
+/// The LoRaWAN MAC versions fleetward serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum MacVersion {
+    #[serde(rename = "1.0.2")]
+    V1_0_2,
+    #[serde(rename = "1.0.3")]
+    V1_0_3,
+    #[serde(rename = "1.0.4")]
+    V1_0_4,
+    #[serde(rename = "1.1")]
+    V1_1,
+}
+
+impl MacVersion {
+    pub const ALL: [MacVersion; 4] = [
+        MacVersion::V1_0_2,
+        MacVersion::V1_0_3,
+        MacVersion::V1_0_4,
+        MacVersion::V1_1,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MacVersion::V1_0_2 => "1.0.2",
+            MacVersion::V1_0_3 => "1.0.3",
+            MacVersion::V1_0_4 => "1.0.4",
+            MacVersion::V1_1 => "1.1",
+        }
+    }
+
+    /// `1.0.2`, `1.0.3`, `1.0.4`, `1.1` (also `1.1.0`).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "1.1.0" => Some(MacVersion::V1_1),
+            _ => Self::ALL.into_iter().find(|v| v.as_str() == s),
+        }
+    }
+
+    pub fn is_1_1(self) -> bool {
+        self == MacVersion::V1_1
+    }
+}
+
+/// A device's root keys. LoRaWAN 1.0.x has one (AppKey); 1.1 has AppKey and NwkKey.
+#[derive(Clone)]
+pub struct RootKeys {
+    pub app_key: [u8; 16],
+    /// LoRaWAN 1.1 only.
+    pub nwk_key: Option<[u8; 16]>,
+}
+
+impl std::fmt::Debug for RootKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootKeys(…)")
+    }
+}
+
+/// Session keys from a join. In LoRaWAN 1.0.x the three network keys are all NwkSKey.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SessionKeys {
+    pub f_nwk_s_int_key: [u8; 16],
+    pub s_nwk_s_int_key: [u8; 16],
+    pub nwk_s_enc_key: [u8; 16],
+    pub app_s_key: [u8; 16],
+}
+
+impl std::fmt::Debug for SessionKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SessionKeys(…)")
+    }
+}
+
+/// What the join server puts in a join-accept.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinAcceptParams {
+    /// 24 bits; must increase per join server (see [`check_join_nonce`]).
+    pub join_nonce: u32,
+    /// NetID, most significant byte first.
+    pub net_id: [u8; 3],
+    /// DevAddr, most significant byte first.
+    pub dev_addr: [u8; 4],
+    pub rx1_dr_offset: u8,
+    pub rx2_dr: u8,
+    pub rx_delay: u8,
+    pub cflist: Option<[u8; 16]>,
+}
+
+/// A join-accept, encrypted and MIC'd, and the session keys it gives the device.
+#[derive(Clone, Debug)]
+pub struct JoinAccept {
+    pub phy_payload: Vec<u8>,
+    pub session: SessionKeys,
+    /// LoRaWAN 1.1: the join-server keys (JSIntKey, JSEncKey), for rejoins.
+    pub js_int_key: Option<[u8; 16]>,
+    pub js_enc_key: Option<[u8; 16]>,
+}
+
+/// A derived key's bytes (lrwn reports errors as `anyhow::Error`; we only display them).
+fn derive<E: std::fmt::Display>(r: Result<AES128Key, E>) -> Result<[u8; 16], LorawanError> {
+    r.map(|k| k.to_bytes()).map_err(malformed)
+}
+
+fn eui(hex_str: &str) -> Result<lrwn::EUI64, LorawanError> {
+    hex_str.parse::<lrwn::EUI64>().map_err(malformed)
+}
+
+/// Builds the join-accept for a verified join-request and derives the session keys.
+///
+/// - 1.0.x: keys from AppKey (NwkSKey = aes(AppKey, 0x01‖JoinNonce‖NetID‖DevNonce), AppSKey 0x02);
+///   MIC and encryption with AppKey.
+/// - 1.1 (OptNeg set): network keys from NwkKey (0x01 FNwkSIntKey, 0x03 SNwkSIntKey, 0x04
+///   NwkSEncKey over JoinNonce‖JoinEUI‖DevNonce), AppSKey from AppKey (0x02); the MIC with
+///   JSIntKey over JoinReqType‖JoinEUI‖DevNonce‖MHDR‖…; encryption with NwkKey.
+pub fn accept_join(
+    version: MacVersion,
+    root: &RootKeys,
+    request: &JoinRequest,
+    p: &JoinAcceptParams,
+) -> Result<JoinAccept, LorawanError> {
+    if p.join_nonce > 0x00ff_ffff {
+        return Err(malformed("JoinNonce is 24 bits"));
+    }
+    if p.rx1_dr_offset > 7 || p.rx2_dr > 15 || p.rx_delay > 15 {
+        return Err(malformed("DLSettings or RxDelay out of range"));
+    }
+    let join_eui = eui(&request.join_eui)?;
+    let dev_eui = eui(&request.dev_eui)?;
+    let net_id = lrwn::NetID::from_be_bytes(p.net_id);
+    let opt_neg = version.is_1_1();
+    let app_key = AES128Key::from_bytes(root.app_key);
+    let nwk_key = match (opt_neg, root.nwk_key) {
+        (true, Some(k)) => AES128Key::from_bytes(k),
+        (true, None) => return Err(malformed("LoRaWAN 1.1 needs a NwkKey")),
+        (false, _) => app_key,
+    };
+    let (jn, dn) = (p.join_nonce, request.dev_nonce);
+    let f_nwk = derive(lrwn::keys::get_f_nwk_s_int_key(
+        opt_neg, &nwk_key, &net_id, &join_eui, jn, dn,
+    ))?;
+    let session = if opt_neg {
+        SessionKeys {
+            f_nwk_s_int_key: f_nwk,
+            s_nwk_s_int_key: derive(lrwn::keys::get_s_nwk_s_int_key(
+                true, &nwk_key, &net_id, &join_eui, jn, dn,
+            ))?,
+            nwk_s_enc_key: derive(lrwn::keys::get_nwk_s_enc_key(
+                true, &nwk_key, &net_id, &join_eui, jn, dn,
+            ))?,
+            app_s_key: derive(lrwn::keys::get_app_s_key(true, &app_key, &net_id, &join_eui, jn, dn))?,
+        }
+    } else {
+        SessionKeys {
+            f_nwk_s_int_key: f_nwk,
+            s_nwk_s_int_key: f_nwk,
+            nwk_s_enc_key: f_nwk,
+            app_s_key: derive(lrwn::keys::get_app_s_key(false, &app_key, &net_id, &join_eui, jn, dn))?,
+        }
+    };
+    let (js_int, js_enc) = if opt_neg {
+        (
+            Some(derive(lrwn::keys::get_js_int_key(&dev_eui, &nwk_key))?),
+            Some(derive(lrwn::keys::get_js_enc_key(&dev_eui, &nwk_key))?),
+        )
+    } else {
+        (None, None)
+    };
+    let cflist = match p.cflist {
+        Some(b) => Some(lrwn::CFList::from_bytes(b).map_err(malformed)?),
+        None => None,
+    };
+    let mut phy = PhyPayload {
+        mhdr: lrwn::MHDR {
+            f_type: FType::JoinAccept,
+            major: lrwn::Major::LoRaWANR1,
+        },
+        payload: Payload::JoinAccept(lrwn::JoinAcceptPayload {
+            join_nonce: p.join_nonce,
+            home_netid: net_id,
+            devaddr: lrwn::DevAddr::from_be_bytes(p.dev_addr),
+            dl_settings: lrwn::DLSettings {
+                opt_neg,
+                rx2_dr: p.rx2_dr,
+                rx1_dr_offset: p.rx1_dr_offset,
+            },
+            rx_delay: p.rx_delay,
+            cflist,
+        }),
+        mic: None,
+    };
+    let mic_key = match js_int {
+        Some(k) => AES128Key::from_bytes(k),
+        None => app_key,
+    };
+    phy.set_join_accept_mic(lrwn::JoinType::Join, &join_eui, request.dev_nonce, &mic_key)
+        .map_err(malformed)?;
+    phy.encrypt_join_accept_payload(&nwk_key).map_err(malformed)?;
+    Ok(JoinAccept {
+        phy_payload: phy.to_vec().map_err(malformed)?,
+        session,
+        js_int_key: js_int,
+        js_enc_key: js_enc,
+    })
+}
+
+/// JoinNonce must increase for every join-accept a join server sends a device.
+pub fn check_join_nonce(last: Option<u32>, next: u32) -> Result<(), LorawanError> {
+    match last {
+        Some(last) if next <= last => Err(LorawanError::JoinNonceNotIncreasing { last, next }),
+        _ if next > 0x00ff_ffff => Err(malformed("JoinNonce is 24 bits and exhausted")),
+        _ => Ok(()),
+    }
 }
 
 /// The keys an uplink MIC is checked with.
