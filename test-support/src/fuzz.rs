@@ -119,6 +119,62 @@ pub fn attestation(data: &[u8]) {
     }
 }
 
+/// LoRaWAN frames: raw bytes and mutations of genuine ones (the public vectors). A mutated frame
+/// may pass its MIC only if it is byte-for-byte the genuine frame.
+pub fn lorawan(data: &[u8]) {
+    use verifier::lorawan::{UplinkMicKeys, parse, reconstruct_fcnt, verify_join_request, verify_uplink};
+    const JOIN: &str = "0001010101010101010202020202020202030309b97b32";
+    const APP_KEY: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+    const UP: &str = "400403020180010001a694642615d6c3b582";
+    const NWK_S_KEY: [u8; 16] = [2; 16];
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let (join, up) = (hex_bytes(JOIN), hex_bytes(UP));
+    let frame = match mode % 4 {
+        0 => rest.to_vec(),
+        1 => mutate(&join, rest),
+        2 => mutate(&up, rest),
+        _ => splice(&up, rest),
+    };
+    let _ = parse(&frame);
+    if verify_join_request(&frame, &APP_KEY).is_ok() {
+        assert_eq!(frame, join, "forged join-request accepted");
+    }
+    let fcnt = reconstruct_fcnt(Some(0), frame.get(6).copied().map_or(0, u16::from));
+    if verify_uplink(&frame, fcnt, UplinkMicKeys::V1_0 { nwk_s_key: &NWK_S_KEY }).is_ok() {
+        assert_eq!(frame, up, "forged uplink accepted");
+    }
+}
+
+/// Semtech UDP datagrams: raw, and mutations of a genuine PUSH_DATA.
+pub fn semtech_udp(data: &[u8]) {
+    const PUSH: &[u8] = br#"{"rxpk":[{"tmst":3512348611,"chan":2,"rfch":0,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-35,"lsnr":5.1,"size":18,"data":"QAQDAgGAAQABppRkJhXWw7WC"}],"stat":{"rxnb":1}}"#;
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let mut genuine = vec![2, 0x12, 0x34, 0x00, 1, 2, 3, 4, 5, 6, 7, 8];
+    genuine.extend_from_slice(PUSH);
+    let datagram = match mode % 3 {
+        0 => rest.to_vec(),
+        1 => mutate(&genuine, rest),
+        _ => splice(&genuine, rest),
+    };
+    if let Ok(semtech_udp::Packet::PushData { rxpk, .. }) = semtech_udp::decode(&datagram) {
+        for p in rxpk {
+            assert!(p.data.len() <= semtech_udp::MAX_PHY_PAYLOAD);
+            let _ = verifier::lorawan::parse(&p.data);
+        }
+    }
+}
+
+fn hex_bytes(s: &str) -> Vec<u8> {
+    (0..s.len())
+        .step_by(2)
+        .filter_map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Applies `edits` to `base`: each 3-byte chunk is (position hi, position lo, xor mask).
 fn mutate(base: &[u8], edits: &[u8]) -> Vec<u8> {
     let mut out = base.to_vec();

@@ -27,6 +27,16 @@ proptest! {
     }
 
     #[test]
+    fn lorawan_never_panics(data in proptest::collection::vec(any::<u8>(), 0..300)) {
+        fuzz::lorawan(&data);
+    }
+
+    #[test]
+    fn semtech_udp_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
+        fuzz::semtech_udp(&data);
+    }
+
+    #[test]
     fn registration_never_panics(data in proptest::collection::vec(any::<u8>(), 0..1200)) {
         fuzz::registration(&data);
     }
@@ -77,6 +87,8 @@ fn fuzz_regressions_replay() {
         ("challenge", fuzz::challenge),
         ("registration", fuzz::registration),
         ("attestation", fuzz::attestation),
+        ("lorawan", fuzz::lorawan),
+        ("semtech_udp", fuzz::semtech_udp),
     ] {
         let Ok(dir) = std::fs::read_dir(root.join(target)) else {
             continue;

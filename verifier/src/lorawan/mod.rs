@@ -69,7 +69,16 @@ pub fn parse(phy: &[u8]) -> Result<PhyPayload, LorawanError> {
             phy.len()
         )));
     }
-    PhyPayload::from_slice(phy).map_err(malformed)
+    let frame = PhyPayload::from_slice(phy).map_err(malformed)?;
+    // lrwn computes MICs over the fields it parsed, re-encoded, not over the bytes received:
+    // a frame whose encoding is not canonical (RFU bits set in MHDR, say) would otherwise pass
+    // the MIC of its canonical twin with bytes the MIC never covered (found by fuzzing).
+    if frame.to_vec().map_err(malformed)? != phy {
+        return Err(malformed(
+            "not in canonical form (RFU bits or reserved values set): the MIC would not cover every byte",
+        ));
+    }
+    Ok(frame)
 }
 
 fn mic_eq(a: Option<[u8; 4]>, b: Option<[u8; 4]>) -> bool {
