@@ -158,6 +158,22 @@ async fn every_endpoint_checks_token_and_role() {
         (Method::GET, "/api/v1/audit", Role::Viewer),
         (Method::GET, "/api/v1/tokens", Role::Admin),
         (Method::POST, "/api/v1/tokens", Role::Admin),
+        (Method::POST, "/api/v1/attestation/challenge", Role::Operator),
+        (Method::POST, "/api/v1/attestation/evidence", Role::Operator),
+        (Method::POST, "/api/v1/devices/nope/attest", Role::Operator),
+        (Method::GET, "/api/v1/devices/nope/attestation", Role::Viewer),
+        (Method::GET, "/api/v1/firmware", Role::Viewer),
+        (Method::POST, "/api/v1/firmware", Role::Admin),
+        (Method::GET, "/api/v1/cas/00/attestation-policy", Role::Viewer),
+        (Method::PUT, "/api/v1/cas/00/attestation-policy", Role::Admin),
+        (Method::GET, "/api/v1/lorawan/devices", Role::Viewer),
+        (Method::POST, "/api/v1/lorawan/devices", Role::Admin),
+        (Method::GET, "/api/v1/lorawan/devices/0000000000000001", Role::Viewer),
+        (
+            Method::GET,
+            "/api/v1/lorawan/devices/0000000000000001/uplinks",
+            Role::Viewer,
+        ),
         (Method::POST, "/api/v1/tokens/nope/revoke", Role::Admin),
     ];
     let body = |m: &Method, path: &str| match (m.as_str(), path) {
@@ -889,4 +905,85 @@ async fn a_client_trickling_its_headers_is_dropped() {
     // Meanwhile and after, normal requests are served.
     let (status, _) = api.call(Method::GET, "/api/v1/devices", Some(&api.viewer), None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lorawan_devices_keep_their_keys() {
+    let api = Api::new(&[]).await;
+    let admin = Some(api.admin.as_str());
+    let otaa = json!({"dev_eui": "0x0004A30B001B7AD2", "join_eui": "70b3d57ed0000001", "mac_version": "1.1",
+        "app_key": "000102030405060708090a0b0c0d0e0f", "nwk_key": "0f0e0d0c0b0a09080706050403020100"});
+    let (status, body) = api
+        .call(Method::POST, "/api/v1/lorawan/devices", admin, Some(otaa.clone()))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["dev_eui"], "0004A30B001B7AD2");
+    assert_eq!(body["activation"], "otaa");
+    assert!(
+        !body.to_string().contains("000102030405060708090a0b0c0d0e0f"),
+        "keys never come back: {body}"
+    );
+    let (status, _) = api
+        .call(Method::POST, "/api/v1/lorawan/devices", admin, Some(otaa))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let abp = json!({"dev_eui": "0004a30b001b7ad3", "dev_addr": "26011bda", "mac_version": "1.0.3",
+        "nwk_s_key": "02020202020202020202020202020202", "app_s_key": "01010101010101010101010101010101",
+        "fcnt_up": 10, "fcnt_down": 3});
+    let (status, body) = api
+        .call(Method::POST, "/api/v1/lorawan/devices", admin, Some(abp))
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (
+            body["activation"].as_str(),
+            body["dev_addr"].as_str(),
+            body["fcnt_up"].as_i64()
+        ),
+        (Some("abp"), Some("26011BDA"), Some(10))
+    );
+    for bad in [
+        json!({"dev_eui": "0004a30b001b7ad4", "mac_version": "1.0.3", "join_eui": "70b3d57ed0000001"}),
+        json!({"dev_eui": "0004a30b001b7ad4", "mac_version": "1.0.3", "join_eui": "70b3d57ed0000001", "app_key": "00", }),
+        json!({"dev_eui": "0004a30b001b7ad4", "mac_version": "1.1", "join_eui": "70b3d57ed0000001", "app_key": "000102030405060708090a0b0c0d0e0f"}),
+        json!({"dev_eui": "0004a30b001b7ad4", "mac_version": "1.0.3", "join_eui": "70b3d57ed0000001", "app_key": "000102030405060708090a0b0c0d0e0f", "nwk_key": "000102030405060708090a0b0c0d0e0f"}),
+        json!({"dev_eui": "0004a30b001b7ad4", "mac_version": "2.0", "join_eui": "70b3d57ed0000001", "app_key": "000102030405060708090a0b0c0d0e0f"}),
+        json!({"dev_eui": "xyz", "mac_version": "1.0.3"}),
+        json!({"dev_eui": "0004a30b001b7ad4", "mac_version": "1.1", "dev_addr": "26011bdb", "app_s_key": "01010101010101010101010101010101", "nwk_s_key": "02020202020202020202020202020202"}),
+    ] {
+        let (status, body) = api
+            .call(Method::POST, "/api/v1/lorawan/devices", admin, Some(bad.clone()))
+            .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad} → {body}");
+    }
+    let viewer = Some(api.viewer.as_str());
+    let (_, list) = api
+        .call(Method::GET, "/api/v1/lorawan/devices?limit=1", viewer, None)
+        .await;
+    assert_eq!(list["items"].as_array().unwrap().len(), 1);
+    let cursor = list["next_cursor"].as_str().unwrap().to_owned();
+    let (_, page2) = api
+        .call(
+            Method::GET,
+            &format!("/api/v1/lorawan/devices?limit=1&cursor={cursor}"),
+            viewer,
+            None,
+        )
+        .await;
+    assert_eq!(page2["items"][0]["dev_eui"], "0004A30B001B7AD3");
+    assert_eq!(page2["next_cursor"], Value::Null);
+    let (status, up) = api
+        .call(
+            Method::GET,
+            "/api/v1/lorawan/devices/0004a30b001b7ad3/uplinks",
+            viewer,
+            None,
+        )
+        .await;
+    assert_eq!((status, up["items"].as_array().unwrap().len()), (StatusCode::OK, 0));
+    let (status, _) = api
+        .call(Method::GET, "/api/v1/lorawan/devices/0004a30b001b7ad9", viewer, None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    api.server.running.shutdown().await;
 }

@@ -39,7 +39,10 @@ pub use commands::PendingCommand;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
 pub use error::RegistryError;
 pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
-pub use lpwan::{LorawanRootKeys, NewLorawanDevice};
+pub use lpwan::{
+    LorawanDeviceInfo, LorawanRootKeys, LorawanUplink, NewAbpDevice, NewLorawanDevice, NewLorawanUplink,
+    SESSION_KEYS_LEN,
+};
 pub use seal::{Kek, Keyring};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};
 pub use tokens::{NewToken, Role, TokenInfo};

@@ -25,6 +25,85 @@ pub struct NewLorawanDevice<'a> {
     pub nwk_key: Option<&'a [u8; 16]>,
 }
 
+/// The sealed session-key blob: FNwkSIntKey ‖ SNwkSIntKey ‖ NwkSEncKey ‖ AppSKey (LoRaWAN 1.0.x:
+/// the first three are all NwkSKey).
+pub const SESSION_KEYS_LEN: usize = 64;
+
+/// An ABP device: provisioned with its session.
+#[derive(Clone, Debug)]
+pub struct NewAbpDevice<'a> {
+    pub dev_eui: &'a str,
+    /// DevAddr, 8 hex characters.
+    pub dev_addr: &'a str,
+    pub mac_version: &'a str,
+    /// [`SESSION_KEYS_LEN`] bytes.
+    pub session_keys: &'a [u8; SESSION_KEYS_LEN],
+    /// The last uplink counter used (`None`: none yet).
+    pub f_cnt_up: Option<u32>,
+    /// The next downlink counter.
+    pub f_cnt_down: u32,
+}
+
+/// A LoRaWAN device as listed (no key material).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct LorawanDeviceInfo {
+    pub dev_eui: String,
+    pub join_eui: String,
+    pub mac_version: String,
+    /// `otaa` or `abp`.
+    pub activation: String,
+    pub dev_addr: Option<String>,
+    pub f_cnt_up: Option<i64>,
+    pub n_f_cnt_down: i64,
+    pub a_f_cnt_down: i64,
+    pub join_nonce: Option<i64>,
+    pub created_at_ms: i64,
+    pub updated_at_ms: i64,
+}
+
+const LORAWAN_INFO_COLUMNS: &str = "dev_eui, join_eui, mac_version, activation, dev_addr, f_cnt_up, n_f_cnt_down, \
+     a_f_cnt_down, join_nonce, created_at, updated_at";
+
+fn lorawan_info(r: &sqlx::any::AnyRow) -> Result<LorawanDeviceInfo> {
+    Ok(LorawanDeviceInfo {
+        dev_eui: r.try_get("dev_eui")?,
+        join_eui: r.try_get("join_eui")?,
+        mac_version: r.try_get("mac_version")?,
+        activation: r.try_get("activation")?,
+        dev_addr: r.try_get("dev_addr")?,
+        f_cnt_up: r.try_get("f_cnt_up")?,
+        n_f_cnt_down: r.try_get("n_f_cnt_down")?,
+        a_f_cnt_down: r.try_get("a_f_cnt_down")?,
+        join_nonce: r.try_get("join_nonce")?,
+        created_at_ms: r.try_get("created_at")?,
+        updated_at_ms: r.try_get("updated_at")?,
+    })
+}
+
+/// An accepted uplink to store.
+#[derive(Clone, Debug)]
+pub struct NewLorawanUplink<'a> {
+    pub dev_eui: &'a str,
+    pub f_cnt: u32,
+    pub f_port: Option<u8>,
+    /// Decrypted FRMPayload.
+    pub payload: &'a [u8],
+    /// The receptions: `[{gateway, rssi, lsnr, freq, datr, tmst}]`.
+    pub gateways: &'a serde_json::Value,
+}
+
+/// A stored uplink.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LorawanUplink {
+    pub id: i64,
+    pub dev_eui: String,
+    pub f_cnt: i64,
+    pub f_port: Option<i64>,
+    pub payload: Vec<u8>,
+    pub gateways: serde_json::Value,
+    pub received_at_ms: i64,
+}
+
 /// Root keys, opened (zeroized on drop).
 pub struct LorawanRootKeys {
     pub app_key: Zeroizing<Vec<u8>>,
@@ -221,6 +300,117 @@ impl Registry {
         .fetch_optional(self.pool())
         .await?;
         next.ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))
+    }
+
+    /// Provisions an ABP LoRaWAN device: DevAddr and session keys (sealed), counters as given.
+    /// It has no root keys (a sealed empty AppKey) and never joins. `Conflict` if the DevEUI or
+    /// the DevAddr is taken.
+    pub async fn insert_lorawan_abp(&self, d: &NewAbpDevice<'_>, now_ms: i64) -> Result<()> {
+        let _turn = self.write_turn().await;
+        let dev_eui = hex_id("DevEUI", d.dev_eui, 8)?;
+        let dev_addr = hex_id("DevAddr", d.dev_addr, 4)?;
+        let keys = self.keys()?;
+        let app_key = keys.seal(&Keyring::aad("lorawan_devices", &dev_eui, "app_key"), &[])?;
+        let session = keys.seal(
+            &Keyring::aad("lorawan_devices", &dev_eui, "session_keys"),
+            d.session_keys,
+        )?;
+        let n = sqlx::query(
+            "INSERT INTO lorawan_devices (dev_eui, join_eui, mac_version, app_key, dev_addr, session_keys, f_cnt_up, \
+             n_f_cnt_down, a_f_cnt_down, created_at, updated_at, activation) \
+             VALUES ($1, '0000000000000000', $2, $3, $4, $5, $6, $7, $7, $8, $8, 'abp') ON CONFLICT (dev_eui) DO NOTHING",
+        )
+        .bind(&dev_eui)
+        .bind(d.mac_version)
+        .bind(app_key)
+        .bind(&dev_addr)
+        .bind(session)
+        .bind(d.f_cnt_up.map(i64::from))
+        .bind(i64::from(d.f_cnt_down))
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        if n == 0 {
+            return Err(RegistryError::Conflict {
+                what: "LoRaWAN device",
+                detail: format!("DevEUI {dev_eui} exists"),
+            });
+        }
+        Ok(())
+    }
+
+    /// LoRaWAN devices by DevEUI, after `after` (keyset paging). No key material.
+    pub async fn lorawan_devices(&self, after: Option<&str>, limit: u32) -> Result<Vec<LorawanDeviceInfo>> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LORAWAN_INFO_COLUMNS} FROM lorawan_devices WHERE dev_eui > $1 ORDER BY dev_eui LIMIT $2"
+        )))
+        .bind(after.unwrap_or("").to_ascii_uppercase())
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(lorawan_info).collect()
+    }
+
+    /// One LoRaWAN device (no key material).
+    pub async fn lorawan_device(&self, dev_eui: &str) -> Result<LorawanDeviceInfo> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let row = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "SELECT {LORAWAN_INFO_COLUMNS} FROM lorawan_devices WHERE dev_eui = $1"
+        )))
+        .bind(&dev_eui)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))?;
+        lorawan_info(&row)
+    }
+
+    /// Stores an accepted uplink once per (device, FCnt); `false` if that frame is already stored
+    /// (heard again through another gateway or node).
+    pub async fn store_lorawan_uplink(&self, u: &NewLorawanUplink<'_>, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        let dev_eui = hex_id("DevEUI", u.dev_eui, 8)?;
+        let n = sqlx::query(
+            "INSERT INTO lorawan_uplinks (dev_eui, f_cnt, f_port, payload, gateways, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dev_eui, f_cnt) DO NOTHING",
+        )
+        .bind(&dev_eui)
+        .bind(i64::from(u.f_cnt))
+        .bind(u.f_port.map(i64::from))
+        .bind(u.payload)
+        .bind(u.gateways.to_string())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// A device's latest uplinks, newest first.
+    pub async fn lorawan_uplinks(&self, dev_eui: &str, limit: u32) -> Result<Vec<LorawanUplink>> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let rows = sqlx::query(
+            "SELECT id, dev_eui, f_cnt, f_port, payload, gateways, received_at FROM lorawan_uplinks \
+             WHERE dev_eui = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(&dev_eui)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let gateways: String = r.try_get("gateways")?;
+                Ok(LorawanUplink {
+                    id: r.try_get("id")?,
+                    dev_eui: r.try_get("dev_eui")?,
+                    f_cnt: r.try_get("f_cnt")?,
+                    f_port: r.try_get("f_port")?,
+                    payload: r.try_get("payload")?,
+                    gateways: serde_json::from_str(&gateways).unwrap_or(serde_json::Value::Null),
+                    received_at_ms: r.try_get("received_at")?,
+                })
+            })
+            .collect()
     }
 
     /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.

@@ -26,6 +26,7 @@ both!(
     kek_rotation,
     counters_advance_once_under_concurrency,
     dev_nonce_replay,
+    lorawan_abp_and_uplinks,
     typed_errors,
     fleet_counts_stay_exact,
     commands_wait_for_offline_devices,
@@ -95,6 +96,7 @@ async fn migrations_from_empty(db: &TestDb) {
         "lorawan_dev_nonces",
         "sigfox_devices",
         "settings",
+        "lorawan_uplinks",
     ] {
         assert_eq!(count(db, table).await, 0, "{table}");
     }
@@ -720,6 +722,81 @@ async fn counters_advance_once_under_concurrency(db: &TestDb) {
         0,
         "AFCntDown is separate"
     );
+}
+
+/// ABP provisioning, listing without keys, and uplinks stored once per (device, FCnt).
+async fn lorawan_abp_and_uplinks(db: &TestDb) {
+    use registry::{NewAbpDevice, NewLorawanUplink};
+    let r = &db.registry;
+    let keys = [9u8; registry::SESSION_KEYS_LEN];
+    r.insert_lorawan_abp(
+        &NewAbpDevice {
+            dev_eui: "00000000000000a1",
+            dev_addr: "26011bda",
+            mac_version: "1.0.4",
+            session_keys: &keys,
+            f_cnt_up: Some(41),
+            f_cnt_down: 7,
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    // The DevAddr is taken: another ABP device cannot have it.
+    assert!(matches!(
+        r.insert_lorawan_abp(
+            &NewAbpDevice {
+                dev_eui: "00000000000000a2",
+                dev_addr: "26011BDA",
+                mac_version: "1.0.4",
+                session_keys: &keys,
+                f_cnt_up: None,
+                f_cnt_down: 0,
+            },
+            NOW,
+        )
+        .await,
+        Err(RegistryError::Conflict { .. })
+    ));
+    let info = r.lorawan_device("00000000000000A1").await.unwrap();
+    assert_eq!(
+        (
+            info.activation.as_str(),
+            info.dev_addr.as_deref(),
+            info.f_cnt_up,
+            info.n_f_cnt_down
+        ),
+        ("abp", Some("26011BDA"), Some(41), 7)
+    );
+    let (eui, opened, fcnt) = r.lorawan_session_by_addr("26011bda").await.unwrap();
+    assert_eq!(
+        (eui.as_str(), &opened[..], fcnt),
+        ("00000000000000A1", &keys[..], Some(41))
+    );
+    assert_eq!(r.lorawan_devices(None, 10).await.unwrap().len(), 1);
+    assert!(
+        r.lorawan_devices(Some("00000000000000A1"), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let gateways = serde_json::json!([{ "gateway": "0102030405060708", "rssi": -35 }]);
+    let up = NewLorawanUplink {
+        dev_eui: "00000000000000a1",
+        f_cnt: 42,
+        f_port: Some(1),
+        payload: b"hello",
+        gateways: &gateways,
+    };
+    assert!(r.store_lorawan_uplink(&up, NOW).await.unwrap());
+    assert!(
+        !r.store_lorawan_uplink(&up, NOW + 1).await.unwrap(),
+        "the same frame again"
+    );
+    let stored = r.lorawan_uplinks("00000000000000A1", 10).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!((stored[0].f_cnt, stored[0].payload.as_slice()), (42, &b"hello"[..]));
+    assert_eq!(stored[0].gateways[0]["rssi"], -35);
 }
 
 async fn dev_nonce_replay(db: &TestDb) {

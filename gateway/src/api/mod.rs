@@ -11,6 +11,7 @@ pub(crate) mod cas;
 pub mod devices;
 pub mod events;
 pub mod fleet;
+pub mod lorawan;
 pub mod model;
 pub mod openapi;
 mod tokens;
@@ -53,6 +54,9 @@ pub fn router() -> Router<AppState> {
             "/firmware",
             get(attestation::list_firmware).post(attestation::add_firmware),
         )
+        .route("/lorawan/devices", get(lorawan::list).post(lorawan::add))
+        .route("/lorawan/devices/{dev_eui}", get(lorawan::get_one))
+        .route("/lorawan/devices/{dev_eui}/uplinks", get(lorawan::uplinks))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::get_one))
         .route("/devices/{id}/activate", post(devices::activate))

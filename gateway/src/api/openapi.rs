@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document, derived from the handlers' annotations and the model types.
 
-use super::{attestation, cas, devices, events, fleet, model, tokens};
+use super::{attestation, cas, devices, events, fleet, lorawan, model, tokens};
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -22,6 +22,7 @@ use utoipa::{Modify, OpenApi};
         tokens::create, tokens::list, tokens::revoke,
         attestation::challenge, attestation::evidence, attestation::attest, attestation::history,
         attestation::add_firmware, attestation::list_firmware, attestation::get_policy, attestation::put_policy,
+        lorawan::add, lorawan::list, lorawan::get_one, lorawan::uplinks,
     ),
     components(schemas(
         model::ErrorBody, model::RegistrationCode, model::RegisterCa, model::Ca, model::CaList, model::Reason,
@@ -31,7 +32,8 @@ use utoipa::{Modify, OpenApi};
         model::CreatedToken, model::TokenList, model::ChallengeRequest, model::ChallengeIssued, model::AttestSent,
         model::EvidenceRequest, model::EvidenceVerdict, model::AttestationItem, model::AttestationHistory,
         model::FirmwareStatus, model::NewFirmware, model::Firmware, model::FirmwareList, model::AttestationPolicyBody,
-        model::AttestationPolicyView,
+        model::AttestationPolicyView, lorawan::NewLorawan, lorawan::LorawanDevice, lorawan::LorawanDeviceList,
+        lorawan::LorawanUplinkItem, lorawan::LorawanUplinkList,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -43,6 +45,7 @@ use utoipa::{Modify, OpenApi};
         (name = "tokens", description = "API tokens"),
         (name = "attestation", description = "Challenges, evidence and appraisal; CA attestation policies"),
         (name = "firmware", description = "Firmware reference values"),
+        (name = "lorawan", description = "LoRaWAN key custody and uplinks"),
     )
 )]
 #[derive(Debug)]
