@@ -21,6 +21,7 @@ pub mod http;
 pub mod ingest;
 pub mod listener;
 mod locks;
+pub mod lorawan;
 pub mod mqtt;
 mod secret_file;
 pub mod server;

@@ -213,6 +213,47 @@ impl Registry {
         Ok(n == 1)
     }
 
+    /// Takes the next JoinNonce for a device atomically (0 first; concurrent joins get distinct
+    /// values): the join server never sends one twice.
+    pub async fn next_join_nonce(&self, dev_eui: &str, now_ms: i64) -> Result<u32> {
+        let _turn = self.write_turn().await;
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let next: Option<i64> = sqlx::query_scalar(
+            "UPDATE lorawan_devices SET join_nonce = COALESCE(join_nonce, -1) + 1, updated_at = $2 \
+             WHERE dev_eui = $1 RETURNING join_nonce",
+        )
+        .bind(&dev_eui)
+        .bind(now_ms)
+        .fetch_optional(self.pool())
+        .await?;
+        let next = next.ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))?;
+        u32::try_from(next)
+            .ok()
+            .filter(|n| *n <= 0x00ff_ffff)
+            .ok_or_else(|| RegistryError::Invalid {
+                what: "JoinNonce",
+                detail: "the 24-bit JoinNonce space is exhausted; the device needs new root keys".into(),
+            })
+    }
+
+    /// LoRaWAN 1.1: accepts `dev_nonce` only if it is above the last one (one conditional
+    /// UPDATE: of concurrent joins with the same DevNonce, one wins). `false`: a replay.
+    pub async fn advance_dev_nonce(&self, dev_eui: &str, dev_nonce: u16, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let n = sqlx::query(
+            "UPDATE lorawan_devices SET last_dev_nonce = $2, updated_at = $3 \
+             WHERE dev_eui = $1 AND (last_dev_nonce IS NULL OR last_dev_nonce < $2)",
+        )
+        .bind(&dev_eui)
+        .bind(i64::from(dev_nonce))
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
     /// Stores a new session (after a join): DevAddr and the sealed session-key blob; counters
     /// restart. `Conflict` if another device holds that DevAddr.
     pub async fn set_lorawan_session(

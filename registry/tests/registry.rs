@@ -819,6 +819,19 @@ async fn dev_nonce_replay(db: &TestDb) {
         "replayed DevNonce"
     );
     assert!(r.record_dev_nonce("0000000000000003", 0x1235, NOW + 2).await.unwrap());
+    // JoinNonces are handed out once each, from 0; 1.1 DevNonces must increase.
+    assert_eq!(r.next_join_nonce("0000000000000003", NOW).await.unwrap(), 0);
+    assert_eq!(r.next_join_nonce("0000000000000003", NOW).await.unwrap(), 1);
+    assert!(r.advance_dev_nonce("0000000000000003", 5, NOW).await.unwrap());
+    assert!(
+        !r.advance_dev_nonce("0000000000000003", 5, NOW).await.unwrap(),
+        "same DevNonce"
+    );
+    assert!(
+        !r.advance_dev_nonce("0000000000000003", 4, NOW).await.unwrap(),
+        "lower DevNonce"
+    );
+    assert!(r.advance_dev_nonce("0000000000000003", 6, NOW).await.unwrap());
     assert!(matches!(
         r.insert_lorawan_device(
             &NewLorawanDevice {

@@ -94,7 +94,30 @@ CASES = [
      "70b3d57ed0000001", "0004a30b001b7ad2", 7, 0x0000ff, "600013", "48000001", 2, 8, 1, None),
 ]
 
+def open_join_accept_1_0(app_key_hex, phy_hex, dev_nonce):
+    """What a LoRaWAN 1.0.x device does with a join-accept: decrypt (AES encrypt, per the spec),
+    check the MIC, derive its session keys."""
+    app_key, phy = bytes.fromhex(app_key_hex), bytes.fromhex(phy_hex)
+    plain = enc(app_key, phy[1:])
+    body, mic = plain[:-4], plain[-4:]
+    jn, net_id, dev_addr = body[0:3], body[3:6], body[6:10]
+    ctx = jn + net_id + dev_nonce.to_bytes(2, "little")
+    return {
+        "mic_ok": mac(app_key, phy[:1] + body) == mic,
+        "join_nonce": int.from_bytes(jn, "little"),
+        "net_id": net_id[::-1].hex(),
+        "dev_addr": dev_addr[::-1].hex(),
+        "nwk_s_key": enc(app_key, pad16(b"\x01" + ctx)).hex(),
+        "app_s_key": enc(app_key, pad16(b"\x02" + ctx)).hex(),
+    }
+
+
 if __name__ == "__main__":
+    import sys
+
+    if len(sys.argv) == 5 and sys.argv[1] == "--open-join-accept-1.0":
+        print(json.dumps(open_join_accept_1_0(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+        sys.exit(0)
     vectors = []
     for (vid, version, app_key, nwk_key, join_eui, dev_eui, dev_nonce, join_nonce, net_id, dev_addr,
          rx1, rx2, rx_delay, cflist) in CASES:

@@ -337,6 +337,31 @@ pub fn check_join_nonce(last: Option<u32>, next: u32) -> Result<(), LorawanError
     }
 }
 
+/// The fields of a join-request **before** its MIC is checked: only to find the device's keys.
+/// Nothing in it is trusted until [`verify_join_request`] passes.
+pub fn peek_join_request(phy: &[u8]) -> Result<JoinRequest, LorawanError> {
+    let frame = parse(phy)?;
+    match &frame.payload {
+        Payload::JoinRequest(jr) => Ok(JoinRequest {
+            join_eui: jr.join_eui.to_string(),
+            dev_eui: jr.dev_eui.to_string(),
+            dev_nonce: jr.dev_nonce,
+        }),
+        _ => Err(LorawanError::WrongMessageType {
+            expected: "join-request",
+            got: m_type_name(frame.mhdr.f_type),
+        }),
+    }
+}
+
+/// A DevAddr inside `net_id`'s address block (the NetID type's prefix and NwkID), the rest from
+/// the caller's randomness.
+pub fn dev_addr_for(net_id: [u8; 3], random: [u8; 4]) -> [u8; 4] {
+    let mut addr = lrwn::DevAddr::from_be_bytes(random);
+    addr.set_dev_addr_prefix(lrwn::NetID::from_be_bytes(net_id).dev_addr_prefix());
+    addr.to_be_bytes()
+}
+
 /// The keys an uplink MIC is checked with.
 #[derive(Clone, Copy, Debug)]
 pub enum UplinkMicKeys<'k> {
@@ -516,6 +541,19 @@ mod tests {
         assert_eq!(check_fcnt(Some(10), 10, 16_384).unwrap_err().check(), "fcnt_replay");
         assert!(check_fcnt(Some(10), 11, 16_384).is_ok());
         assert!(check_fcnt(None, 0, 16_384).is_ok());
+    }
+
+    #[test]
+    fn dev_addr_stays_in_the_net_id_block() {
+        // NetID type 0, NwkID 0x13: DevAddr = 0b0 | 0b010011 | 25 random bits.
+        for random in [[0u8; 4], [0xff; 4], [0x12, 0x34, 0x56, 0x78]] {
+            let a = dev_addr_for([0x00, 0x00, 0x13], random);
+            assert_eq!(a[0] >> 1, 0x13, "{a:02x?}");
+        }
+        assert_ne!(
+            dev_addr_for([0, 0, 0x13], [0; 4]),
+            dev_addr_for([0, 0, 0x13], [0, 0, 0, 1])
+        );
     }
 
     #[test]

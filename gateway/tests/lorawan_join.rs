@@ -1,0 +1,121 @@
+//! The join server's logic against the registry: accepted joins store a sealed session under a
+//! DevAddr in the NetID's block; a replayed join-request, a wrong MIC, an unknown DevEUI and an
+//! ABP device are refused with their LoRaWAN Backend Interfaces result codes.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use gateway::lorawan::join::{JoinRefusal, JoinServerSettings, join};
+use registry::{NewAbpDevice, NewLorawanDevice};
+
+/// The public lrwn join-request vector: AppKey 0102…10, JoinEUI 0101…, DevEUI 0202…, DevNonce 771.
+const JOIN_REQUEST: &str = "0001010101010101010202020202020202030309b97b32";
+const APP_KEY: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_are_accepted_once_and_refusals_carry_result_codes() {
+    let server = common::start(&[]).await;
+    let r = &server.running.registry;
+    let settings = JoinServerSettings {
+        net_id: [0x00, 0x00, 0x13],
+        ..Default::default()
+    };
+    let phy = hex::decode(JOIN_REQUEST).unwrap();
+
+    // Unknown device first.
+    let refused = join(r, &settings, &phy, [1, 2, 3, 4], 1).await.unwrap_err();
+    assert_eq!(refused.result_code(), "UnknownDevEUI");
+
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "0202020202020202",
+            join_eui: "0101010101010101",
+            mac_version: "1.0.3",
+            app_key: &APP_KEY,
+            nwk_key: None,
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let accepted = join(r, &settings, &phy, [1, 2, 3, 4], 2).await.unwrap();
+    assert_eq!(accepted.dev_eui, "0202020202020202");
+    assert_eq!(accepted.join_nonce, 0);
+    let addr = hex::decode(&accepted.dev_addr).unwrap();
+    assert_eq!(
+        addr[0] >> 1,
+        0x13,
+        "DevAddr in NetID 000013's block: {}",
+        accepted.dev_addr
+    );
+    // Join-accept: MHDR 0x20, 12 bytes of fields + MIC, encrypted.
+    assert_eq!(accepted.phy_payload.len(), 17);
+    assert_eq!(accepted.phy_payload[0], 0x20);
+    // The session is stored, sealed, under the DevAddr.
+    let (eui, keys, fcnt) = r.lorawan_session_by_addr(&accepted.dev_addr).await.unwrap();
+    assert_eq!((eui.as_str(), fcnt), ("0202020202020202", None));
+    assert_eq!(&keys[48..], &accepted.session.app_s_key[..]);
+    assert_eq!(&keys[..16], &accepted.session.f_nwk_s_int_key[..]);
+
+    // The device's side, by an independent implementation (pyca/cryptography, from the spec):
+    // the join-accept decrypts, its MIC verifies, and the keys it derives are the ones stored.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lorawan/spec_vectors.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--open-join-accept-1.0")
+        .arg(hex::encode(APP_KEY))
+        .arg(hex::encode(&accepted.phy_payload))
+        .arg("771")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let device: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(device["mic_ok"], true, "{device}");
+    assert_eq!(device["join_nonce"], 0);
+    assert_eq!(device["net_id"], "000013");
+    assert_eq!(device["dev_addr"].as_str().unwrap().to_uppercase(), accepted.dev_addr);
+    assert_eq!(device["app_s_key"], hex::encode(accepted.session.app_s_key));
+    assert_eq!(device["nwk_s_key"], hex::encode(accepted.session.f_nwk_s_int_key));
+
+    // The same join-request again: a replay, after the MIC.
+    let replay = join(r, &settings, &phy, [5, 6, 7, 8], 3).await.unwrap_err();
+    assert_eq!(replay, JoinRefusal::DevNonceReused { dev_nonce: 771 });
+    assert_eq!(replay.result_code(), "JoinReqFailed");
+    // A flipped MIC bit.
+    let mut bad = phy.clone();
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    assert_eq!(
+        join(r, &settings, &bad, [0; 4], 4).await.unwrap_err().result_code(),
+        "MICFailed"
+    );
+    // Not a join-request at all.
+    assert_eq!(
+        join(r, &settings, &[0x40, 1, 2], [0; 4], 5)
+            .await
+            .unwrap_err()
+            .result_code(),
+        "MalformedRequest"
+    );
+    // An ABP device does not join.
+    r.insert_lorawan_abp(
+        &NewAbpDevice {
+            dev_eui: "0303030303030303",
+            dev_addr: "26011bda",
+            mac_version: "1.0.3",
+            session_keys: &[7; registry::SESSION_KEYS_LEN],
+            f_cnt_up: None,
+            f_cnt_down: 0,
+        },
+        6,
+    )
+    .await
+    .unwrap();
+    let mut abp = phy.clone();
+    abp[9..17].copy_from_slice(&[3; 8]);
+    assert_eq!(
+        join(r, &settings, &abp, [0; 4], 7).await.unwrap_err().result_code(),
+        "ActivationDisallowed"
+    );
+    server.running.shutdown().await;
+}
