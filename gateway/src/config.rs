@@ -22,6 +22,7 @@ pub struct Config {
     pub http: HttpConfig,
     pub telemetry: TelemetryConfig,
     pub attestation: AttestationConfig,
+    pub lorawan: LorawanConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -81,6 +82,49 @@ pub struct AttestationConfig {
     pub sweep_interval_secs: u64,
 }
 
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LorawanConfig {
+    /// The network's NetID (6 hex digits); joined devices get DevAddrs in its block.
+    pub net_id: String,
+    /// Label of the key-encryption key for Backend Interfaces KeyEnvelopes.
+    pub join_kek_label: Option<String>,
+    /// File holding that KEK in hex (16 or 32 bytes). Unset: session keys travel in clear
+    /// (over the API's TLS).
+    pub join_kek_file: Option<PathBuf>,
+}
+
+impl LorawanConfig {
+    pub fn net_id_bytes(&self) -> anyhow::Result<[u8; 3]> {
+        let s = if self.net_id.is_empty() {
+            "000000"
+        } else {
+            self.net_id.as_str()
+        };
+        let b = hex::decode(s).map_err(|_| anyhow::anyhow!("lorawan.net_id `{s}` is not 6 hex digits"))?;
+        b.try_into()
+            .map_err(|_| anyhow::anyhow!("lorawan.net_id `{s}` is not 6 hex digits"))
+    }
+
+    pub fn kek(&self) -> anyhow::Result<Option<(String, zeroize::Zeroizing<Vec<u8>>)>> {
+        let Some(path) = &self.join_kek_file else {
+            return Ok(None);
+        };
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("cannot read lorawan.join_kek_file {}: {e}", path.display()))?,
+        );
+        let key = zeroize::Zeroizing::new(
+            hex::decode(text.trim())
+                .map_err(|_| anyhow::anyhow!("lorawan.join_kek_file {} does not hold a hex key", path.display()))?,
+        );
+        if key.len() != 16 && key.len() != 32 {
+            anyhow::bail!("lorawan.join_kek_file {}: a KEK is 16 or 32 bytes", path.display());
+        }
+        Ok(Some((self.join_kek_label.clone().unwrap_or_default(), key)))
+    }
+}
+
 impl Default for AttestationConfig {
     fn default() -> Self {
         AttestationConfig {
@@ -103,6 +147,7 @@ impl Default for Config {
             http: HttpConfig::default(),
             telemetry: TelemetryConfig::default(),
             attestation: AttestationConfig::default(),
+            lorawan: LorawanConfig::default(),
         }
     }
 }
@@ -231,6 +276,14 @@ challenge_lifetime_secs = 60
 interval_secs = 86400
 # Verdicts older than the CA's freshness window become "stale"; expired nonces are deleted.
 sweep_interval_secs = 60
+
+[lorawan]
+# The network's NetID (6 hex digits; empty: 000000); joined devices get DevAddrs in its block.
+net_id = ""
+# Join server (POST /lorawan/join, LoRaWAN Backend Interfaces): session keys in JoinAns are
+# wrapped (RFC 3394) under this KEK; unset: sent in clear (over the API's TLS).
+# join_kek_label = "ns-kek-1"
+# join_kek_file = "/etc/fleetward/join-kek.hex"
 "#;
 
 impl Config {

@@ -31,6 +31,8 @@ pub struct AppState {
     pub stream_slots: Arc<tokio::sync::Semaphore>,
     /// Challenges and evidence (shared with the MQTT sessions).
     pub attestor: Arc<crate::attestation::Attestor>,
+    /// The LoRaWAN join server's settings and KEK.
+    pub join_server: Arc<crate::lorawan::backend::JoinServerConfig>,
 }
 
 /// Event streams open at once, per node.

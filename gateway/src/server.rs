@@ -44,6 +44,7 @@ pub struct Running {
     sessions: Arc<crate::dashboard::Sessions>,
     stream_slots: Arc<tokio::sync::Semaphore>,
     pub attestor: Arc<crate::attestation::Attestor>,
+    join_server: Arc<crate::lorawan::backend::JoinServerConfig>,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -312,6 +313,13 @@ pub async fn start(config: Config) -> Result<Running> {
             }
         }));
     }
+    let join_server = Arc::new(crate::lorawan::backend::JoinServerConfig {
+        settings: crate::lorawan::join::JoinServerSettings {
+            net_id: config.lorawan.net_id_bytes()?,
+            ..Default::default()
+        },
+        kek: config.lorawan.kek()?,
+    });
     let sessions = Arc::new(crate::dashboard::Sessions::default());
     let stream_slots = Arc::new(tokio::sync::Semaphore::new(http::MAX_EVENT_STREAMS));
     background.push(tokio::spawn(http::serve(
@@ -326,6 +334,7 @@ pub async fn start(config: Config) -> Result<Running> {
             sessions: sessions.clone(),
             stream_slots: stream_slots.clone(),
             attestor: attestor.clone(),
+            join_server: join_server.clone(),
         },
         shutdown_rx,
     )));
@@ -345,6 +354,7 @@ pub async fn start(config: Config) -> Result<Running> {
         sessions,
         stream_slots,
         attestor,
+        join_server,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -367,6 +377,7 @@ impl Running {
             sessions: self.sessions.clone(),
             stream_slots: self.stream_slots.clone(),
             attestor: self.attestor.clone(),
+            join_server: self.join_server.clone(),
         }
     }
 

@@ -60,6 +60,8 @@ counters! {
     attestations_verified: "attestation answers verified and appraised as good",
     attestations_failed: "attestation answers that failed (nonce, signature, claims or appraisal)",
     attestations_stale: "verdicts that became stale (no fresh evidence within the CA's window)",
+    lorawan_joins_accepted: "LoRaWAN join-requests accepted by the join server",
+    lorawan_joins_refused: "LoRaWAN join-requests refused (unknown device, MIC, DevNonce replay, malformed)",
 }
 
 /// Adds one.

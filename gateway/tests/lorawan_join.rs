@@ -119,3 +119,90 @@ async fn joins_are_accepted_once_and_refusals_carry_result_codes() {
     );
     server.running.shutdown().await;
 }
+
+/// The same logic behind LoRaWAN Backend Interfaces HTTP, as a network server calls it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_interfaces_join_req_gets_a_join_ans() {
+    let server = common::start(&[]).await;
+    let r = &server.running.registry;
+    let token = r
+        .create_token(registry::Role::Operator, None, "ns", 0)
+        .await
+        .unwrap()
+        .secret
+        .to_string();
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "0202020202020202",
+            join_eui: "0101010101010101",
+            mac_version: "1.0.3",
+            app_key: &APP_KEY,
+            nwk_key: None,
+        },
+        1,
+    )
+    .await
+    .unwrap();
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/lorawan/join", server.running.http_addr);
+    let req = serde_json::json!({
+        "ProtocolVersion": "1.0", "SenderID": "000013", "ReceiverID": "0101010101010101",
+        "TransactionID": 42, "MessageType": "JoinReq", "MACVersion": "1.0.3",
+        "PHYPayload": format!("0x{JOIN_REQUEST}"), "DevEUI": "0202020202020202",
+        "DevAddr": "01020304", "DLSettings": "00", "RxDelay": 1,
+    });
+    let post = |body: serde_json::Value, auth: Option<String>| {
+        let mut b = http.post(&url).json(&body);
+        if let Some(a) = auth {
+            b = b.header("Authorization", a);
+        }
+        b.send()
+    };
+    let ans: serde_json::Value = post(req.clone(), Some(format!("Bearer {token}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ans["Result"]["ResultCode"], "Success", "{ans}");
+    assert_eq!(ans["MessageType"], "JoinAns");
+    assert_eq!(ans["TransactionID"], 42);
+    assert_eq!(ans["ReceiverID"], "000013");
+    assert_eq!(ans["NwkSKey"]["KEKLabel"], "", "no KEK configured: keys in clear");
+    // The device's side (independent implementation): MIC, DevAddr as the NS chose, same keys.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lorawan/spec_vectors.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--open-join-accept-1.0")
+        .arg(hex::encode(APP_KEY))
+        .arg(ans["PHYPayload"].as_str().unwrap())
+        .arg("771")
+        .output()
+        .unwrap();
+    let device: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(device["mic_ok"], true, "{device}");
+    assert_eq!(device["dev_addr"], "01020304");
+    assert_eq!(ans["NwkSKey"]["AESKey"], device["nwk_s_key"]);
+    assert_eq!(ans["AppSKey"]["AESKey"], device["app_s_key"]);
+    // A replayed JoinReq, garbage, no token.
+    let replay: serde_json::Value = post(req.clone(), Some(format!("Bearer {token}")))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(replay["Result"]["ResultCode"], "JoinReqFailed", "{replay}");
+    let garbage: serde_json::Value = post(
+        serde_json::json!({"MessageType": "JoinReq", "PHYPayload": "zz"}),
+        Some(format!("Bearer {token}")),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(garbage["Result"]["ResultCode"], "MalformedRequest", "{garbage}");
+    assert_eq!(post(req, None).await.unwrap().status().as_u16(), 401);
+    server.running.shutdown().await;
+}

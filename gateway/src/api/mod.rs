@@ -72,6 +72,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .nest("/api/v1", v1)
         .route("/api/openapi.json", get(openapi::document))
+        .route("/lorawan/join", post(crate::lorawan::backend::join_req))
         .route("/api", get(not_found))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(method_not_allowed)

@@ -86,6 +86,17 @@ impl From<RegistryError> for JoinRefusal {
     }
 }
 
+/// What a network server decides and passes in a Backend Interfaces JoinReq (TS002 §6.1): the
+/// join server then uses these instead of its own defaults.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkServerChoices {
+    pub dev_addr: Option<[u8; 4]>,
+    /// The DLSettings byte (OptNeg | RX1DROffset | RX2DataRate).
+    pub dl_settings: Option<u8>,
+    pub rx_delay: Option<u8>,
+    pub cflist: Option<[u8; 16]>,
+}
+
 /// An accepted join.
 #[derive(Clone, Debug, Serialize)]
 pub struct JoinAccepted {
@@ -105,6 +116,26 @@ pub struct JoinAccepted {
 pub async fn join(
     registry: &Registry,
     settings: &JoinServerSettings,
+    phy: &[u8],
+    random: [u8; 4],
+    now_ms: i64,
+) -> Result<JoinAccepted, JoinRefusal> {
+    join_with(
+        registry,
+        settings,
+        &NetworkServerChoices::default(),
+        phy,
+        random,
+        now_ms,
+    )
+    .await
+}
+
+/// [`join`], with the network server's choices (DevAddr, DLSettings, RxDelay, CFList).
+pub async fn join_with(
+    registry: &Registry,
+    settings: &JoinServerSettings,
+    ns: &NetworkServerChoices,
     phy: &[u8],
     random: [u8; 4],
     now_ms: i64,
@@ -153,8 +184,13 @@ pub async fn join(
     let join_nonce = registry.next_join_nonce(&dev_eui, now_ms).await?;
     // A DevAddr in our NetID's block; another device holding it is a (rare) collision: perturb.
     let mut random = random;
-    for attempt in 0..8u8 {
-        let dev_addr = dev_addr_for(settings.net_id, random);
+    let (rx1_dr_offset, rx2_dr) = match ns.dl_settings {
+        Some(b) => ((b >> 4) & 0x07, b & 0x0f),
+        None => (settings.rx1_dr_offset, settings.rx2_dr),
+    };
+    let attempts = if ns.dev_addr.is_some() { 1 } else { 8u8 };
+    for attempt in 0..attempts {
+        let dev_addr = ns.dev_addr.unwrap_or_else(|| dev_addr_for(settings.net_id, random));
         let accept = accept_join(
             version,
             &root,
@@ -163,10 +199,10 @@ pub async fn join(
                 join_nonce,
                 net_id: settings.net_id,
                 dev_addr,
-                rx1_dr_offset: settings.rx1_dr_offset,
-                rx2_dr: settings.rx2_dr,
-                rx_delay: settings.rx_delay,
-                cflist: None,
+                rx1_dr_offset,
+                rx2_dr,
+                rx_delay: ns.rx_delay.unwrap_or(settings.rx_delay),
+                cflist: ns.cflist,
             },
         )
         .map_err(|e| JoinRefusal::Malformed(e.to_string()))?;

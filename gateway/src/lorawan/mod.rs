@@ -3,4 +3,5 @@
 //! [`join`] is the join server's logic, shared by the Backend Interfaces HTTP endpoint and the
 //! packet-forwarder (UDP) path.
 
+pub mod backend;
 pub mod join;
