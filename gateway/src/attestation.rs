@@ -76,10 +76,27 @@ impl Issued {
 /// Why an on-demand challenge could not be sent over MQTT.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NotSent {
+    /// The device is not connected to this node.
+    Offline,
     /// The device is connected but not subscribed to its challenge topic.
     NotSubscribed,
-    /// The challenge could not be issued (the registry is unavailable).
+    /// The challenge could not be issued (the registry is unavailable), or the session did not
+    /// answer in time.
     Unavailable,
+}
+
+/// Challenges a device connected to this node now: its session issues the nonce and publishes
+/// it on the challenge topic. Waits up to 10 s for the session (the API and the dashboard's
+/// "Attest now" both come through here).
+pub async fn challenge_connected(hub: &Hub, device_id: &str) -> Result<Issued, NotSent> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if !hub.signal_device(device_id, DeviceSignal::Attest(tx)) {
+        return Err(NotSent::Offline);
+    }
+    match tokio::time::timeout(Duration::from_secs(10), rx).await {
+        Ok(Ok(sent)) => sent,
+        _ => Err(NotSent::Unavailable),
+    }
 }
 
 /// An evidence submission (the HTTP body; the MQTT payload is the same JSON).

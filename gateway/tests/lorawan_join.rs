@@ -12,6 +12,22 @@ use registry::{NewAbpDevice, NewLorawanDevice};
 const JOIN_REQUEST: &str = "0001010101010101010202020202020202030309b97b32";
 const APP_KEY: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
 
+/// What the device does with a join-accept (hex), by an independent implementation
+/// (pyca/cryptography, from the spec): decrypt, check the MIC, derive the session keys.
+fn device_opens(join_accept_hex: &str) -> serde_json::Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lorawan/spec_vectors.py");
+    let out = std::process::Command::new("python3")
+        .arg(script)
+        .arg("--open-join-accept-1.0")
+        .arg(hex::encode(APP_KEY))
+        .arg(join_accept_hex)
+        .arg("771")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn joins_are_accepted_once_and_refusals_carry_result_codes() {
     let server = common::start(&[]).await;
@@ -59,17 +75,7 @@ async fn joins_are_accepted_once_and_refusals_carry_result_codes() {
 
     // The device's side, by an independent implementation (pyca/cryptography, from the spec):
     // the join-accept decrypts, its MIC verifies, and the keys it derives are the ones stored.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lorawan/spec_vectors.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg("--open-join-accept-1.0")
-        .arg(hex::encode(APP_KEY))
-        .arg(hex::encode(&accepted.phy_payload))
-        .arg("771")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let device: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let device = device_opens(&hex::encode(&accepted.phy_payload));
     assert_eq!(device["mic_ok"], true, "{device}");
     assert_eq!(device["join_nonce"], 0);
     assert_eq!(device["net_id"], "000013");
@@ -171,16 +177,7 @@ async fn backend_interfaces_join_req_gets_a_join_ans() {
     assert_eq!(ans["ReceiverID"], "000013");
     assert_eq!(ans["NwkSKey"]["KEKLabel"], "", "no KEK configured: keys in clear");
     // The device's side (independent implementation): MIC, DevAddr as the NS chose, same keys.
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/lorawan/spec_vectors.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg("--open-join-accept-1.0")
-        .arg(hex::encode(APP_KEY))
-        .arg(ans["PHYPayload"].as_str().unwrap())
-        .arg("771")
-        .output()
-        .unwrap();
-    let device: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let device = device_opens(ans["PHYPayload"].as_str().unwrap());
     assert_eq!(device["mic_ok"], true, "{device}");
     assert_eq!(device["dev_addr"], "01020304");
     assert_eq!(ans["NwkSKey"]["AESKey"], device["nwk_s_key"]);

@@ -141,6 +141,13 @@ fn hex_id(what: &'static str, id: &str, bytes: usize) -> Result<String> {
     }
 }
 
+fn dev_eui_taken(dev_eui: &str) -> RegistryError {
+    RegistryError::Conflict {
+        what: "LoRaWAN device",
+        detail: format!("DevEUI {dev_eui} exists"),
+    }
+}
+
 impl Registry {
     /// Provisions a LoRaWAN device's root keys (sealed). `Conflict` if the DevEUI exists.
     pub async fn insert_lorawan_device(&self, d: &NewLorawanDevice<'_>, now_ms: i64) -> Result<()> {
@@ -167,10 +174,7 @@ impl Registry {
         .await?
         .rows_affected();
         if n == 0 {
-            return Err(RegistryError::Conflict {
-                what: "LoRaWAN device",
-                detail: format!("DevEUI {dev_eui} exists"),
-            });
+            return Err(dev_eui_taken(&dev_eui));
         }
         Ok(())
     }
@@ -373,10 +377,7 @@ impl Registry {
         .await?
         .rows_affected();
         if n == 0 {
-            return Err(RegistryError::Conflict {
-                what: "LoRaWAN device",
-                detail: format!("DevEUI {dev_eui} exists"),
-            });
+            return Err(dev_eui_taken(&dev_eui));
         }
         Ok(())
     }

@@ -7,14 +7,12 @@ use super::model::{
     ChallengeRequest, ErrorBody, EvidenceRequest, EvidenceVerdict, Firmware, FirmwareList, FirmwareStatus, NewFirmware,
 };
 use super::{ADMIN, ApiError, ApiResult, Authorized, Json, OPERATOR, Path, VIEWER, rfc3339};
-use crate::attestation::{AttestError, Issued, NotSent, Submission, Verdict};
+use crate::attestation::{AttestError, Issued, NotSent, Submission, Verdict, challenge_connected};
 use crate::clock::now_ms;
 use crate::http::AppState;
-use crate::mqtt::hub::DeviceSignal;
 use axum::extract::State;
 use axum::http::StatusCode;
 use registry::{AttestationPolicy, OnFailure};
-use std::time::Duration;
 use verifier::attestation::LifecycleState;
 
 impl From<AttestError> for ApiError {
@@ -111,19 +109,8 @@ pub(super) async fn attest(
     if device.status == registry::DeviceStatus::Revoked {
         return Err(AttestError::Revoked(id).into());
     }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    if !state.hub.signal_device(&id, DeviceSignal::Attest(tx)) {
-        return Err(ApiError::new(
-            StatusCode::CONFLICT,
-            "device_offline",
-            format!(
-                "device `{id}` is not connected to this node; challenge it through POST /api/v1/attestation/challenge"
-            ),
-        ));
-    }
-    let sent = tokio::time::timeout(Duration::from_secs(10), rx).await;
-    match sent {
-        Ok(Ok(Ok(i))) => {
+    match challenge_connected(&state.hub, &id).await {
+        Ok(i) => {
             let topic = format!("devices/{id}/attestation/challenge");
             Ok((
                 StatusCode::ACCEPTED,
@@ -133,12 +120,19 @@ pub(super) async fn attest(
                 }),
             ))
         }
-        Ok(Ok(Err(NotSent::NotSubscribed))) => Err(ApiError::new(
+        Err(NotSent::Offline) => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            "device_offline",
+            format!(
+                "device `{id}` is not connected to this node; challenge it through POST /api/v1/attestation/challenge"
+            ),
+        )),
+        Err(NotSent::NotSubscribed) => Err(ApiError::new(
             StatusCode::CONFLICT,
             "not_subscribed",
             format!("device `{id}` is connected but not subscribed to devices/{id}/attestation/challenge"),
         )),
-        _ => Err(ApiError::new(
+        Err(NotSent::Unavailable) => Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "unavailable",
             "the device's session could not issue the challenge; retry",

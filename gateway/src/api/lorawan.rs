@@ -11,7 +11,7 @@ use crate::clock::now_ms;
 use crate::http::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry::{LorawanDeviceInfo, NewAbpDevice, NewEvent, NewLorawanDevice, SESSION_KEYS_LEN};
+use registry::{LorawanDeviceInfo, NewAbpDevice, NewEvent, NewLorawanDevice};
 use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use verifier::lorawan::MacVersion;
@@ -123,10 +123,8 @@ pub struct ListQuery {
 }
 
 fn hex_field(name: &str, value: &str, bytes: usize) -> ApiResult<Vec<u8>> {
-    let v = value.trim();
-    let v = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")).unwrap_or(v);
-    match hex::decode(v) {
-        Ok(b) if b.len() == bytes => Ok(b),
+    match crate::lorawan::decode_hex(value) {
+        Some(b) if b.len() == bytes => Ok(b),
         _ => Err(ApiError::bad_request(
             "invalid",
             format!("{name} must be {} hex digits", bytes * 2),
@@ -174,11 +172,7 @@ pub(super) async fn add(
             let k = key16("nwk_s_key", body.nwk_s_key.as_deref())?;
             (k.clone(), k.clone(), k)
         };
-        let mut blob = Zeroizing::new([0u8; SESSION_KEYS_LEN]);
-        blob[..16].copy_from_slice(&*f);
-        blob[16..32].copy_from_slice(&*s);
-        blob[32..48].copy_from_slice(&*e);
-        blob[48..].copy_from_slice(&*app_s);
+        let blob = crate::lorawan::session_blob(&f, &s, &e, &app_s);
         state
             .registry
             .insert_lorawan_abp(

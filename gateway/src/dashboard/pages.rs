@@ -582,13 +582,7 @@ pub(super) async fn device_action(
         return forbidden_form();
     }
     if form.action == "attest" {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let sent = state.hub.signal_device(&id, crate::mqtt::hub::DeviceSignal::Attest(tx))
-            && matches!(
-                tokio::time::timeout(std::time::Duration::from_secs(10), rx).await,
-                Ok(Ok(Ok(_)))
-            );
-        if !sent {
+        if crate::attestation::challenge_connected(&state.hub, &id).await.is_err() {
             return error_page(crate::api::ApiError::new(
                 axum::http::StatusCode::CONFLICT,
                 "not_sent",

@@ -36,11 +36,9 @@ impl std::fmt::Debug for JoinServerConfig {
 fn hex_field(v: &Value, name: &str) -> Result<Option<Vec<u8>>, String> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
-        Some(Value::String(s)) => {
-            let s = s.trim();
-            let s = s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")).unwrap_or(s);
-            hex::decode(s).map(Some).map_err(|_| format!("{name} is not hex"))
-        }
+        Some(Value::String(s)) => super::decode_hex(s)
+            .map(Some)
+            .ok_or_else(|| format!("{name} is not hex")),
         Some(_) => Err(format!("{name} must be a hex string")),
     }
 }

@@ -7,13 +7,12 @@
 //! statement; then the join-accept is built, the DevAddr allocated in the NetID's block, and the
 //! session stored (sealed). A replayed join-request fails at the DevNonce, after the MIC.
 
-use registry::{Registry, RegistryError, SESSION_KEYS_LEN};
+use registry::{Registry, RegistryError};
 use serde::Serialize;
 use verifier::lorawan::{
     JoinAcceptParams, MacVersion, RootKeys, SessionKeys, accept_join, dev_addr_for, peek_join_request,
     verify_join_request,
 };
-use zeroize::Zeroizing;
 
 /// What the join server puts in every join-accept.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,11 +205,8 @@ pub async fn join_with(
             },
         )
         .map_err(|e| JoinRefusal::Malformed(e.to_string()))?;
-        let mut blob = Zeroizing::new([0u8; SESSION_KEYS_LEN]);
-        blob[..16].copy_from_slice(&accept.session.f_nwk_s_int_key);
-        blob[16..32].copy_from_slice(&accept.session.s_nwk_s_int_key);
-        blob[32..48].copy_from_slice(&accept.session.nwk_s_enc_key);
-        blob[48..].copy_from_slice(&accept.session.app_s_key);
+        let k = &accept.session;
+        let blob = super::session_blob(&k.f_nwk_s_int_key, &k.s_nwk_s_int_key, &k.nwk_s_enc_key, &k.app_s_key);
         match registry
             .set_lorawan_session(&dev_eui, &hex::encode(dev_addr), &*blob, now_ms)
             .await
