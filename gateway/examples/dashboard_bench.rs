@@ -37,6 +37,7 @@ async fn main() {
     };
     config.mqtt.listen = "127.0.0.1:0".into();
     config.http.listen = "127.0.0.1:0".into();
+    config.lorawan.udp_listen = "127.0.0.1:0".into();
     let running = gateway::start(config).await.unwrap();
     let token = running
         .registry

@@ -82,9 +82,13 @@ pub struct AttestationConfig {
     pub sweep_interval_secs: u64,
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LorawanConfig {
+    /// Semtech UDP packet-forwarder listener (what LoRaWAN gateways send uplinks to).
+    pub udp_listen: String,
+    /// Largest forward jump of a device's uplink frame counter accepted.
+    pub max_fcnt_gap: u32,
     /// The network's NetID (6 hex digits); joined devices get DevAddrs in its block.
     pub net_id: String,
     /// Label of the key-encryption key for Backend Interfaces KeyEnvelopes.
@@ -92,6 +96,18 @@ pub struct LorawanConfig {
     /// File holding that KEK in hex (16 or 32 bytes). Unset: session keys travel in clear
     /// (over the API's TLS).
     pub join_kek_file: Option<PathBuf>,
+}
+
+impl Default for LorawanConfig {
+    fn default() -> Self {
+        LorawanConfig {
+            udp_listen: "127.0.0.1:1700".into(),
+            max_fcnt_gap: 16_384,
+            net_id: String::new(),
+            join_kek_label: None,
+            join_kek_file: None,
+        }
+    }
 }
 
 impl LorawanConfig {
@@ -278,6 +294,11 @@ interval_secs = 86400
 sweep_interval_secs = 60
 
 [lorawan]
+# Semtech UDP packet-forwarder protocol: point gateways' forwarders (server_address,
+# serv_port_up, serv_port_down) here. Every datagram is untrusted; the frame MIC decides.
+udp_listen = "127.0.0.1:1700"
+# Uplink frame counters must increase, by at most this much (LoRaWAN MAX_FCNT_GAP).
+max_fcnt_gap = 16384
 # The network's NetID (6 hex digits; empty: 000000); joined devices get DevAddrs in its block.
 net_id = ""
 # Join server (POST /lorawan/join, LoRaWAN Backend Interfaces): session keys in JoinAns are
@@ -303,6 +324,15 @@ impl Config {
         let mut problems = Vec::new();
         if self.mqtt.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("mqtt.listen `{}` is not an address:port", self.mqtt.listen));
+        }
+        if self.lorawan.udp_listen.parse::<std::net::SocketAddr>().is_err() {
+            problems.push(format!(
+                "lorawan.udp_listen `{}` is not an address:port",
+                self.lorawan.udp_listen
+            ));
+        }
+        if self.lorawan.max_fcnt_gap == 0 {
+            problems.push("lorawan.max_fcnt_gap must be positive".into());
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("http.listen `{}` is not an address:port", self.http.listen));

@@ -21,6 +21,7 @@ pub struct DemoOptions {
     pub messages: usize,
     pub mqtt_listen: String,
     pub http_listen: String,
+    pub lorawan_udp_listen: String,
 }
 
 /// What the demo did. The server keeps running until `running.shutdown()`.
@@ -70,6 +71,7 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
     };
     config.mqtt.listen = opts.mqtt_listen.clone();
     config.http.listen = opts.http_listen.clone();
+    config.lorawan.udp_listen = opts.lorawan_udp_listen.clone();
     config.trust_ca = vec![ca_path.clone()];
     let running = server::start(config).await?;
     writeln!(

@@ -33,6 +33,8 @@ pub struct AppState {
     pub attestor: Arc<crate::attestation::Attestor>,
     /// The LoRaWAN join server's settings and KEK.
     pub join_server: Arc<crate::lorawan::backend::JoinServerConfig>,
+    /// The LoRaWAN uplink path's sessions (joins install them; provisioning invalidates them).
+    pub lorawan_sessions: Arc<crate::lorawan::uplink::Sessions>,
 }
 
 /// Event streams open at once, per node.

@@ -31,6 +31,8 @@ use verifier::x509::IdentitySource;
 pub struct Running {
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
+    /// The LoRaWAN packet-forwarder (Semtech UDP) listener.
+    pub lorawan_udp_addr: SocketAddr,
     pub data_dir: PathBuf,
     /// The CA devices must trust to verify the server (PEM file).
     pub server_ca: Option<PathBuf>,
@@ -45,6 +47,7 @@ pub struct Running {
     stream_slots: Arc<tokio::sync::Semaphore>,
     pub attestor: Arc<crate::attestation::Attestor>,
     join_server: Arc<crate::lorawan::backend::JoinServerConfig>,
+    pub lorawan_sessions: Arc<crate::lorawan::uplink::Sessions>,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -205,8 +208,17 @@ pub async fn start(config: Config) -> Result<Running> {
                 config.http.listen
             )
         })?;
+    let udp_socket = tokio::net::UdpSocket::bind(&config.lorawan.udp_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for LoRaWAN packet forwarders on UDP {} (in use? try --lorawan-udp-listen)",
+                config.lorawan.udp_listen
+            )
+        })?;
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
+    let lorawan_udp_addr = udp_socket.local_addr()?;
 
     let attestor = Arc::new(crate::attestation::Attestor::new(
         registry.clone(),
@@ -320,6 +332,26 @@ pub async fn start(config: Config) -> Result<Running> {
         },
         kek: config.lorawan.kek()?,
     });
+    let lorawan_sessions = Arc::new(crate::lorawan::uplink::Sessions::default());
+    background.push(tokio::spawn(crate::lorawan::udp::run(
+        udp_socket,
+        Arc::new(crate::lorawan::udp::UdpCtx {
+            registry: registry.clone(),
+            events: events.clone(),
+            stats: stats.clone(),
+            ingest: ctx.ingest.clone(),
+            sessions: lorawan_sessions.clone(),
+            join: join_server.clone(),
+            settings: crate::lorawan::udp::UdpSettings {
+                uplink: crate::lorawan::uplink::UplinkSettings {
+                    max_fcnt_gap: config.lorawan.max_fcnt_gap,
+                    ..Default::default()
+                },
+                ..Default::default()
+            },
+        }),
+        shutdown_rx.clone(),
+    )));
     let sessions = Arc::new(crate::dashboard::Sessions::default());
     let stream_slots = Arc::new(tokio::sync::Semaphore::new(http::MAX_EVENT_STREAMS));
     background.push(tokio::spawn(http::serve(
@@ -335,14 +367,16 @@ pub async fn start(config: Config) -> Result<Running> {
             stream_slots: stream_slots.clone(),
             attestor: attestor.clone(),
             join_server: join_server.clone(),
+            lorawan_sessions: lorawan_sessions.clone(),
         },
         shutdown_rx,
     )));
 
-    tracing::info!(%mqtt_addr, %http_addr, data_dir = %config.data_dir.display(), "fleetward serving");
+    tracing::info!(%mqtt_addr, %http_addr, %lorawan_udp_addr, data_dir = %config.data_dir.display(), "fleetward serving");
     Ok(Running {
         mqtt_addr,
         http_addr,
+        lorawan_udp_addr,
         data_dir: config.data_dir.clone(),
         server_ca,
         initial_admin_token,
@@ -355,6 +389,7 @@ pub async fn start(config: Config) -> Result<Running> {
         stream_slots,
         attestor,
         join_server,
+        lorawan_sessions,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -378,6 +413,7 @@ impl Running {
             stream_slots: self.stream_slots.clone(),
             attestor: self.attestor.clone(),
             join_server: self.join_server.clone(),
+            lorawan_sessions: self.lorawan_sessions.clone(),
         }
     }
 

@@ -62,6 +62,14 @@ counters! {
     attestations_stale: "verdicts that became stale (no fresh evidence within the CA's window)",
     lorawan_joins_accepted: "LoRaWAN join-requests accepted by the join server",
     lorawan_joins_refused: "LoRaWAN join-requests refused (unknown device, MIC, DevNonce replay, malformed)",
+    lorawan_datagrams_received: "packet-forwarder UDP datagrams received",
+    lorawan_datagrams_dropped: "packet-forwarder datagrams dropped as malformed (typed refusal, with an event)",
+    lorawan_crc_failed: "LoRaWAN receptions the gateway reported with a failed radio CRC (ignored)",
+    lorawan_uplinks_accepted: "LoRaWAN data uplinks verified (MIC, frame counter) and stored",
+    lorawan_uplinks_rejected: "LoRaWAN data uplinks refused (unknown DevAddr, MIC, replay, counter gap, malformed)",
+    lorawan_uplinks_duplicate: "further receptions of an accepted LoRaWAN frame (other gateways), recorded with it",
+    lorawan_downlinks_sent: "LoRaWAN downlinks (join-accepts) sent to gateways in PULL_RESP",
+    lorawan_downlinks_failed: "LoRaWAN downlinks not sent or not transmitted (no downlink path, TX_ACK error)",
 }
 
 /// Adds one.

@@ -22,6 +22,7 @@ mod commands;
 mod devices;
 mod error;
 mod events;
+mod lorawan_uplinks;
 mod lpwan;
 mod seal;
 mod settings;
@@ -39,9 +40,10 @@ pub use commands::PendingCommand;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
 pub use error::RegistryError;
 pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
+pub use lorawan_uplinks::{LorawanUplink, NewLorawanUplink, UplinkOutcome};
 pub use lpwan::{
-    LorawanDeviceInfo, LorawanRootKeys, LorawanUplink, NewAbpDevice, NewLorawanDevice, NewLorawanUplink,
-    SESSION_KEYS_LEN,
+    LorawanDeviceInfo, LorawanRootKeys, LorawanSession, NewAbpDevice, NewLorawanDevice, SESSION_KEYS_LEN,
+    session_number,
 };
 pub use seal::{Kek, Keyring};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};

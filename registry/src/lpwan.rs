@@ -80,28 +80,30 @@ fn lorawan_info(r: &sqlx::any::AnyRow) -> Result<LorawanDeviceInfo> {
     })
 }
 
-/// An accepted uplink to store.
-#[derive(Clone, Debug)]
-pub struct NewLorawanUplink<'a> {
-    pub dev_eui: &'a str,
-    pub f_cnt: u32,
-    pub f_port: Option<u8>,
-    /// Decrypted FRMPayload.
-    pub payload: &'a [u8],
-    /// The receptions: `[{gateway, rssi, lsnr, freq, datr, tmst}]`.
-    pub gateways: &'a serde_json::Value,
+/// A device's current session, opened (for the uplink path).
+pub struct LorawanSession {
+    pub dev_eui: String,
+    /// DevAddr, 8 hex characters, upper case.
+    pub dev_addr: String,
+    pub mac_version: String,
+    /// [`SESSION_KEYS_LEN`] bytes (zeroized on drop).
+    pub session_keys: Zeroizing<Vec<u8>>,
+    /// The last accepted uplink counter (`None`: none yet).
+    pub f_cnt_up: Option<i64>,
+    /// Which session this is: the opening join's JoinNonce + 1; 0 for ABP.
+    pub session: i64,
 }
 
-/// A stored uplink.
-#[derive(Clone, Debug, PartialEq, serde::Serialize)]
-pub struct LorawanUplink {
-    pub id: i64,
-    pub dev_eui: String,
-    pub f_cnt: i64,
-    pub f_port: Option<i64>,
-    pub payload: Vec<u8>,
-    pub gateways: serde_json::Value,
-    pub received_at_ms: i64,
+impl std::fmt::Debug for LorawanSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LorawanSession")
+            .field("dev_eui", &self.dev_eui)
+            .field("dev_addr", &self.dev_addr)
+            .field("mac_version", &self.mac_version)
+            .field("f_cnt_up", &self.f_cnt_up)
+            .field("session", &self.session)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Root keys, opened (zeroized on drop).
@@ -129,7 +131,7 @@ const SEALED_COLUMNS: &[(&str, &str, &str)] = &[
     ("sigfox_devices", "device_id", "nak"),
 ];
 
-fn hex_id(what: &'static str, id: &str, bytes: usize) -> Result<String> {
+pub(crate) fn hex_id(what: &'static str, id: &str, bytes: usize) -> Result<String> {
     let ok = id.len() == bytes * 2 && id.bytes().all(|b| b.is_ascii_hexdigit());
     if ok {
         Ok(id.to_ascii_uppercase())
@@ -138,6 +140,14 @@ fn hex_id(what: &'static str, id: &str, bytes: usize) -> Result<String> {
             what,
             detail: format!("expected {} hex characters", bytes * 2),
         })
+    }
+}
+
+/// A session's number: the opening join's JoinNonce + 1, 0 for ABP (see migration 0006).
+pub fn session_number(activation: &str, join_nonce: Option<i64>) -> i64 {
+    match (activation, join_nonce) {
+        ("otaa", Some(n)) => n + 1,
+        _ => 0,
     }
 }
 
@@ -293,19 +303,36 @@ impl Registry {
     /// The current session of the device holding `dev_addr`: (DevEUI, opened session keys,
     /// last FCntUp).
     pub async fn lorawan_session_by_addr(&self, dev_addr: &str) -> Result<(String, Zeroizing<Vec<u8>>, Option<i64>)> {
+        let s = self.lorawan_session(dev_addr).await?;
+        Ok((s.dev_eui, s.session_keys, s.f_cnt_up))
+    }
+
+    /// The session of the device holding `dev_addr`, with its MAC version (what the uplink path
+    /// needs to check a frame's MIC). `NotFound` if no device holds it or it has not joined.
+    pub async fn lorawan_session(&self, dev_addr: &str) -> Result<LorawanSession> {
         let dev_addr = hex_id("DevAddr", dev_addr, 4)?;
-        let row = sqlx::query("SELECT dev_eui, session_keys, f_cnt_up FROM lorawan_devices WHERE dev_addr = $1")
-            .bind(&dev_addr)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or_else(|| RegistryError::not_found("LoRaWAN session", &dev_addr))?;
+        let row = sqlx::query(
+            "SELECT dev_eui, mac_version, activation, join_nonce, session_keys, f_cnt_up FROM lorawan_devices \
+             WHERE dev_addr = $1",
+        )
+        .bind(&dev_addr)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or_else(|| RegistryError::not_found("LoRaWAN session", &dev_addr))?;
         let dev_eui: String = row.try_get("dev_eui")?;
         let sealed: Option<Vec<u8>> = row.try_get("session_keys")?;
         let sealed = sealed.ok_or_else(|| RegistryError::not_found("LoRaWAN session", &dev_addr))?;
-        let keys = self
+        let session_keys = self
             .keys()?
             .open(&Keyring::aad("lorawan_devices", &dev_eui, "session_keys"), &sealed)?;
-        Ok((dev_eui, keys, row.try_get("f_cnt_up")?))
+        Ok(LorawanSession {
+            dev_eui,
+            dev_addr,
+            mac_version: row.try_get("mac_version")?,
+            session_keys,
+            f_cnt_up: row.try_get("f_cnt_up")?,
+            session: session_number(&row.try_get::<String, _>("activation")?, row.try_get("join_nonce")?),
+        })
     }
 
     /// Advances FCntUp from `expected` (what the caller read; `None` = no uplink yet) to `new`.
@@ -405,54 +432,6 @@ impl Registry {
         .await?
         .ok_or_else(|| RegistryError::not_found("LoRaWAN device", &dev_eui))?;
         lorawan_info(&row)
-    }
-
-    /// Stores an accepted uplink once per (device, FCnt); `false` if that frame is already stored
-    /// (heard again through another gateway or node).
-    pub async fn store_lorawan_uplink(&self, u: &NewLorawanUplink<'_>, now_ms: i64) -> Result<bool> {
-        let _turn = self.write_turn().await;
-        let dev_eui = hex_id("DevEUI", u.dev_eui, 8)?;
-        let n = sqlx::query(
-            "INSERT INTO lorawan_uplinks (dev_eui, f_cnt, f_port, payload, gateways, received_at) \
-             VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (dev_eui, f_cnt) DO NOTHING",
-        )
-        .bind(&dev_eui)
-        .bind(i64::from(u.f_cnt))
-        .bind(u.f_port.map(i64::from))
-        .bind(u.payload)
-        .bind(u.gateways.to_string())
-        .bind(now_ms)
-        .execute(self.pool())
-        .await?
-        .rows_affected();
-        Ok(n == 1)
-    }
-
-    /// A device's latest uplinks, newest first.
-    pub async fn lorawan_uplinks(&self, dev_eui: &str, limit: u32) -> Result<Vec<LorawanUplink>> {
-        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
-        let rows = sqlx::query(
-            "SELECT id, dev_eui, f_cnt, f_port, payload, gateways, received_at FROM lorawan_uplinks \
-             WHERE dev_eui = $1 ORDER BY id DESC LIMIT $2",
-        )
-        .bind(&dev_eui)
-        .bind(i64::from(limit))
-        .fetch_all(self.pool())
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let gateways: String = r.try_get("gateways")?;
-                Ok(LorawanUplink {
-                    id: r.try_get("id")?,
-                    dev_eui: r.try_get("dev_eui")?,
-                    f_cnt: r.try_get("f_cnt")?,
-                    f_port: r.try_get("f_port")?,
-                    payload: r.try_get("payload")?,
-                    gateways: serde_json::from_str(&gateways).unwrap_or(serde_json::Value::Null),
-                    received_at_ms: r.try_get("received_at")?,
-                })
-            })
-            .collect()
     }
 
     /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.

@@ -27,6 +27,7 @@ both!(
     counters_advance_once_under_concurrency,
     dev_nonce_replay,
     lorawan_abp_and_uplinks,
+    lorawan_uplink_batches,
     typed_errors,
     fleet_counts_stay_exact,
     commands_wait_for_offline_devices,
@@ -783,6 +784,7 @@ async fn lorawan_abp_and_uplinks(db: &TestDb) {
     let gateways = serde_json::json!([{ "gateway": "0102030405060708", "rssi": -35 }]);
     let up = NewLorawanUplink {
         dev_eui: "00000000000000a1",
+        session: 0,
         f_cnt: 42,
         f_port: Some(1),
         payload: b"hello",
@@ -1561,5 +1563,123 @@ async fn audit_findings(db: &TestDb) {
     assert_eq!(
         (f.affected_devices.as_slice(), f.affected_cas.as_slice()),
         (&["fine".to_owned()][..], &[ca.id.clone()][..])
+    );
+}
+
+/// The uplink path's batches: counters advance with the frames in one transaction; a frame at or
+/// below the stored counter is a replay (another node took it); each session numbers its own
+/// frames; receptions heard later join the stored frame.
+async fn lorawan_uplink_batches(db: &TestDb) {
+    use registry::{NewAbpDevice, NewLorawanDevice, NewLorawanUplink, UplinkOutcome};
+    let r = &db.registry;
+    let keys = [7u8; registry::SESSION_KEYS_LEN];
+    for (eui, addr) in [("00000000000000B1", "26000001"), ("00000000000000B2", "26000002")] {
+        r.insert_lorawan_abp(
+            &NewAbpDevice {
+                dev_eui: eui,
+                dev_addr: addr,
+                mac_version: "1.0.3",
+                session_keys: &keys,
+                f_cnt_up: None,
+                f_cnt_down: 0,
+            },
+            NOW,
+        )
+        .await
+        .unwrap();
+    }
+    let gw = serde_json::json!([{ "gateway": "0102030405060708", "rssi": -40 }]);
+    let up = |eui: &'static str, f_cnt: u32, payload: &'static [u8]| NewLorawanUplink {
+        dev_eui: eui,
+        session: 0,
+        f_cnt,
+        f_port: Some(2),
+        payload,
+        gateways: &gw,
+    };
+    let out = r
+        .store_lorawan_uplinks(
+            &[
+                up("00000000000000b1", 0, b"a"),
+                up("00000000000000B1", 1, b"b"),
+                up("00000000000000B2", 5, b"c"),
+            ],
+            NOW,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec![UplinkOutcome::Stored; 3]);
+    assert_eq!(r.lorawan_device("00000000000000B1").await.unwrap().f_cnt_up, Some(1));
+    assert_eq!(r.lorawan_device("00000000000000B2").await.unwrap().f_cnt_up, Some(5));
+    // Another node already stored B1's frame 1: a batch holding it again is a replay; B2 moves on.
+    let out = r
+        .store_lorawan_uplinks(
+            &[up("00000000000000B1", 1, b"b"), up("00000000000000B2", 6, b"d")],
+            NOW + 1,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out, vec![UplinkOutcome::Replayed, UplinkOutcome::Stored]);
+    assert_eq!(r.lorawan_uplinks("00000000000000B1", 10).await.unwrap().len(), 2);
+    // Receptions heard after the frame was stored join it.
+    assert!(
+        r.add_lorawan_receptions(
+            "00000000000000B2",
+            0,
+            6,
+            &[serde_json::json!({ "gateway": "1111111111111111", "rssi": -90 })]
+        )
+        .await
+        .unwrap()
+    );
+    assert!(!r.add_lorawan_receptions("00000000000000B2", 0, 99, &[]).await.unwrap());
+    let latest = &r.lorawan_uplinks("00000000000000B2", 1).await.unwrap()[0];
+    assert_eq!((latest.f_cnt, latest.payload.as_slice()), (6, &b"d"[..]));
+    assert_eq!(latest.gateways.as_array().unwrap().len(), 2);
+    assert_eq!(latest.gateways[1]["gateway"], "1111111111111111");
+
+    // OTAA: each join opens a session numbered by its JoinNonce; counters restart at 0 and the
+    // new session's frame 0 is not taken for the old one's.
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "00000000000000C1",
+            join_eui: "0000000000000001",
+            mac_version: "1.0.3",
+            app_key: &[1; 16],
+            nwk_key: None,
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let mut sessions = Vec::new();
+    for addr in ["26000010", "26000011"] {
+        r.next_join_nonce("00000000000000C1", NOW).await.unwrap();
+        r.set_lorawan_session("00000000000000C1", addr, &keys, NOW)
+            .await
+            .unwrap();
+        let s = r.lorawan_session(addr).await.unwrap();
+        assert_eq!(
+            (s.dev_eui.as_str(), s.mac_version.as_str(), s.f_cnt_up),
+            ("00000000000000C1", "1.0.3", None)
+        );
+        let out = r
+            .store_lorawan_uplinks(
+                &[NewLorawanUplink {
+                    session: s.session,
+                    ..up("00000000000000C1", 0, b"first")
+                }],
+                NOW,
+            )
+            .await
+            .unwrap();
+        assert_eq!(out, vec![UplinkOutcome::Stored], "session {}", s.session);
+        sessions.push(s.session);
+    }
+    assert_eq!(sessions, vec![1, 2]);
+    assert_eq!(r.lorawan_uplinks("00000000000000C1", 10).await.unwrap().len(), 2);
+    assert!(
+        matches!(r.lorawan_session("26000010").await, Err(RegistryError::NotFound { .. })),
+        "the old DevAddr is released"
     );
 }

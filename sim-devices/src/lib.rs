@@ -8,12 +8,15 @@
 //!   client independent of the server's codec;
 //! - [`attest`]: the device's answer to an attestation challenge (a signed firmware
 //!   measurement), for good and tampered firmware;
-//! - [`fleet`]: the demo fleet and its attacks.
+//! - [`fleet`]: the demo fleet and its attacks;
+//! - [`lorawan`]: LoRaWAN devices (OTAA and ABP, 1.0.x and 1.1) behind a simulated Semtech UDP
+//!   packet forwarder.
 #![forbid(unsafe_code)]
 
 pub mod attest;
 pub mod client;
 pub mod fleet;
+pub mod lorawan;
 pub mod pki;
 
 pub use verifier;

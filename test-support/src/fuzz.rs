@@ -122,7 +122,9 @@ pub fn attestation(data: &[u8]) {
 /// LoRaWAN frames: raw bytes and mutations of genuine ones (the public vectors). A mutated frame
 /// may pass its MIC only if it is byte-for-byte the genuine frame.
 pub fn lorawan(data: &[u8]) {
-    use verifier::lorawan::{UplinkMicKeys, parse, reconstruct_fcnt, verify_join_request, verify_uplink};
+    use verifier::lorawan::{
+        UplinkMicKeys, decrypt_uplink_f_opts, parse, peek_uplink, reconstruct_fcnt, verify_join_request, verify_uplink,
+    };
     const JOIN: &str = "0001010101010101010202020202020202030309b97b32";
     const APP_KEY: [u8; 16] = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16];
     const UP: &str = "400403020180010001a694642615d6c3b582";
@@ -142,8 +144,14 @@ pub fn lorawan(data: &[u8]) {
         assert_eq!(frame, join, "forged join-request accepted");
     }
     let fcnt = reconstruct_fcnt(Some(0), frame.get(6).copied().map_or(0, u16::from));
-    if verify_uplink(&frame, fcnt, UplinkMicKeys::V1_0 { nwk_s_key: &NWK_S_KEY }).is_ok() {
+    // The pre-MIC header read never panics, and agrees with the full parse on what it reads.
+    let header = peek_uplink(&frame);
+    if let Ok(uplink) = verify_uplink(&frame, fcnt, UplinkMicKeys::V1_0 { nwk_s_key: &NWK_S_KEY }) {
         assert_eq!(frame, up, "forged uplink accepted");
+        let header = header.expect("a verified uplink has a header");
+        assert_eq!(hex_string(&header.dev_addr), uplink.dev_addr);
+        assert_eq!(u32::from(header.fcnt16), uplink.fcnt & 0xffff);
+        let _ = decrypt_uplink_f_opts(&NWK_S_KEY, &uplink);
     }
 }
 
@@ -339,4 +347,8 @@ pub fn mqtt(data: &[u8]) {
             }
         }
     }
+}
+
+fn hex_string(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

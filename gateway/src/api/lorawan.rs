@@ -187,6 +187,10 @@ pub(super) async fn add(
                 now_ms(),
             )
             .await?;
+        // An uplink may have found this DevAddr unknown a moment ago: ask the registry again.
+        if let Ok(addr) = <[u8; 4]>::try_from(hex::decode(&dev_addr).unwrap_or_default()) {
+            state.lorawan_sessions.forget(addr);
+        }
         "abp"
     } else {
         let join_eui = hex::encode_upper(hex_field(

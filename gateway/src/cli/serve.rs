@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// HTTP (API, dashboard, metrics) listens here.
     #[arg(long, env = "FLEETWARD_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// LoRaWAN packet forwarders (Semtech UDP) send to this address.
+    #[arg(long, env = "FLEETWARD_LORAWAN_UDP_LISTEN", value_name = "ADDR")]
+    pub lorawan_udp_listen: Option<String>,
     /// Register this provisioning CA (PEM) at start if new: auto-activate, CN identity. Repeatable.
     #[arg(long, env = "FLEETWARD_TRUST_CA", value_name = "PEM", value_delimiter = ',')]
     pub trust_ca: Vec<PathBuf>,
@@ -65,6 +68,9 @@ impl ServeArgs {
         if let Some(a) = &self.http_listen {
             config.http.listen = a.clone();
         }
+        if let Some(a) = &self.lorawan_udp_listen {
+            config.lorawan.udp_listen = a.clone();
+        }
         config.trust_ca.extend(self.trust_ca.iter().cloned());
         config.tls.server_names.extend(self.server_name.iter().cloned());
         if let Some(c) = &self.tls_cert {
@@ -103,6 +109,11 @@ pub(super) fn serve(args: ServeArgs, out: &mut dyn Write) -> Result<Outcome> {
         writeln!(out, "fleetward serving")?;
         writeln!(out, "  MQTT/TLS  {}", running.mqtt_addr)?;
         writeln!(out, "  HTTP      http://{}", running.http_addr)?;
+        writeln!(
+            out,
+            "  LoRaWAN   udp://{} (Semtech packet forwarder)",
+            running.lorawan_udp_addr
+        )?;
         if let Some(ca) = &running.server_ca {
             writeln!(out, "  devices trust the server through {}", ca.display())?;
         }
@@ -153,6 +164,9 @@ pub struct DemoArgs {
     /// HTTP listen address (port 0: any free port).
     #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
     pub http_listen: String,
+    /// LoRaWAN packet-forwarder (UDP) listen address (port 0: any free port).
+    #[arg(long, default_value = "127.0.0.1:0", value_name = "ADDR")]
+    pub lorawan_udp_listen: String,
 }
 
 pub(super) fn demo(args: DemoArgs, out: &mut dyn Write) -> Result<Outcome> {
@@ -176,6 +190,7 @@ pub(super) fn demo(args: DemoArgs, out: &mut dyn Write) -> Result<Outcome> {
                 messages: args.messages,
                 mqtt_listen: args.mqtt_listen.clone(),
                 http_listen: args.http_listen.clone(),
+                lorawan_udp_listen: args.lorawan_udp_listen.clone(),
             },
             out,
         )

@@ -4,15 +4,13 @@
 //! (RFC 3394 AES key wrap) under the configured KEK and its label, or in clear when no KEK is set.
 //! The caller authenticates with an API token (operator or admin) in `Authorization`.
 
-use super::join::{JoinRefusal, JoinServerSettings, NetworkServerChoices, join_with};
+use super::join::{JoinServerSettings, NetworkServerChoices, join_with};
 use crate::api::{ApiResult, Authorized, OPERATOR};
 use crate::clock::now_ms;
 use crate::http::AppState;
-use crate::stats::inc;
 use aws_lc_rs::key_wrap::{AES_128, AES_256, AesKek, KeyWrap};
 use axum::body::Bytes;
 use axum::extract::State;
-use registry::NewEvent;
 use serde_json::{Value, json};
 use zeroize::Zeroizing;
 
@@ -115,15 +113,24 @@ pub(crate) async fn join_req(
     let mut random = [0u8; 4];
     let _ = aws_lc_rs::rand::fill(&mut random);
     let config = &state.join_server;
-    match join_with(&state.registry, &config.settings, &ns, &phy, random, now_ms()).await {
+    let outcome = join_with(&state.registry, &config.settings, &ns, &phy, random, now_ms()).await;
+    super::udp::record_join(&state.stats, &state.events, &caller.actor(), &outcome, &text("DevEUI"));
+    match outcome {
         Ok(accepted) => {
-            inc(&state.stats.lorawan_joins_accepted);
-            state
-                .events
-                .emit(NewEvent::new("lorawan.join_accepted", &caller.actor()).detail(json!({
-                    "dev_eui": accepted.dev_eui, "dev_addr": accepted.dev_addr,
-                    "join_nonce": accepted.join_nonce, "mac_version": accepted.mac_version,
-                })));
+            if let (Ok(addr), Some(version)) = (
+                <[u8; 4]>::try_from(hex::decode(&accepted.dev_addr).unwrap_or_default()),
+                verifier::lorawan::MacVersion::parse(accepted.mac_version),
+            ) {
+                // The network server called us; if its gateways also forward to this node's UDP
+                // listener, the session is ready for them.
+                state.lorawan_sessions.install(
+                    &accepted.dev_eui,
+                    addr,
+                    registry::session_number("otaa", Some(i64::from(accepted.join_nonce))),
+                    version,
+                    accepted.session.clone(),
+                );
+            }
             let s = &accepted.session;
             let keys = if accepted.mac_version == "1.1" {
                 vec![
@@ -146,20 +153,7 @@ pub(crate) async fn join_req(
             ans["Result"] = json!({ "ResultCode": "Success" });
             Ok(axum::Json(ans))
         }
-        Err(refusal) => {
-            inc(&state.stats.lorawan_joins_refused);
-            let dev_eui = text("DevEUI");
-            state.events.emit(
-                NewEvent::new("lorawan.join_refused", &caller.actor())
-                    .reason(refusal.to_string())
-                    .detail(json!({ "check": refusal.check(), "dev_eui": dev_eui })),
-            );
-            let code = refusal.result_code();
-            if let JoinRefusal::Unavailable(e) = &refusal {
-                tracing::warn!(error = %e, "join server: registry unavailable");
-            }
-            Ok(fail(ans, code, refusal.to_string()))
-        }
+        Err(refusal) => Ok(fail(ans, refusal.result_code(), refusal.to_string())),
     }
 }
 

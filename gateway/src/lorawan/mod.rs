@@ -1,10 +1,13 @@
 //! LoRaWAN transports. The rules are `verifier::lorawan` (pure); the state is the registry
 //! (sealed root and session keys, DevNonces, JoinNonces, frame counters). This module joins them:
 //! [`join`] is the join server's logic, shared by the Backend Interfaces HTTP endpoint and the
-//! packet-forwarder (UDP) path.
+//! packet-forwarder (UDP) path; [`udp`] is the packet-forwarder listener and [`uplink`] the
+//! uplink verifier with its in-memory sessions.
 
 pub mod backend;
 pub mod join;
+pub mod udp;
+pub mod uplink;
 
 use registry::SESSION_KEYS_LEN;
 use zeroize::Zeroizing;

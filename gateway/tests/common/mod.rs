@@ -22,6 +22,7 @@ pub fn config(dir: &std::path::Path) -> Config {
     };
     c.mqtt.listen = "127.0.0.1:0".into();
     c.http.listen = "127.0.0.1:0".into();
+    c.lorawan.udp_listen = "127.0.0.1:0".into();
     c
 }
 

@@ -6,7 +6,14 @@
 //! The MIC is the only authenticity anchor of a LoRaWAN frame (gateways are unauthenticated):
 //! a frame is trusted only after [`verify_join_request`] or [`verify_uplink`] returned `Ok`.
 
-use lrwn::{AES128Key, FType, MACVersion, Payload, PhyPayload};
+mod region;
+mod uplink;
+
+pub use region::{EU868_CHANNELS, channel_index, eu868_data_rate};
+
+pub use uplink::*;
+
+use lrwn::{AES128Key, FType, Payload, PhyPayload};
 use serde::Serialize;
 use subtle::ConstantTimeEq;
 
@@ -360,153 +367,6 @@ pub fn dev_addr_for(net_id: [u8; 3], random: [u8; 4]) -> [u8; 4] {
     let mut addr = lrwn::DevAddr::from_be_bytes(random);
     addr.set_dev_addr_prefix(lrwn::NetID::from_be_bytes(net_id).dev_addr_prefix());
     addr.to_be_bytes()
-}
-
-/// The keys an uplink MIC is checked with.
-#[derive(Clone, Copy, Debug)]
-pub enum UplinkMicKeys<'k> {
-    /// LoRaWAN 1.0.x: NwkSKey.
-    V1_0 { nwk_s_key: &'k [u8; 16] },
-    /// LoRaWAN 1.1: FNwkSIntKey and SNwkSIntKey, with the transmission parameters in B1.
-    V1_1 {
-        f_nwk_s_int_key: &'k [u8; 16],
-        s_nwk_s_int_key: &'k [u8; 16],
-        /// The FCnt of the confirmed downlink being acknowledged (used only when ACK is set).
-        conf_fcnt: u32,
-        tx_dr: u8,
-        tx_ch: u8,
-    },
-}
-
-/// A data uplink whose MIC verified.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Uplink {
-    /// DevAddr, hex, most significant byte first.
-    pub dev_addr: String,
-    /// The full 32-bit frame counter the MIC verified with.
-    pub fcnt: u32,
-    pub confirmed: bool,
-    pub ack: bool,
-    pub f_port: Option<u8>,
-    /// FRMPayload as sent (encrypted).
-    pub frm_payload: Vec<u8>,
-}
-
-/// Verifies a data uplink's MIC, with the 32-bit frame counter reconstructed by the caller
-/// ([`reconstruct_fcnt`]) from the 16 bits on air.
-pub fn verify_uplink(phy: &[u8], fcnt32: u32, keys: UplinkMicKeys<'_>) -> Result<Uplink, LorawanError> {
-    let frame = parse(phy)?;
-    let m_type = frame.mhdr.f_type;
-    let confirmed = match m_type {
-        FType::UnconfirmedDataUp => false,
-        FType::ConfirmedDataUp => true,
-        other => {
-            return Err(LorawanError::WrongMessageType {
-                expected: "data uplink",
-                got: m_type_name(other),
-            });
-        }
-    };
-    let Payload::MACPayload(mac) = &frame.payload else {
-        return Err(malformed("data uplink without a MAC payload"));
-    };
-    if (mac.fhdr.f_cnt & 0xffff) != (fcnt32 & 0xffff) {
-        return Err(malformed(format!(
-            "frame counter {fcnt32} does not end in the transmitted 16 bits {}",
-            mac.fhdr.f_cnt & 0xffff
-        )));
-    }
-    let mut expected = frame.clone();
-    if let Payload::MACPayload(m) = &mut expected.payload {
-        m.fhdr.f_cnt = fcnt32;
-    }
-    let result = match keys {
-        UplinkMicKeys::V1_0 { nwk_s_key } => {
-            let k = AES128Key::from_bytes(*nwk_s_key);
-            expected.set_uplink_data_mic(MACVersion::LoRaWAN1_0, 0, 0, 0, &k, &k)
-        }
-        UplinkMicKeys::V1_1 {
-            f_nwk_s_int_key,
-            s_nwk_s_int_key,
-            conf_fcnt,
-            tx_dr,
-            tx_ch,
-        } => expected.set_uplink_data_mic(
-            MACVersion::LoRaWAN1_1,
-            conf_fcnt,
-            tx_dr,
-            tx_ch,
-            &AES128Key::from_bytes(*f_nwk_s_int_key),
-            &AES128Key::from_bytes(*s_nwk_s_int_key),
-        ),
-    };
-    result.map_err(malformed)?;
-    if !mic_eq(frame.mic, expected.mic) {
-        return Err(LorawanError::MicMismatch);
-    }
-    let frm_payload = match &mac.frm_payload {
-        Some(lrwn::FRMPayload::Raw(b)) => b.clone(),
-        Some(_) => return Err(malformed("unexpected decoded FRMPayload")),
-        None => Vec::new(),
-    };
-    Ok(Uplink {
-        dev_addr: mac.fhdr.devaddr.to_string(),
-        fcnt: fcnt32,
-        confirmed,
-        ack: mac.fhdr.f_ctrl.ack,
-        f_port: mac.f_port,
-        frm_payload,
-    })
-}
-
-/// Decrypts (or encrypts: the operation is its own inverse) an uplink's FRMPayload with
-/// AppSKey (FPort > 0) or NwkSKey/NwkSEncKey (FPort 0).
-pub fn decrypt_uplink_payload(key: &[u8; 16], uplink: &Uplink) -> Result<Vec<u8>, LorawanError> {
-    let dev_addr_bytes = hex::decode(&uplink.dev_addr).map_err(malformed)?;
-    let dev_addr = lrwn::DevAddr::from_slice(&dev_addr_bytes).map_err(malformed)?;
-    lrwn::encrypt_frm_payload(
-        &AES128Key::from_bytes(*key),
-        true,
-        &dev_addr,
-        uplink.fcnt,
-        &uplink.frm_payload,
-    )
-    .map_err(malformed)
-}
-
-/// The 32-bit frame counter for the 16 bits on air, given the last accepted counter: the
-/// smallest value above `last` that ends in those bits (a frame after 65,536 lost ones is not
-/// told apart from a replay: the gap rule catches both).
-pub fn reconstruct_fcnt(last: Option<u32>, wire: u16) -> u32 {
-    let Some(last) = last else {
-        return u32::from(wire);
-    };
-    let candidate = (last & 0xffff_0000) | u32::from(wire);
-    if candidate > last {
-        candidate
-    } else {
-        candidate.wrapping_add(0x1_0000)
-    }
-}
-
-/// The frame-counter rule: strictly above the last accepted one, by at most `max_gap`.
-pub fn check_fcnt(last: Option<u32>, got: u32, max_gap: u32) -> Result<(), LorawanError> {
-    let Some(last) = last else {
-        return Ok(());
-    };
-    if got <= last {
-        return Err(LorawanError::FCntReplay { last, got });
-    }
-    let gap = got - last;
-    if gap > max_gap {
-        return Err(LorawanError::FCntGap {
-            last,
-            got,
-            gap,
-            max_gap,
-        });
-    }
-    Ok(())
 }
 
 /// LoRaWAN 1.0.x: a DevNonce may never repeat (the join server keeps the history).

@@ -1,0 +1,472 @@
+//! The Semtech UDP packet-forwarder listener: what real LoRaWAN gateways speak.
+//!
+//! One task receives datagrams. Every datagram is hostile: it is decoded by `semtech_udp`
+//! (typed refusals, counted, and an event), and the frames it carries are trusted only after
+//! their MIC verified ([`super::uplink`]). Accepted frames go, a datagram at a time, to one
+//! batching writer; the gateway's PUSH_ACK is sent only after the batch holding its frames has
+//! committed (the uplink rows and each device's FCntUp), and only then is the payload published on
+//! the telemetry bus. Join-requests go to the join server ([`super::join`]) in their own task;
+//! the join-accept goes back in a PULL_RESP to the gateway that heard the request, timed for RX1
+//! (JOIN_ACCEPT_DELAY1, 5 s after the uplink).
+//!
+//! Bounded everywhere: the writer's queue (a full queue stops the receiver, and the kernel drops
+//! what arrives meanwhile — UDP has no other backpressure), the gateway table, the join
+//! de-duplication table, and the sessions (one per provisioned device).
+
+use super::backend::JoinServerConfig;
+use super::join::{JoinAccepted, JoinRefusal, join};
+use super::uplink::{Accepted, Reception, Rejection, Sessions, UplinkSettings, Verdict};
+use crate::clock::now_ms;
+use crate::eventlog::EventSink;
+use crate::ingest::{Ingest, IngestItem};
+use crate::stats::{Stats, add, inc};
+use registry::{NewEvent, NewLorawanUplink, Registry, Source, TelemetryMessage, UplinkOutcome};
+use semtech_udp::{GatewayEui, Packet, RxPk, TxPk};
+use serde_json::json;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, watch};
+use verifier::lorawan::MacVersion;
+
+/// Listener sizes and timing.
+#[derive(Clone, Debug)]
+pub struct UdpSettings {
+    pub uplink: UplinkSettings,
+    /// Datagrams whose frames may wait for the writer.
+    pub queue: usize,
+    /// Most datagrams per commit.
+    pub max_batch: usize,
+    /// Most gateways remembered (their downlink address); past it, new gateways get no downlinks.
+    pub max_gateways: usize,
+    /// Microseconds from the join-request to the join-accept's RX1 window (JOIN_ACCEPT_DELAY1).
+    pub join_accept_delay_us: u32,
+    /// Transmit power for downlinks, dBm.
+    pub tx_power: i32,
+}
+
+impl Default for UdpSettings {
+    fn default() -> Self {
+        UdpSettings {
+            uplink: UplinkSettings::default(),
+            queue: 4096,
+            max_batch: 256,
+            max_gateways: 65_536,
+            join_accept_delay_us: 5_000_000,
+            tx_power: 14,
+        }
+    }
+}
+
+/// What the listener shares with its tasks.
+#[derive(Debug)]
+pub struct UdpCtx {
+    pub registry: Registry,
+    pub events: EventSink,
+    pub stats: Arc<Stats>,
+    pub ingest: Ingest,
+    pub sessions: Arc<Sessions>,
+    pub join: Arc<JoinServerConfig>,
+    pub settings: UdpSettings,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct GatewayState {
+    /// Where PULL_DATA came from: the gateway's downlink socket.
+    pull: Option<(SocketAddr, u8)>,
+}
+
+/// One datagram's accepted work, acknowledged together.
+#[derive(Debug)]
+struct WriteJob {
+    items: Vec<(Verdict, Reception)>,
+    /// PUSH_ACK to send once stored: (peer, protocol version, token).
+    ack: (SocketAddr, u8, u16),
+}
+
+/// Runs the listener until `shutdown`; returns when the writer has drained.
+pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Receiver<bool>) {
+    let socket = Arc::new(socket);
+    let gateways: Arc<Mutex<HashMap<GatewayEui, GatewayState>>> = Arc::default();
+    let (tx, rx) = mpsc::channel::<WriteJob>(ctx.settings.queue.max(1));
+    let writer = tokio::spawn(writer(rx, ctx.clone(), socket.clone()));
+    // Join-requests just handled (several gateways hear each one): bytes → when.
+    let mut joins_seen: HashMap<Vec<u8>, Instant> = HashMap::new();
+    let mut buf = vec![0u8; semtech_udp::MAX_DATAGRAM + 1];
+    loop {
+        let (n, peer) = tokio::select! {
+            r = socket.recv_from(&mut buf) => match r {
+                Ok(r) => r,
+                Err(e) => {
+                    // ICMP port-unreachable from a gateway that went away shows up here on Linux.
+                    tracing::debug!(error = %e, "LoRaWAN UDP receive error");
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        inc(&ctx.stats.lorawan_datagrams_received);
+        let packet = match semtech_udp::decode(&buf[..n]) {
+            Ok(p) => p,
+            Err(e) => {
+                inc(&ctx.stats.lorawan_datagrams_dropped);
+                ctx.events.emit(
+                    NewEvent::new("lorawan.datagram_dropped", "lorawan")
+                        .reason(e.to_string())
+                        .detail(json!({ "check": e.check(), "peer": peer.to_string(), "bytes": n })),
+                );
+                continue;
+            }
+        };
+        match packet {
+            Packet::PullData {
+                version,
+                token,
+                gateway,
+            } => {
+                remember_pull(&gateways, ctx.settings.max_gateways, gateway, peer, version);
+                let _ = socket.send_to(&semtech_udp::pull_ack(version, token), peer).await;
+            }
+            Packet::TxAck { gateway, error, .. } => {
+                if let Some(error) = error.filter(|e| e != "NONE") {
+                    inc(&ctx.stats.lorawan_downlinks_failed);
+                    ctx.events.emit(
+                        NewEvent::new("lorawan.downlink_failed", "lorawan")
+                            .reason(format!("gateway {gateway} did not transmit: {error}"))
+                            .detail(json!({ "gateway": gateway.to_string(), "error": error })),
+                    );
+                }
+            }
+            Packet::PushData {
+                version,
+                token,
+                gateway,
+                rxpk,
+                ..
+            } => {
+                let mut job = WriteJob {
+                    items: Vec::with_capacity(rxpk.len()),
+                    ack: (peer, version, token),
+                };
+                for rx in rxpk {
+                    handle_rxpk(&ctx, &socket, &gateways, &mut joins_seen, gateway, rx, &mut job).await;
+                }
+                if job.items.is_empty() {
+                    let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
+                } else if tx.send(job).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    drop(tx);
+    let _ = writer.await;
+}
+
+fn remember_pull(
+    gateways: &Mutex<HashMap<GatewayEui, GatewayState>>,
+    max: usize,
+    gateway: GatewayEui,
+    peer: SocketAddr,
+    version: u8,
+) {
+    let mut g = gateways.lock().unwrap_or_else(|p| p.into_inner());
+    if g.len() >= max && !g.contains_key(&gateway) {
+        return;
+    }
+    g.insert(
+        gateway,
+        GatewayState {
+            pull: Some((peer, version)),
+        },
+    );
+}
+
+fn reception(gateway: GatewayEui, rx: &RxPk) -> Reception {
+    Reception {
+        gateway: gateway.to_string(),
+        freq: rx.freq,
+        datr: rx.datr.clone(),
+        rssi: rx.rssi,
+        lsnr: rx.lsnr,
+        tmst: rx.tmst,
+    }
+}
+
+/// One received frame: a join-request goes to the join server; a data uplink is verified.
+async fn handle_rxpk(
+    ctx: &Arc<UdpCtx>,
+    socket: &Arc<UdpSocket>,
+    gateways: &Arc<Mutex<HashMap<GatewayEui, GatewayState>>>,
+    joins_seen: &mut HashMap<Vec<u8>, Instant>,
+    gateway: GatewayEui,
+    rx: RxPk,
+    job: &mut WriteJob,
+) {
+    if rx.stat != 1 {
+        // The radio's CRC failed (or was absent): not a frame anyone sent.
+        inc(&ctx.stats.lorawan_crc_failed);
+        return;
+    }
+    let heard = reception(gateway, &rx);
+    match rx.data.first().map(|m| m >> 5) {
+        Some(0b000) => {
+            // Copies from other gateways arrive within the de-duplication window; the same
+            // bytes later are a replay, for the join server's DevNonce rule to refuse.
+            let window = ctx.settings.uplink.dedup_window;
+            let now = crate::clock::monotonic();
+            if joins_seen.len() > 10_000 {
+                joins_seen.retain(|_, at| now.duration_since(*at) < window);
+            }
+            if let Some(at) = joins_seen.get(&rx.data)
+                && now.duration_since(*at) < window
+            {
+                inc(&ctx.stats.lorawan_uplinks_duplicate);
+                return;
+            }
+            joins_seen.insert(rx.data.clone(), now);
+            tokio::spawn(join_over_udp(ctx.clone(), socket.clone(), gateways.clone(), rx, heard));
+        }
+        _ => {
+            let verdict = ctx
+                .sessions
+                .verify(&ctx.registry, &ctx.settings.uplink, &rx.data, &heard)
+                .await;
+            match verdict {
+                Verdict::Rejected(r) => reject(ctx, &r, &heard),
+                v => job.items.push((v, heard)),
+            }
+        }
+    }
+}
+
+fn reject(ctx: &UdpCtx, r: &Rejection, heard: &Reception) {
+    inc(&ctx.stats.lorawan_uplinks_rejected);
+    let mut event = NewEvent::new("lorawan.uplink_rejected", "lorawan")
+        .reason(r.reason.clone())
+        .detail(json!({
+            "check": r.check, "dev_addr": r.dev_addr, "dev_eui": r.dev_eui,
+            "gateway": heard.gateway, "rssi": heard.rssi, "lsnr": heard.lsnr,
+        }));
+    if let Some(eui) = &r.dev_eui {
+        event = event.device(eui);
+    }
+    ctx.events.emit(event);
+}
+
+/// Records a join's outcome (counters and an event) for both join transports.
+pub(crate) fn record_join(
+    stats: &Stats,
+    events: &EventSink,
+    actor: &str,
+    outcome: &Result<JoinAccepted, JoinRefusal>,
+    dev_eui_hint: &str,
+) {
+    match outcome {
+        Ok(accepted) => {
+            inc(&stats.lorawan_joins_accepted);
+            events.emit(
+                NewEvent::new("lorawan.join_accepted", actor)
+                    .device(&accepted.dev_eui)
+                    .detail(json!({
+                        "dev_eui": accepted.dev_eui, "dev_addr": accepted.dev_addr,
+                        "join_nonce": accepted.join_nonce, "mac_version": accepted.mac_version,
+                    })),
+            );
+        }
+        Err(refusal) => {
+            inc(&stats.lorawan_joins_refused);
+            if let JoinRefusal::Unavailable(e) = refusal {
+                tracing::warn!(error = %e, "join server: registry unavailable");
+            }
+            let mut event = NewEvent::new("lorawan.join_refused", actor)
+                .reason(refusal.to_string())
+                .detail(json!({ "check": refusal.check(), "dev_eui": dev_eui_hint }));
+            if !dev_eui_hint.is_empty() {
+                event = event.device(dev_eui_hint);
+            }
+            events.emit(event);
+        }
+    }
+}
+
+async fn join_over_udp(
+    ctx: Arc<UdpCtx>,
+    socket: Arc<UdpSocket>,
+    gateways: Arc<Mutex<HashMap<GatewayEui, GatewayState>>>,
+    rx: RxPk,
+    heard: Reception,
+) {
+    let mut random = [0u8; 4];
+    let _ = aws_lc_rs::rand::fill(&mut random);
+    let outcome = join(&ctx.registry, &ctx.join.settings, &rx.data, random, now_ms()).await;
+    let hint = verifier::lorawan::peek_join_request(&rx.data)
+        .map(|j| j.dev_eui.to_ascii_uppercase())
+        .unwrap_or_default();
+    record_join(&ctx.stats, &ctx.events, "lorawan", &outcome, &hint);
+    let Ok(accepted) = outcome else {
+        return;
+    };
+    let dev_addr = hex::decode(&accepted.dev_addr)
+        .ok()
+        .and_then(|b| <[u8; 4]>::try_from(b).ok());
+    if let (Some(addr), Some(version)) = (dev_addr, MacVersion::parse(accepted.mac_version)) {
+        ctx.sessions.install(
+            &accepted.dev_eui,
+            addr,
+            registry::session_number("otaa", Some(i64::from(accepted.join_nonce))),
+            version,
+            accepted.session.clone(),
+        );
+    }
+    let gateway_eui = heard.gateway.clone();
+    let pull = {
+        let g = gateways.lock().unwrap_or_else(|p| p.into_inner());
+        hex::decode(&gateway_eui)
+            .ok()
+            .and_then(|b| <[u8; 8]>::try_from(b).ok())
+            .and_then(|eui| g.get(&GatewayEui(eui)).and_then(|s| s.pull))
+    };
+    let Some((to, version)) = pull else {
+        inc(&ctx.stats.lorawan_downlinks_failed);
+        ctx.events.emit(
+            NewEvent::new("lorawan.downlink_failed", "lorawan")
+                .device(&accepted.dev_eui)
+                .reason(format!(
+                    "gateway {gateway_eui} has no downlink path (no PULL_DATA seen): the join-accept cannot be sent"
+                ))
+                .detail(json!({ "gateway": gateway_eui, "error": "NO_PULL_DATA" })),
+        );
+        return;
+    };
+    let txpk = TxPk::lora(
+        &accepted.phy_payload,
+        rx.tmst.wrapping_add(ctx.settings.join_accept_delay_us),
+        rx.freq,
+        &rx.datr,
+        ctx.settings.tx_power,
+    );
+    let mut token = [0u8; 2];
+    let _ = aws_lc_rs::rand::fill(&mut token);
+    let datagram = semtech_udp::pull_resp(version, u16::from_be_bytes(token), &txpk);
+    match socket.send_to(&datagram, to).await {
+        Ok(_) => inc(&ctx.stats.lorawan_downlinks_sent),
+        Err(e) => {
+            inc(&ctx.stats.lorawan_downlinks_failed);
+            tracing::warn!(error = %e, gateway = %gateway_eui, "could not send PULL_RESP");
+        }
+    }
+}
+
+/// Commits accepted frames in batches, then acknowledges their datagrams and publishes them.
+async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<UdpSocket>) {
+    let mut jobs: Vec<WriteJob> = Vec::with_capacity(ctx.settings.max_batch);
+    while rx.recv_many(&mut jobs, ctx.settings.max_batch.max(1)).await > 0 {
+        let now = now_ms();
+        // Accepted frames, with every reception heard in this batch; receptions of frames
+        // stored by an earlier batch are added to their rows.
+        let mut accepted: Vec<(Accepted, Vec<serde_json::Value>)> = Vec::new();
+        let mut index: HashMap<(String, i64, u32), usize> = HashMap::new();
+        let mut late: Vec<((String, i64, u32), serde_json::Value)> = Vec::new();
+        for job in &mut jobs {
+            for (verdict, heard) in job.items.drain(..) {
+                match verdict {
+                    Verdict::Accepted(a) => {
+                        index.insert((a.dev_eui.clone(), a.session, a.fcnt), accepted.len());
+                        accepted.push((a, vec![heard.to_json()]));
+                    }
+                    Verdict::Duplicate { dev_eui, session, fcnt } => {
+                        inc(&ctx.stats.lorawan_uplinks_duplicate);
+                        let key = (dev_eui, session, fcnt);
+                        match index.get(&key) {
+                            Some(&i) => accepted[i].1.push(heard.to_json()),
+                            None => late.push((key, heard.to_json())),
+                        }
+                    }
+                    Verdict::Rejected(_) => {}
+                }
+            }
+        }
+        let gateways: Vec<serde_json::Value> = accepted
+            .iter()
+            .map(|(_, g)| serde_json::Value::Array(g.clone()))
+            .collect();
+        let rows: Vec<NewLorawanUplink<'_>> = accepted
+            .iter()
+            .zip(&gateways)
+            .map(|((a, _), g)| NewLorawanUplink {
+                dev_eui: &a.dev_eui,
+                session: a.session,
+                f_cnt: a.fcnt,
+                f_port: a.f_port,
+                payload: &a.payload,
+                gateways: g,
+            })
+            .collect();
+        let mut backoff = Duration::from_millis(20);
+        let outcomes = loop {
+            match ctx.registry.store_lorawan_uplinks(&rows, now).await {
+                Ok(o) => break o,
+                Err(e) => {
+                    inc(&ctx.stats.store_failures);
+                    tracing::warn!(error = %e, uplinks = rows.len(), retry_in = ?backoff, "LoRaWAN uplink commit failed; retrying (nothing acknowledged)");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                }
+            }
+        };
+        drop(rows);
+        for (key, reception) in &late {
+            if let Err(e) = ctx
+                .registry
+                .add_lorawan_receptions(&key.0, key.1, key.2, std::slice::from_ref(reception))
+                .await
+            {
+                tracing::warn!(error = %e, "could not record a further LoRaWAN reception");
+            }
+        }
+        // Stored: acknowledge every datagram of the batch, then publish.
+        for job in jobs.drain(..) {
+            let (peer, version, token) = job.ack;
+            let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
+        }
+        let mut stored = 0u64;
+        for ((a, g), outcome) in accepted.into_iter().zip(outcomes) {
+            match outcome {
+                UplinkOutcome::Stored => {
+                    stored += 1;
+                    let msg = TelemetryMessage {
+                        device_id: a.dev_eui.clone(),
+                        topic: format!("devices/{}/telemetry", a.dev_eui),
+                        payload: a.payload,
+                        qos: 0,
+                        source: Source::Lorawan,
+                        received_at_ms: now,
+                    };
+                    if ctx.ingest.submit(IngestItem { msg, ack: None }).await.is_err() {
+                        tracing::debug!("telemetry pipeline closed; uplink stored but not published");
+                    }
+                }
+                UplinkOutcome::Duplicate => inc(&ctx.stats.lorawan_uplinks_duplicate),
+                UplinkOutcome::Replayed => {
+                    let heard = g.first().cloned().unwrap_or_default();
+                    inc(&ctx.stats.lorawan_uplinks_rejected);
+                    ctx.events.emit(
+                        NewEvent::new("lorawan.uplink_rejected", "lorawan")
+                            .device(&a.dev_eui)
+                            .reason(format!(
+                                "frame counter {} was already accepted (by another node)",
+                                a.fcnt
+                            ))
+                            .detail(
+                                json!({ "check": "fcnt_replay", "dev_eui": a.dev_eui, "gateway": heard["gateway"] }),
+                            ),
+                    );
+                }
+            }
+        }
+        add(&ctx.stats.lorawan_uplinks_accepted, stored);
+    }
+}

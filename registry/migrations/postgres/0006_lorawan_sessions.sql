@@ -1,0 +1,9 @@
+-- LoRaWAN uplinks belong to a session (issue 7).
+--
+-- Frame counters restart at 0 with every join, so (dev_eui, f_cnt) alone would take the first
+-- uplinks of a new session for copies of the previous session's frames. `session` is the
+-- JoinNonce of the join that opened it, plus one (0: an ABP device's provisioned session).
+
+ALTER TABLE lorawan_uplinks ADD COLUMN session BIGINT NOT NULL DEFAULT 0;
+ALTER TABLE lorawan_uplinks DROP CONSTRAINT lorawan_uplinks_dev_eui_f_cnt_key;
+ALTER TABLE lorawan_uplinks ADD CONSTRAINT lorawan_uplinks_frame UNIQUE (dev_eui, session, f_cnt);

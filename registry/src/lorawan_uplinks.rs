@@ -1,0 +1,233 @@
+//! Accepted LoRaWAN uplinks: one row per frame — (device, session, FCnt) — however many gateways
+//! heard it, with every reception kept beside it.
+//!
+//! The uplink path writes in batches: [`Registry::store_lorawan_uplinks`] advances each device's
+//! FCntUp and inserts the frames in one transaction of two statements, whatever the batch size.
+//! The counter moves only forward (guarded by the lowest counter of the device's frames in the
+//! batch), so of two gateway nodes that accepted the same frame from their own caches exactly one
+//! stores it; the other learns it was a replay.
+
+use crate::lpwan::hex_id;
+use crate::sql::SqlBuilder;
+use crate::{Registry, Result};
+use sqlx::Row;
+use std::collections::{BTreeMap, HashSet};
+
+/// An accepted uplink to store.
+#[derive(Clone, Debug)]
+pub struct NewLorawanUplink<'a> {
+    pub dev_eui: &'a str,
+    /// The session the frame belongs to: the opening join's JoinNonce + 1 (0 for ABP).
+    pub session: i64,
+    pub f_cnt: u32,
+    pub f_port: Option<u8>,
+    /// Decrypted FRMPayload.
+    pub payload: &'a [u8],
+    /// The receptions: `[{gateway, rssi, lsnr, freq, datr, tmst}]`.
+    pub gateways: &'a serde_json::Value,
+}
+
+/// A stored uplink.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct LorawanUplink {
+    pub id: i64,
+    pub dev_eui: String,
+    pub session: i64,
+    pub f_cnt: i64,
+    pub f_port: Option<i64>,
+    pub payload: Vec<u8>,
+    pub gateways: serde_json::Value,
+    pub received_at_ms: i64,
+}
+
+/// What became of one uplink of a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UplinkOutcome {
+    /// Stored, and the device's FCntUp advanced to it.
+    Stored,
+    /// The stored FCntUp is already at or past this frame (another node accepted it or a later
+    /// one): a replay, not stored.
+    Replayed,
+    /// This very frame is already stored.
+    Duplicate,
+}
+
+/// Rows per INSERT: 7 parameters each.
+const ROWS_PER_STATEMENT: usize = 400;
+
+impl Registry {
+    /// Stores an accepted uplink once per (device, session, FCnt), without touching the counter;
+    /// `false` if that frame is already stored.
+    pub async fn store_lorawan_uplink(&self, u: &NewLorawanUplink<'_>, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
+        let dev_eui = hex_id("DevEUI", u.dev_eui, 8)?;
+        let n = sqlx::query(
+            "INSERT INTO lorawan_uplinks (dev_eui, session, f_cnt, f_port, payload, gateways, received_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (dev_eui, session, f_cnt) DO NOTHING",
+        )
+        .bind(&dev_eui)
+        .bind(u.session)
+        .bind(i64::from(u.f_cnt))
+        .bind(u.f_port.map(i64::from))
+        .bind(u.payload)
+        .bind(u.gateways.to_string())
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// Stores a batch of accepted uplinks and advances their devices' FCntUp, in one
+    /// transaction: when this returns, every `Stored` frame is durable. The outcomes are in the
+    /// batch's order. A device's frames in one batch must be in increasing FCnt order (the uplink
+    /// path's cache guarantees it).
+    pub async fn store_lorawan_uplinks(
+        &self,
+        batch: &[NewLorawanUplink<'_>],
+        now_ms: i64,
+    ) -> Result<Vec<UplinkOutcome>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let euis = batch
+            .iter()
+            .map(|u| hex_id("DevEUI", u.dev_eui, 8))
+            .collect::<Result<Vec<_>>>()?;
+        // Per device: the lowest and highest counter of its frames here.
+        let mut range: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for (u, eui) in batch.iter().zip(&euis) {
+            let f = i64::from(u.f_cnt);
+            let r = range.entry(eui.as_str()).or_insert((f, f));
+            r.0 = r.0.min(f);
+            r.1 = r.1.max(f);
+        }
+        let mut tx = self.begin_bulk_write().await?;
+        let mut advanced: HashSet<String> = HashSet::with_capacity(range.len());
+        let devices: Vec<(&str, (i64, i64))> = range.into_iter().collect();
+        for chunk in devices.chunks(ROWS_PER_STATEMENT) {
+            let mut q = SqlBuilder::new(self.backend(), "WITH v (e, lo, hi) AS (VALUES ");
+            for (i, (eui, (lo, hi))) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.bind(eui.to_string()).push(", ");
+                q.bind(*lo).push(", ");
+                q.bind(*hi).push(")");
+            }
+            q.push(") UPDATE lorawan_devices SET f_cnt_up = v.hi, updated_at = ");
+            q.bind(now_ms);
+            q.push(
+                " FROM v WHERE lorawan_devices.dev_eui = v.e \
+                 AND (lorawan_devices.f_cnt_up IS NULL OR lorawan_devices.f_cnt_up < v.lo) \
+                 RETURNING lorawan_devices.dev_eui",
+            );
+            for row in q.build()?.fetch_all(&mut *tx).await? {
+                advanced.insert(row.try_get::<String, _>(0)?);
+            }
+        }
+        let mut stored: HashSet<(String, i64)> = HashSet::with_capacity(batch.len());
+        let fresh: Vec<(&NewLorawanUplink<'_>, &String)> = batch
+            .iter()
+            .zip(&euis)
+            .filter(|(_, eui)| advanced.contains(eui.as_str()))
+            .collect();
+        for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
+            let mut q = SqlBuilder::new(
+                self.backend(),
+                "INSERT INTO lorawan_uplinks (dev_eui, session, f_cnt, f_port, payload, gateways, received_at) VALUES ",
+            );
+            for (i, (u, eui)) in chunk.iter().enumerate() {
+                q.push(if i == 0 { "(" } else { ", (" });
+                q.bind(eui.to_string()).push(", ");
+                q.bind(u.session).push(", ");
+                q.bind(i64::from(u.f_cnt)).push(", ");
+                q.bind(u.f_port.map(i64::from)).push(", ");
+                q.bind(u.payload.to_vec()).push(", ");
+                q.bind(u.gateways.to_string()).push(", ");
+                q.bind(now_ms).push(")");
+            }
+            q.push(" ON CONFLICT (dev_eui, session, f_cnt) DO NOTHING RETURNING dev_eui, f_cnt");
+            for row in q.build()?.fetch_all(&mut *tx).await? {
+                stored.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        tx.commit().await?;
+        Ok(batch
+            .iter()
+            .zip(euis)
+            .map(|(u, eui)| {
+                if !advanced.contains(&eui) {
+                    UplinkOutcome::Replayed
+                } else if stored.contains(&(eui, i64::from(u.f_cnt))) {
+                    UplinkOutcome::Stored
+                } else {
+                    UplinkOutcome::Duplicate
+                }
+            })
+            .collect())
+    }
+
+    /// Adds receptions (gateways that heard a frame after it was stored) to a stored uplink.
+    /// `false` if that frame is not stored.
+    pub async fn add_lorawan_receptions(
+        &self,
+        dev_eui: &str,
+        session: i64,
+        f_cnt: u32,
+        receptions: &[serde_json::Value],
+    ) -> Result<bool> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let mut tx = self.begin_write().await?;
+        let row =
+            sqlx::query("SELECT id, gateways FROM lorawan_uplinks WHERE dev_eui = $1 AND session = $2 AND f_cnt = $3")
+                .bind(&dev_eui)
+                .bind(session)
+                .bind(i64::from(f_cnt))
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(row) = row else {
+            return Ok(false);
+        };
+        let id: i64 = row.try_get("id")?;
+        let text: String = row.try_get("gateways")?;
+        let mut gateways = match serde_json::from_str(&text) {
+            Ok(serde_json::Value::Array(a)) => a,
+            _ => Vec::new(),
+        };
+        gateways.extend(receptions.iter().cloned());
+        sqlx::query("UPDATE lorawan_uplinks SET gateways = $1 WHERE id = $2")
+            .bind(serde_json::Value::Array(gateways).to_string())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// A device's latest uplinks, newest first.
+    pub async fn lorawan_uplinks(&self, dev_eui: &str, limit: u32) -> Result<Vec<LorawanUplink>> {
+        let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
+        let rows = sqlx::query(
+            "SELECT id, dev_eui, session, f_cnt, f_port, payload, gateways, received_at FROM lorawan_uplinks \
+             WHERE dev_eui = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(&dev_eui)
+        .bind(i64::from(limit))
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let gateways: String = r.try_get("gateways")?;
+                Ok(LorawanUplink {
+                    id: r.try_get("id")?,
+                    dev_eui: r.try_get("dev_eui")?,
+                    session: r.try_get("session")?,
+                    f_cnt: r.try_get("f_cnt")?,
+                    f_port: r.try_get("f_port")?,
+                    payload: r.try_get("payload")?,
+                    gateways: serde_json::from_str(&gateways).unwrap_or(serde_json::Value::Null),
+                    received_at_ms: r.try_get("received_at")?,
+                })
+            })
+            .collect()
+    }
+}
