@@ -86,6 +86,7 @@ fn spawn(dir: &Path, ca: &TestCa) -> Proc {
         .arg("--data-dir")
         .arg(dir.join("data"))
         .args(["--mqtt-listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .args(["--lorawan-udp-listen", "127.0.0.1:0"])
         .arg("--trust-ca")
         .arg(dir.join("ca.pem"))
         .env("RUST_LOG", "warn")

@@ -236,3 +236,72 @@ fn join_nonce_must_increase() {
     );
     assert!(check_join_nonce(Some(5), 0x0100_0000).is_err());
 }
+
+/// LoRaWAN 1.1 uplink by an independent implementation (lora-packet): the two-key MIC binds
+/// TxDr/TxCh, FOpts are encrypted with NwkSEncKey (1.1 errata block), the counter is past 16 bits.
+#[test]
+fn uplink_1_1_fopts_from_lora_packet() {
+    use verifier::lorawan::{decrypt_uplink_f_opts, peek_uplink};
+    let v = vector("lora-packet-uplink-1.1-fopts");
+    let i = &v["inputs"];
+    let phy = bytes(&i["phy_payload"]);
+    let (f, s, e, a) = (
+        key(&i["f_nwk_s_int_key"]),
+        key(&i["s_nwk_s_int_key"]),
+        key(&i["nwk_s_enc_key"]),
+        key(&i["app_s_key"]),
+    );
+    let fcnt = i["fcnt32"].as_u64().unwrap() as u32;
+    let keys = |tx_dr: u8, tx_ch: u8| UplinkMicKeys::V1_1 {
+        f_nwk_s_int_key: &f,
+        s_nwk_s_int_key: &s,
+        conf_fcnt: 0,
+        tx_dr,
+        tx_ch,
+    };
+    let header = peek_uplink(&phy).unwrap();
+    assert_eq!((header.dev_addr, header.confirmed), ([0x48, 0, 0, 1], true));
+    assert_eq!(reconstruct_fcnt(Some(0xffff), header.fcnt16), fcnt);
+    let up = verify_uplink(&phy, fcnt, keys(3, 5)).expect("MIC verifies");
+    assert_eq!(up.f_port, Some(10));
+    assert!(up.confirmed);
+    assert_eq!(
+        hex::encode(decrypt_uplink_f_opts(&e, &up).unwrap()),
+        v["expected"]["f_opts_plain"]
+    );
+    assert_eq!(
+        decrypt_uplink_payload(&a, &up).unwrap(),
+        v["expected"]["frm_payload_plain_utf8"].as_str().unwrap().as_bytes()
+    );
+    // The MIC binds the data rate, the channel and the full counter.
+    for (dr, ch) in [(2, 5), (3, 4)] {
+        assert_eq!(
+            verify_uplink(&phy, fcnt, keys(dr, ch)).unwrap_err().check(),
+            "mic_mismatch"
+        );
+    }
+    assert_eq!(
+        verify_uplink(&phy, fcnt & 0xffff, keys(3, 5)).unwrap_err().check(),
+        "mic_mismatch"
+    );
+    // Checked as 1.0 (one key over B0 only), it fails.
+    assert_eq!(
+        verify_uplink(&phy, fcnt, UplinkMicKeys::V1_0 { nwk_s_key: &f })
+            .unwrap_err()
+            .check(),
+        "mic_mismatch"
+    );
+}
+
+#[test]
+fn uplink_header_is_read_without_trusting_it() {
+    use verifier::lorawan::peek_uplink;
+    assert_eq!(peek_uplink(&[]).unwrap_err().check(), "malformed");
+    // A join-request (MType 000) and a downlink (011) are not uplinks.
+    let join = bytes(&vector("lrwn-joinreq-mic-1.0")["expected"]["phy_payload"]);
+    assert_eq!(peek_uplink(&join).unwrap_err().check(), "wrong_message_type");
+    assert_eq!(peek_uplink(&[0x60; 12]).unwrap_err().check(), "wrong_message_type");
+    assert_eq!(peek_uplink(&[0x40; 11]).unwrap_err().check(), "malformed");
+    let h = peek_uplink(&bytes(&vector("uplink-1.0-hello")["inputs"]["phy_payload"])).unwrap();
+    assert_eq!((h.dev_addr, h.fcnt16, h.confirmed), ([1, 2, 3, 4], 1, false));
+}
