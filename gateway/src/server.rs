@@ -208,14 +208,12 @@ pub async fn start(config: Config) -> Result<Running> {
                 config.http.listen
             )
         })?;
-    let udp_socket = tokio::net::UdpSocket::bind(&config.lorawan.udp_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for LoRaWAN packet forwarders on UDP {} (in use? try --lorawan-udp-listen)",
-                config.lorawan.udp_listen
-            )
-        })?;
+    let udp_socket = crate::lorawan::udp::bind(&config.lorawan.udp_listen).with_context(|| {
+        format!(
+            "cannot listen for LoRaWAN packet forwarders on UDP {} (in use? try --lorawan-udp-listen)",
+            config.lorawan.udp_listen
+        )
+    })?;
     let mqtt_addr = mqtt_listener.local_addr()?;
     let http_addr = http_listener.local_addr()?;
     let lorawan_udp_addr = udp_socket.local_addr()?;
@@ -339,7 +337,7 @@ pub async fn start(config: Config) -> Result<Running> {
             registry: registry.clone(),
             events: events.clone(),
             stats: stats.clone(),
-            ingest: ctx.ingest.clone(),
+            hub: hub.clone(),
             sessions: lorawan_sessions.clone(),
             join: join_server.clone(),
             settings: crate::lorawan::udp::UdpSettings {

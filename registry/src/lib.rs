@@ -40,7 +40,7 @@ pub use commands::PendingCommand;
 pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
 pub use error::RegistryError;
 pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
-pub use lorawan_uplinks::{LorawanUplink, NewLorawanUplink, UplinkOutcome};
+pub use lorawan_uplinks::{LorawanUplink, NewLorawanUplink, StoredUplinks, UplinkOutcome};
 pub use lpwan::{
     LorawanDeviceInfo, LorawanRootKeys, LorawanSession, NewAbpDevice, NewLorawanDevice, SESSION_KEYS_LEN,
     session_number,

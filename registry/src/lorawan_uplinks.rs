@@ -9,7 +9,7 @@
 
 use crate::lpwan::hex_id;
 use crate::sql::SqlBuilder;
-use crate::{Registry, Result};
+use crate::{Registry, Result, Source, StoredMessage, TelemetryMessage};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
 
@@ -25,6 +25,19 @@ pub struct NewLorawanUplink<'a> {
     pub payload: &'a [u8],
     /// The receptions: `[{gateway, rssi, lsnr, freq, datr, tmst}]`.
     pub gateways: &'a serde_json::Value,
+    /// Also publish the payload in the telemetry store under this topic, in the same transaction
+    /// ([`Registry::store_lorawan_uplinks`]; `None`: not published).
+    pub topic: Option<&'a str>,
+}
+
+/// What a batch of uplinks became.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredUplinks {
+    /// One per uplink, in the batch's order.
+    pub outcomes: Vec<UplinkOutcome>,
+    /// The telemetry messages published for the stored uplinks (with their store ids), for
+    /// fan-out to subscribers.
+    pub telemetry: Vec<StoredMessage>,
 }
 
 /// A stored uplink.
@@ -78,17 +91,16 @@ impl Registry {
         Ok(n == 1)
     }
 
-    /// Stores a batch of accepted uplinks and advances their devices' FCntUp, in one
-    /// transaction: when this returns, every `Stored` frame is durable. The outcomes are in the
-    /// batch's order. A device's frames in one batch must be in increasing FCnt order (the uplink
-    /// path's cache guarantees it).
-    pub async fn store_lorawan_uplinks(
-        &self,
-        batch: &[NewLorawanUplink<'_>],
-        now_ms: i64,
-    ) -> Result<Vec<UplinkOutcome>> {
+    /// Stores a batch of accepted uplinks, advances their devices' FCntUp and publishes the
+    /// stored ones' payloads as telemetry, in one transaction: when this returns, every `Stored`
+    /// frame and its telemetry message are durable. A device's frames in one batch must be in
+    /// increasing FCnt order (the uplink path's cache guarantees it).
+    pub async fn store_lorawan_uplinks(&self, batch: &[NewLorawanUplink<'_>], now_ms: i64) -> Result<StoredUplinks> {
         if batch.is_empty() {
-            return Ok(Vec::new());
+            return Ok(StoredUplinks {
+                outcomes: Vec::new(),
+                telemetry: Vec::new(),
+            });
         }
         let euis = batch
             .iter()
@@ -150,8 +162,7 @@ impl Registry {
                 stored.insert((row.try_get(0)?, row.try_get(1)?));
             }
         }
-        tx.commit().await?;
-        Ok(batch
+        let outcomes: Vec<UplinkOutcome> = batch
             .iter()
             .zip(euis)
             .map(|(u, eui)| {
@@ -163,7 +174,38 @@ impl Registry {
                     UplinkOutcome::Duplicate
                 }
             })
-            .collect())
+            .collect();
+        let messages: Vec<TelemetryMessage> = batch
+            .iter()
+            .zip(&outcomes)
+            .filter_map(|(u, o)| {
+                let topic = u.topic.filter(|_| *o == UplinkOutcome::Stored)?;
+                Some(TelemetryMessage {
+                    device_id: u.dev_eui.to_ascii_uppercase(),
+                    topic: topic.to_owned(),
+                    payload: u.payload.to_vec(),
+                    qos: 0,
+                    source: Source::Lorawan,
+                    received_at_ms: now_ms,
+                })
+            })
+            .collect();
+        let ids = self.insert_telemetry(&mut tx, &messages).await?;
+        tx.commit().await?;
+        let telemetry = messages
+            .into_iter()
+            .zip(ids)
+            .map(|(m, id)| StoredMessage {
+                id,
+                device_id: m.device_id,
+                topic: m.topic,
+                payload: m.payload,
+                qos: m.qos,
+                source: m.source,
+                received_at_ms: m.received_at_ms,
+            })
+            .collect();
+        Ok(StoredUplinks { outcomes, telemetry })
     }
 
     /// Adds receptions (gateways that heard a frame after it was stored) to a stored uplink.
@@ -203,12 +245,12 @@ impl Registry {
         Ok(true)
     }
 
-    /// A device's latest uplinks, newest first.
+    /// A device's latest uplinks, newest first (by session, then frame counter: the frame order).
     pub async fn lorawan_uplinks(&self, dev_eui: &str, limit: u32) -> Result<Vec<LorawanUplink>> {
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;
         let rows = sqlx::query(
             "SELECT id, dev_eui, session, f_cnt, f_port, payload, gateways, received_at FROM lorawan_uplinks \
-             WHERE dev_eui = $1 ORDER BY id DESC LIMIT $2",
+             WHERE dev_eui = $1 ORDER BY session DESC, f_cnt DESC LIMIT $2",
         )
         .bind(&dev_eui)
         .bind(i64::from(limit))

@@ -3,7 +3,7 @@
 //! and by count per device.
 
 use crate::sql::SqlBuilder;
-use crate::{Registry, RegistryError, Result};
+use crate::{Registry, RegistryError, Result, WriteTx};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -144,8 +144,15 @@ impl Registry {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids = Vec::with_capacity(batch.len());
         let mut tx = self.begin_bulk_write().await?;
+        let ids = self.insert_telemetry(&mut tx, batch).await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
+    /// Inserts telemetry inside the caller's transaction; the ids in the batch's order.
+    pub(crate) async fn insert_telemetry(&self, tx: &mut WriteTx, batch: &[TelemetryMessage]) -> Result<Vec<i64>> {
+        let mut ids = Vec::with_capacity(batch.len());
         for chunk in batch.chunks(ROWS_PER_STATEMENT) {
             let mut q = SqlBuilder::new(
                 self.backend(),
@@ -161,7 +168,7 @@ impl Registry {
                 q.bind(m.received_at_ms).push(")");
             }
             q.push(" RETURNING id");
-            let rows = q.build()?.fetch_all(&mut *tx).await?;
+            let rows = q.build()?.fetch_all(&mut **tx).await?;
             let mut chunk_ids = rows
                 .iter()
                 .map(|r| r.try_get::<i64, _>(0))
@@ -171,7 +178,6 @@ impl Registry {
             chunk_ids.sort_unstable();
             ids.extend(chunk_ids);
         }
-        tx.commit().await?;
         Ok(ids)
     }
 }

@@ -785,6 +785,7 @@ async fn lorawan_abp_and_uplinks(db: &TestDb) {
     let up = NewLorawanUplink {
         dev_eui: "00000000000000a1",
         session: 0,
+        topic: None,
         f_cnt: 42,
         f_port: Some(1),
         payload: b"hello",
@@ -1596,30 +1597,53 @@ async fn lorawan_uplink_batches(db: &TestDb) {
         f_port: Some(2),
         payload,
         gateways: &gw,
+        topic: None,
     };
-    let out = r
+    let stored = r
         .store_lorawan_uplinks(
             &[
                 up("00000000000000b1", 0, b"a"),
-                up("00000000000000B1", 1, b"b"),
+                NewLorawanUplink {
+                    topic: Some("devices/00000000000000B1/telemetry"),
+                    ..up("00000000000000B1", 1, b"b")
+                },
                 up("00000000000000B2", 5, b"c"),
             ],
             NOW,
         )
         .await
         .unwrap();
-    assert_eq!(out, vec![UplinkOutcome::Stored; 3]);
+    assert_eq!(stored.outcomes, vec![UplinkOutcome::Stored; 3]);
+    // The published one is in the telemetry store, committed with the frame.
+    assert_eq!(stored.telemetry.len(), 1);
+    let published = &stored.telemetry[0];
+    assert_eq!(
+        (
+            published.device_id.as_str(),
+            published.payload.as_slice(),
+            published.source
+        ),
+        ("00000000000000B1", &b"b"[..], Source::Lorawan)
+    );
+    assert_eq!(r.telemetry_after(published.id - 1, 10).await.unwrap()[0], *published);
     assert_eq!(r.lorawan_device("00000000000000B1").await.unwrap().f_cnt_up, Some(1));
     assert_eq!(r.lorawan_device("00000000000000B2").await.unwrap().f_cnt_up, Some(5));
     // Another node already stored B1's frame 1: a batch holding it again is a replay; B2 moves on.
     let out = r
         .store_lorawan_uplinks(
-            &[up("00000000000000B1", 1, b"b"), up("00000000000000B2", 6, b"d")],
+            &[
+                NewLorawanUplink {
+                    topic: Some("devices/00000000000000B1/telemetry"),
+                    ..up("00000000000000B1", 1, b"b")
+                },
+                up("00000000000000B2", 6, b"d"),
+            ],
             NOW + 1,
         )
         .await
         .unwrap();
-    assert_eq!(out, vec![UplinkOutcome::Replayed, UplinkOutcome::Stored]);
+    assert_eq!(out.outcomes, vec![UplinkOutcome::Replayed, UplinkOutcome::Stored]);
+    assert!(out.telemetry.is_empty(), "a replay is not published");
     assert_eq!(r.lorawan_uplinks("00000000000000B1", 10).await.unwrap().len(), 2);
     // Receptions heard after the frame was stored join it.
     assert!(
@@ -1673,7 +1697,7 @@ async fn lorawan_uplink_batches(db: &TestDb) {
             )
             .await
             .unwrap();
-        assert_eq!(out, vec![UplinkOutcome::Stored], "session {}", s.session);
+        assert_eq!(out.outcomes, vec![UplinkOutcome::Stored], "session {}", s.session);
         sessions.push(s.session);
     }
     assert_eq!(sessions, vec![1, 2]);

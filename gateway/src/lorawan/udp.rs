@@ -4,8 +4,9 @@
 //! (typed refusals, counted, and an event), and the frames it carries are trusted only after
 //! their MIC verified ([`super::uplink`]). Accepted frames go, a datagram at a time, to one
 //! batching writer; the gateway's PUSH_ACK is sent only after the batch holding its frames has
-//! committed (the uplink rows and each device's FCntUp), and only then is the payload published on
-//! the telemetry bus. Join-requests go to the join server ([`super::join`]) in their own task;
+//! committed — the uplink rows, each device's FCntUp and the payloads' telemetry messages, in one
+//! transaction — and then the messages go to backend subscribers as MQTT telemetry does
+//! (`devices/{DevEUI}/telemetry`). Join-requests go to the join server ([`super::join`]) in their own task;
 //! the join-accept goes back in a PULL_RESP to the gateway that heard the request, timed for RX1
 //! (JOIN_ACCEPT_DELAY1, 5 s after the uplink).
 //!
@@ -18,9 +19,9 @@ use super::join::{JoinAccepted, JoinRefusal, join};
 use super::uplink::{Accepted, Reception, Rejection, Sessions, UplinkSettings, Verdict};
 use crate::clock::now_ms;
 use crate::eventlog::EventSink;
-use crate::ingest::{Ingest, IngestItem};
+use crate::mqtt::hub::Hub;
 use crate::stats::{Stats, add, inc};
-use registry::{NewEvent, NewLorawanUplink, Registry, Source, TelemetryMessage, UplinkOutcome};
+use registry::{NewEvent, NewLorawanUplink, Registry, UplinkOutcome};
 use semtech_udp::{GatewayEui, Packet, RxPk, TxPk};
 use serde_json::json;
 use std::collections::HashMap;
@@ -66,7 +67,8 @@ pub struct UdpCtx {
     pub registry: Registry,
     pub events: EventSink,
     pub stats: Arc<Stats>,
-    pub ingest: Ingest,
+    /// Backend subscribers (telemetry fan-out).
+    pub hub: Arc<Hub>,
     pub sessions: Arc<Sessions>,
     pub join: Arc<JoinServerConfig>,
     pub settings: UdpSettings,
@@ -84,6 +86,33 @@ struct WriteJob {
     items: Vec<(Verdict, Reception)>,
     /// PUSH_ACK to send once stored: (peer, protocol version, token).
     ack: (SocketAddr, u8, u16),
+}
+
+/// The receive buffer asked for: a busy gateway sends bursts of PUSH_DATA, and what does not fit
+/// while the listener is busy is dropped by the kernel (the protocol never resends).
+pub const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Binds the listener's socket with a large receive buffer (the kernel may grant less: Linux caps
+/// it at `net.core.rmem_max`; the size granted is logged).
+pub fn bind(addr: &str) -> std::io::Result<UdpSocket> {
+    let addr: SocketAddr = addr
+        .parse()
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{addr}: {e}")))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
+    if let Err(e) = socket.set_recv_buffer_size(RECEIVE_BUFFER) {
+        tracing::warn!(error = %e, "could not enlarge the LoRaWAN UDP receive buffer");
+    }
+    tracing::debug!(
+        granted = socket.recv_buffer_size().unwrap_or(0),
+        "LoRaWAN UDP receive buffer"
+    );
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
 }
 
 /// Runs the listener until `shutdown`; returns when the writer has drained.
@@ -393,20 +422,26 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
             .iter()
             .map(|(_, g)| serde_json::Value::Array(g.clone()))
             .collect();
+        let topics: Vec<String> = accepted
+            .iter()
+            .map(|(a, _)| format!("devices/{}/telemetry", a.dev_eui))
+            .collect();
         let rows: Vec<NewLorawanUplink<'_>> = accepted
             .iter()
             .zip(&gateways)
-            .map(|((a, _), g)| NewLorawanUplink {
+            .zip(&topics)
+            .map(|(((a, _), g), topic)| NewLorawanUplink {
                 dev_eui: &a.dev_eui,
                 session: a.session,
                 f_cnt: a.fcnt,
                 f_port: a.f_port,
                 payload: &a.payload,
                 gateways: g,
+                topic: Some(topic),
             })
             .collect();
         let mut backoff = Duration::from_millis(20);
-        let outcomes = loop {
+        let stored = loop {
             match ctx.registry.store_lorawan_uplinks(&rows, now).await {
                 Ok(o) => break o,
                 Err(e) => {
@@ -427,28 +462,19 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
                 tracing::warn!(error = %e, "could not record a further LoRaWAN reception");
             }
         }
+        let published = stored.telemetry.len() as u64;
+        add(&ctx.stats.lorawan_uplinks_accepted, published);
+        add(&ctx.stats.messages_stored, published);
         // Stored: acknowledge every datagram of the batch, then publish.
         for job in jobs.drain(..) {
             let (peer, version, token) = job.ack;
             let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
         }
-        let mut stored = 0u64;
-        for ((a, g), outcome) in accepted.into_iter().zip(outcomes) {
+        let telemetry: Vec<Arc<registry::StoredMessage>> = stored.telemetry.into_iter().map(Arc::new).collect();
+        ctx.hub.fan_out(&telemetry);
+        for ((a, g), outcome) in accepted.into_iter().zip(stored.outcomes) {
             match outcome {
-                UplinkOutcome::Stored => {
-                    stored += 1;
-                    let msg = TelemetryMessage {
-                        device_id: a.dev_eui.clone(),
-                        topic: format!("devices/{}/telemetry", a.dev_eui),
-                        payload: a.payload,
-                        qos: 0,
-                        source: Source::Lorawan,
-                        received_at_ms: now,
-                    };
-                    if ctx.ingest.submit(IngestItem { msg, ack: None }).await.is_err() {
-                        tracing::debug!("telemetry pipeline closed; uplink stored but not published");
-                    }
-                }
+                UplinkOutcome::Stored => {}
                 UplinkOutcome::Duplicate => inc(&ctx.stats.lorawan_uplinks_duplicate),
                 UplinkOutcome::Replayed => {
                     let heard = g.first().cloned().unwrap_or_default();
@@ -467,6 +493,5 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
                 }
             }
         }
-        add(&ctx.stats.lorawan_uplinks_accepted, stored);
     }
 }

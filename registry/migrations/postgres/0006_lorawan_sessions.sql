@@ -7,3 +7,10 @@
 ALTER TABLE lorawan_uplinks ADD COLUMN session BIGINT NOT NULL DEFAULT 0;
 ALTER TABLE lorawan_uplinks DROP CONSTRAINT lorawan_uplinks_dev_eui_f_cnt_key;
 ALTER TABLE lorawan_uplinks ADD CONSTRAINT lorawan_uplinks_frame UNIQUE (dev_eui, session, f_cnt);
+-- Listing a device's uplinks newest first walks this constraint's index backwards; the
+-- (dev_eui, id) index only cost every insert (measured on the UDP path's batches).
+DROP INDEX lorawan_uplinks_device;
+-- No foreign key from uplinks to devices: PostgreSQL checks it with a trigger per inserted row,
+-- measured at a quarter of a 2,000-uplink batch insert; LoRaWAN devices are never deleted, and
+-- the uplink path inserts only frames whose device it just read.
+ALTER TABLE lorawan_uplinks DROP CONSTRAINT lorawan_uplinks_dev_eui_fkey;

@@ -1,9 +1,10 @@
 -- LoRaWAN uplinks belong to a session (issue 7); see migrations/postgres/0006 for the why.
--- SQLite cannot change a table's UNIQUE constraint in place: the table is rebuilt.
+-- SQLite cannot change a table's UNIQUE constraint in place: the table is rebuilt (without the
+-- foreign key to lorawan_devices, as on PostgreSQL).
 
 CREATE TABLE lorawan_uplinks_v2 (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
-    dev_eui     TEXT NOT NULL REFERENCES lorawan_devices (dev_eui),
+    dev_eui     TEXT NOT NULL,
     session     BIGINT NOT NULL DEFAULT 0,
     f_cnt       BIGINT NOT NULL,
     f_port      BIGINT,
@@ -16,4 +17,4 @@ INSERT INTO lorawan_uplinks_v2 (id, dev_eui, session, f_cnt, f_port, payload, ga
     SELECT id, dev_eui, 0, f_cnt, f_port, payload, gateways, received_at FROM lorawan_uplinks;
 DROP TABLE lorawan_uplinks;
 ALTER TABLE lorawan_uplinks_v2 RENAME TO lorawan_uplinks;
-CREATE INDEX lorawan_uplinks_device ON lorawan_uplinks (dev_eui, id);
+-- No (dev_eui, id) index: listing newest first walks the UNIQUE index backwards.

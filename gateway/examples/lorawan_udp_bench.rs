@@ -1,0 +1,250 @@
+//! LoRaWAN uplinks verified per second through the UDP path, in two measurements:
+//!
+//! 1. **Verification stage** (what the listener's receive loop does for each datagram, on one
+//!    core, in process): decode the PUSH_DATA, then for each `rxpk` look the session up by DevAddr,
+//!    check the MIC and frame counter, decrypt — against the server's own session table, warmed
+//!    from its registry. No sockets, no storage.
+//! 2. **End to end**: G simulated packet forwarders push the same kind of datagrams over
+//!    loopback UDP (K `rxpk` each, up to W unacknowledged per forwarder). A frame counts when its
+//!    PUSH_ACK is back, which the server sends only after the frame's MIC and counter were checked
+//!    and the frame (with its telemetry message) committed to the registry.
+//!
+//! N ABP devices are provisioned in a real server's registry. Rounds keep each device's counter
+//! order: round r carries frame r of every device.
+//!
+//!     cargo run --release -p gateway --example lorawan_udp_bench -- \
+//!         [--devices 10000] [--rounds 20] [--per-datagram 8] [--gateways 4] [--window 32] \
+//!         [--database-url postgres://postgres@127.0.0.1:5432/test]
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
+
+mod common;
+
+use common::arg;
+use gateway::lorawan::uplink::{Reception, Sessions, UplinkSettings, Verdict};
+use sim_devices::lorawan::{DeviceSession, LorawanDevice, Rx, rxpk};
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::UdpSocket;
+
+fn session(i: u32) -> DeviceSession {
+    let k = |tag: u8| {
+        let mut key = [tag; 16];
+        key[..4].copy_from_slice(&i.to_be_bytes());
+        key
+    };
+    DeviceSession {
+        dev_addr: (0x2600_0000 | i).to_be_bytes(),
+        f_nwk_s_int_key: k(1),
+        s_nwk_s_int_key: k(1),
+        nwk_s_enc_key: k(1),
+        app_s_key: k(2),
+        fcnt_up: 0,
+    }
+}
+
+/// Sends `datagrams` from one forwarder socket with at most `window` awaiting PUSH_ACK.
+async fn pump(socket: Arc<UdpSocket>, server: std::net::SocketAddr, datagrams: Vec<(u16, Vec<u8>)>, window: usize) {
+    let mut pending: HashSet<u16> = HashSet::new();
+    let mut next = 0;
+    let mut buf = [0u8; 64];
+    while next < datagrams.len() || !pending.is_empty() {
+        while next < datagrams.len() && pending.len() < window {
+            let (token, d) = &datagrams[next];
+            socket.send_to(d, server).await.unwrap();
+            pending.insert(*token);
+            next += 1;
+        }
+        match tokio::time::timeout(Duration::from_secs(5), socket.recv(&mut buf)).await {
+            Ok(Ok(n)) if n >= 4 && buf[3] == 0x01 => {
+                pending.remove(&u16::from_be_bytes([buf[1], buf[2]]));
+            }
+            Ok(_) => {}
+            Err(_) => panic!("{} PUSH_ACKs missing after 5 s", pending.len()),
+        }
+    }
+}
+
+/// One round's datagrams, per forwarder: (token, PUSH_DATA).
+type Round = Vec<Vec<(u16, Vec<u8>)>>;
+
+/// Decodes and verifies one round's datagrams as the receive loop does; the frames accepted.
+async fn verify_round(
+    sessions: &Sessions,
+    settings: &UplinkSettings,
+    registry: &registry::Registry,
+    round: &[Vec<(u16, Vec<u8>)>],
+) -> u64 {
+    let mut accepted = 0u64;
+    for (_, datagram) in round.iter().flatten() {
+        let Ok(semtech_udp::Packet::PushData { gateway, rxpk, .. }) = semtech_udp::decode(datagram) else {
+            panic!("a datagram of ours does not decode");
+        };
+        for rx in rxpk {
+            let heard = Reception {
+                gateway: gateway.to_string(),
+                freq: rx.freq,
+                datr: rx.datr,
+                rssi: rx.rssi,
+                lsnr: rx.lsnr,
+                tmst: rx.tmst,
+            };
+            if let Verdict::Accepted(_) = sessions.verify(registry, settings, &rx.data, &heard).await {
+                accepted += 1;
+            }
+        }
+    }
+    accepted
+}
+
+#[tokio::main]
+async fn main() {
+    let devices: u32 = arg("--devices", "10000").parse().unwrap();
+    let rounds: usize = arg("--rounds", "20").parse().unwrap();
+    let per_datagram: usize = arg("--per-datagram", "8").parse().unwrap();
+    let gateways: usize = arg("--gateways", "4").parse().unwrap();
+    let window: usize = arg("--window", "32").parse().unwrap();
+    let url = arg("--database-url", "");
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway::Config {
+        data_dir: dir.path().to_path_buf(),
+        database_url: (!url.is_empty()).then(|| url.clone()),
+        ..gateway::Config::default()
+    };
+    config.mqtt.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
+    config.lorawan.udp_listen = "127.0.0.1:0".into();
+    let running = gateway::start(config).await.unwrap();
+    let r = &running.registry;
+    let run_tag = (std::process::id() % 0xff) << 24;
+    println!(
+        "provisioning {devices} ABP devices ({})",
+        if url.is_empty() { "SQLite" } else { "PostgreSQL" }
+    );
+    let mut fleet = Vec::with_capacity(devices as usize);
+    for i in 0..devices {
+        let s = session(i);
+        let blob =
+            gateway::lorawan::session_blob(&s.f_nwk_s_int_key, &s.s_nwk_s_int_key, &s.nwk_s_enc_key, &s.app_s_key);
+        let dev_eui = (u64::from(run_tag | i) | 0x00AB_0000_0000_0000).to_be_bytes();
+        r.insert_lorawan_abp(
+            &registry::NewAbpDevice {
+                dev_eui: &hex::encode(dev_eui),
+                dev_addr: &hex::encode(s.dev_addr),
+                mac_version: "1.0.4",
+                session_keys: &blob,
+                f_cnt_up: None,
+                f_cnt_down: 0,
+            },
+            0,
+        )
+        .await
+        .unwrap();
+        fleet.push(LorawanDevice::abp(dev_eui, s, false));
+    }
+    // Frames, round by round, packed into PUSH_DATA datagrams spread over the forwarders.
+    let sockets: Vec<Arc<UdpSocket>> = {
+        let mut v = Vec::new();
+        for _ in 0..gateways {
+            v.push(Arc::new(UdpSocket::bind("127.0.0.1:0").await.unwrap()));
+        }
+        v
+    };
+    let payload = b"\x01\x02t=21.5;h=40";
+    let mut token = 0u16;
+    let mut plan: Vec<Round> = Vec::new();
+    for _ in 0..=rounds {
+        let frames: Vec<Vec<u8>> = fleet.iter_mut().map(|d| d.uplink(1, payload).unwrap()).collect();
+        let mut per_gw: Vec<Vec<(u16, Vec<u8>)>> = vec![Vec::new(); gateways];
+        for (n, chunk) in frames.chunks(per_datagram).enumerate() {
+            token = token.wrapping_add(1);
+            let g = n % gateways;
+            let eui = [0xAA, 0x55, 0x5A, 0, 0, 0, 0, g as u8];
+            let mut d = vec![2, (token >> 8) as u8, token as u8, 0x00];
+            d.extend_from_slice(&eui);
+            let rx: Vec<serde_json::Value> = chunk.iter().map(|f| rxpk(f, &Rx::default())).collect();
+            d.extend_from_slice(serde_json::json!({ "rxpk": rx }).to_string().as_bytes());
+            per_gw[g].push((token, d));
+        }
+        plan.push(per_gw);
+    }
+    // 1. The verification stage, on this thread, against a session table of its own (so the
+    // server's table stays cold for the end-to-end run), warmed by round 0.
+    let sessions = Sessions::default();
+    let settings = UplinkSettings::default();
+    assert_eq!(
+        verify_round(&sessions, &settings, r, &plan[0]).await,
+        u64::from(devices)
+    );
+    let mut stage_rates = Vec::new();
+    for round in &plan[1..] {
+        let t = Instant::now();
+        assert_eq!(
+            verify_round(&sessions, &settings, r, round).await,
+            u64::from(devices),
+            "every frame verifies"
+        );
+        stage_rates.push(f64::from(devices) / t.elapsed().as_secs_f64());
+    }
+    stage_rates.sort_by(f64::total_cmp);
+    println!(
+        "verification stage (one core: decode PUSH_DATA, session lookup, MIC, FCnt, decrypt): \
+         median round {:.0} uplinks/s ({:.2} µs per uplink; min {:.0}/s, max {:.0}/s)",
+        stage_rates[stage_rates.len() / 2],
+        1e6 / stage_rates[stage_rates.len() / 2],
+        stage_rates[0],
+        stage_rates[stage_rates.len() - 1],
+    );
+    drop(sessions);
+
+    // 2. End to end through the server.
+    let server = running.lorawan_udp_addr;
+    let run_round = |round: Round| {
+        let sockets = sockets.clone();
+        async move {
+            let tasks: Vec<_> = round
+                .into_iter()
+                .zip(sockets)
+                .map(|(datagrams, s)| tokio::spawn(pump(s, server, datagrams, window)))
+                .collect();
+            for t in tasks {
+                t.await.unwrap();
+            }
+        }
+    };
+    let mut plan = plan.into_iter();
+    // Round 0 warms the session table (each DevAddr looked up in the registry once).
+    let started = Instant::now();
+    run_round(plan.next().unwrap()).await;
+    let warm = started.elapsed();
+    let before = running.stats.snapshot();
+    let started = Instant::now();
+    let mut round_rates = Vec::new();
+    for round in plan {
+        let t = Instant::now();
+        run_round(round).await;
+        round_rates.push(f64::from(devices) / t.elapsed().as_secs_f64());
+    }
+    let elapsed = started.elapsed();
+    let after = running.stats.snapshot();
+    let accepted = after.lorawan_uplinks_accepted - before.lorawan_uplinks_accepted;
+    let rejected = after.lorawan_uplinks_rejected - before.lorawan_uplinks_rejected;
+    round_rates.sort_by(f64::total_cmp);
+    let expected = u64::from(devices) * rounds as u64;
+    println!(
+        "cold round (sessions loaded from the registry): {devices} uplinks in {:.2} s ({:.0}/s)",
+        warm.as_secs_f64(),
+        f64::from(devices) / warm.as_secs_f64()
+    );
+    println!(
+        "{accepted} uplinks verified and stored in {:.2} s: {:.0} uplinks/s overall, median round {:.0}/s \
+         ({rounds} rounds × {devices} devices, {per_datagram} per datagram, {gateways} forwarders, window {window}); \
+         rejected {rejected}",
+        elapsed.as_secs_f64(),
+        accepted as f64 / elapsed.as_secs_f64(),
+        round_rates[round_rates.len() / 2],
+    );
+    assert_eq!(accepted, expected, "every frame verified and stored");
+    assert_eq!(rejected, 0);
+    running.shutdown().await;
+}
