@@ -299,6 +299,11 @@ pub async fn start(config: Config) -> Result<Running> {
                             Ok(_) => {}
                             Err(e) => tracing::warn!(error = %e, "telemetry retention failed"),
                         }
+                        match registry.prune_lorawan_uplinks(max_age_ms, keep, now).await {
+                            Ok(n) if n > 0 => tracing::info!(deleted = n, "LoRaWAN uplink retention"),
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(error = %e, "LoRaWAN uplink retention failed"),
+                        }
                         let _ = registry.prune_commands(7 * 86_400_000, now).await;
                     }
                     _ = stop.changed() => break,

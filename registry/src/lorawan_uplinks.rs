@@ -245,6 +245,28 @@ impl Registry {
         Ok(true)
     }
 
+    /// Retention: deletes uplinks received before `now - max_age_ms`, and each device's beyond its
+    /// newest `keep_per_device`. Returns how many were deleted.
+    pub async fn prune_lorawan_uplinks(&self, max_age_ms: i64, keep_per_device: u32, now_ms: i64) -> Result<u64> {
+        let mut tx = self.begin_write().await?;
+        let by_age = sqlx::query("DELETE FROM lorawan_uplinks WHERE received_at < $1")
+            .bind(now_ms.saturating_sub(max_age_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        let by_count = sqlx::query(
+            "DELETE FROM lorawan_uplinks WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
+             (PARTITION BY dev_eui ORDER BY session DESC, f_cnt DESC) AS rank FROM lorawan_uplinks) ranked \
+             WHERE rank > $1)",
+        )
+        .bind(i64::from(keep_per_device))
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(by_age + by_count)
+    }
+
     /// A device's latest uplinks, newest first (by session, then frame counter: the frame order).
     pub async fn lorawan_uplinks(&self, dev_eui: &str, limit: u32) -> Result<Vec<LorawanUplink>> {
         let dev_eui = hex_id("DevEUI", dev_eui, 8)?;

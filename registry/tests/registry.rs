@@ -1702,6 +1702,16 @@ async fn lorawan_uplink_batches(db: &TestDb) {
     }
     assert_eq!(sessions, vec![1, 2]);
     assert_eq!(r.lorawan_uplinks("00000000000000C1", 10).await.unwrap().len(), 2);
+    // Retention: by age, then each device's newest N (newest = latest session, highest FCnt).
+    assert_eq!(r.prune_lorawan_uplinks(86_400_000, 1, NOW).await.unwrap(), 3);
+    let kept = r.lorawan_uplinks("00000000000000C1", 10).await.unwrap();
+    assert_eq!((kept.len(), kept[0].session), (1, 2));
+    assert_eq!(r.lorawan_uplinks("00000000000000B1", 10).await.unwrap()[0].f_cnt, 1);
+    assert_eq!(
+        r.prune_lorawan_uplinks(0, 100, NOW + 10).await.unwrap(),
+        3,
+        "all older than now"
+    );
     assert!(
         matches!(r.lorawan_session("26000010").await, Err(RegistryError::NotFound { .. })),
         "the old DevAddr is released"
