@@ -221,6 +221,52 @@ async fn otaa_join_uplinks_duplicates_and_refusals() {
         Some(4)
     );
     let _ = dev_addr;
+
+    // The refusals are on the fleet summary and the dashboard's overview.
+    let summary = api_get(&server, "/api/v1/fleet/summary").await;
+    let refused: i64 = summary["lorawan_refusals"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["count"].as_i64().unwrap())
+        .sum();
+    assert!(refused >= 6, "{summary}");
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let base = format!("http://{}", server.running.http_addr);
+    let token = server.running.initial_admin_token.as_ref().unwrap();
+    let login = browser
+        .post(format!("{base}/login"))
+        .form(&[("token", token.as_str()), ("next", "/")])
+        .send()
+        .await
+        .unwrap();
+    let cookie = login.headers()["set-cookie"]
+        .to_str()
+        .unwrap()
+        .split(';')
+        .next()
+        .unwrap()
+        .to_owned();
+    let page = browser
+        .get(format!("{base}/"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        page.contains("LoRaWAN refusals (24 h)"),
+        "overview has the LoRaWAN panel"
+    );
+    assert!(
+        page.contains("lorawan.uplink_rejected"),
+        "recent refusals list the forged frames"
+    );
 }
 
 /// LoRaWAN 1.1: join with NwkKey/JSIntKey, uplinks whose MIC covers the data rate and channel

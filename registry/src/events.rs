@@ -94,6 +94,9 @@ pub const RATE_KINDS: &[&str] = &[
     "attestation.verified",
     "attestation.failed",
     "attestation.stale",
+    "lorawan.uplink_rejected",
+    "lorawan.join_refused",
+    "lorawan.join_accepted",
 ];
 
 /// How many events of one kind fell into one time bucket.

@@ -21,6 +21,9 @@ pub struct SummaryQuery {
 /// Event kinds that count as a refused connection.
 pub const REJECTION_KINDS: &[&str] = &["chain.rejected", "device.refused"];
 
+/// Event kinds counted as refused LoRaWAN traffic (forged, replayed or unknown frames; joins).
+pub const LORAWAN_REFUSAL_KINDS: &[&str] = &["lorawan.uplink_rejected", "lorawan.join_refused"];
+
 /// Counts by status, integrity, firmware and CA; onboarding and rejection rates over time.
 #[utoipa::path(get, path = "/api/v1/fleet/summary", tag = "fleet", params(SummaryQuery),
     responses((status = 200, body = FleetSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
@@ -51,6 +54,7 @@ pub async fn fleet_summary(state: &AppState, window: Option<&str>) -> ApiResult<
     let s = state.registry.fleet_summary().await?;
     let mut kinds = vec!["device.registered"];
     kinds.extend(REJECTION_KINDS);
+    kinds.extend(LORAWAN_REFUSAL_KINDS);
     let counts = state.registry.event_counts(&kinds, first, bucket_hours).await?;
     let series = |wanted: &[&str]| -> Vec<Bucket> {
         (0..24)
@@ -78,6 +82,7 @@ pub async fn fleet_summary(state: &AppState, window: Option<&str>) -> ApiResult<
         bucket_seconds: bucket_ms / 1000,
         onboarding: series(&["device.registered"]),
         rejections: series(REJECTION_KINDS),
+        lorawan_refusals: series(LORAWAN_REFUSAL_KINDS),
     })
 }
 

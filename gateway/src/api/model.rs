@@ -366,6 +366,8 @@ pub struct FleetSummary {
     pub onboarding: Vec<Bucket>,
     /// Connections refused (bad chains and refused MQTT sessions) per bucket.
     pub rejections: Vec<Bucket>,
+    /// LoRaWAN frames and joins refused (bad MIC, replay, counter gap, unknown device) per bucket.
+    pub lorawan_refusals: Vec<Bucket>,
 }
 
 /// An audit finding: a check that found non-compliant devices or CAs.

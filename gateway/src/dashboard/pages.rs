@@ -294,6 +294,11 @@ pub(super) async fn overview(State(state): State<AppState>, user: User) -> Respo
     firmware.truncate(10);
     let onboarding: Vec<(String, i64)> = summary.onboarding.iter().map(|b| (b.start.clone(), b.count)).collect();
     let rejections: Vec<(String, i64)> = summary.rejections.iter().map(|b| (b.start.clone(), b.count)).collect();
+    let lorawan_refusals: Vec<(String, i64)> = summary
+        .lorawan_refusals
+        .iter()
+        .map(|b| (b.start.clone(), b.count))
+        .collect();
     let onboarded: i64 = onboarding.iter().map(|(_, n)| n).sum();
     let rejected: i64 = rejections.iter().map(|(_, n)| n).sum();
     let mut findings = audit.findings.clone();
@@ -326,6 +331,11 @@ pub(super) async fn overview(State(state): State<AppState>, user: User) -> Respo
                 h2 { "Rejections (24 h)" }
                 p.hint { "Bad certificate chains and refused MQTT sessions." }
                 (time_bars(&rejections, "rejections", "Connections refused per hour"))
+            }
+            section.panel #lorawan-refusals {
+                h2 { "LoRaWAN refusals (24 h)" }
+                p.hint { "Frames with a bad MIC, replayed or out-of-window counters, unknown DevAddrs; refused joins." }
+                (time_bars(&lorawan_refusals, "rejections", "LoRaWAN frames and joins refused per hour"))
             }
             section.panel {
                 h2 { "Firmware" }
@@ -361,12 +371,14 @@ pub(super) async fn overview(State(state): State<AppState>, user: User) -> Respo
     page("Overview", &user, "/", body)
 }
 
-/// Event kinds that mean a connection was refused or a device flagged.
+/// Event kinds that mean a connection or a frame was refused, or a device flagged.
 const REFUSAL_KINDS: &[&str] = &[
     "chain.rejected",
     "device.refused",
     "device.acl_violation",
     "device.clone_suspected",
+    "lorawan.uplink_rejected",
+    "lorawan.join_refused",
 ];
 
 /// The 10 newest refusals and flags.

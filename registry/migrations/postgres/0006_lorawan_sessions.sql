@@ -14,3 +14,24 @@ DROP INDEX lorawan_uplinks_device;
 -- measured at a quarter of a 2,000-uplink batch insert; LoRaWAN devices are never deleted, and
 -- the uplink path inserts only frames whose device it just read.
 ALTER TABLE lorawan_uplinks DROP CONSTRAINT lorawan_uplinks_dev_eui_fkey;
+
+-- Refused LoRaWAN frames and joins are counted per hour, like refused connections.
+CREATE OR REPLACE FUNCTION event_hourly_inserted() RETURNS trigger AS $$
+BEGIN
+    INSERT INTO event_hourly (kind, hour, shard, n)
+    SELECT kind, (at / 3600000) * 3600000, id % 16, COUNT(*) FROM new_rows
+    WHERE kind IN ('device.registered', 'chain.rejected', 'device.refused', 'device.acl_violation',
+                   'device.clone_suspected', 'api.unauthorized', 'api.forbidden',
+                   'attestation.verified', 'attestation.failed', 'attestation.stale',
+                   'lorawan.uplink_rejected', 'lorawan.join_refused', 'lorawan.join_accepted')
+    GROUP BY 1, 2, 3
+    ON CONFLICT (kind, hour, shard) DO UPDATE SET n = event_hourly.n + excluded.n;
+    RETURN NULL;
+END;
+$$ LANGUAGE plpgsql;
+
+INSERT INTO event_hourly (kind, hour, shard, n)
+SELECT kind, (at / 3600000) * 3600000, id % 16, COUNT(*) FROM events
+WHERE kind IN ('lorawan.uplink_rejected', 'lorawan.join_refused', 'lorawan.join_accepted')
+GROUP BY 1, 2, 3
+ON CONFLICT (kind, hour, shard) DO UPDATE SET n = event_hourly.n + excluded.n;

@@ -18,3 +18,20 @@ INSERT INTO lorawan_uplinks_v2 (id, dev_eui, session, f_cnt, f_port, payload, ga
 DROP TABLE lorawan_uplinks;
 ALTER TABLE lorawan_uplinks_v2 RENAME TO lorawan_uplinks;
 -- No (dev_eui, id) index: listing newest first walks the UNIQUE index backwards.
+
+-- Refused LoRaWAN frames and joins are counted per hour, like refused connections.
+DROP TRIGGER events_hourly_insert;
+CREATE TRIGGER events_hourly_insert AFTER INSERT ON events
+    WHEN NEW.kind IN ('device.registered', 'chain.rejected', 'device.refused', 'device.acl_violation',
+                      'device.clone_suspected', 'api.unauthorized', 'api.forbidden',
+                      'attestation.verified', 'attestation.failed', 'attestation.stale',
+                      'lorawan.uplink_rejected', 'lorawan.join_refused', 'lorawan.join_accepted') BEGIN
+    INSERT INTO event_hourly (kind, hour, shard, n) VALUES (NEW.kind, (NEW.at / 3600000) * 3600000, NEW.id % 16, 1)
+        ON CONFLICT (kind, hour, shard) DO UPDATE SET n = n + 1;
+END;
+
+INSERT INTO event_hourly (kind, hour, shard, n)
+SELECT kind, (at / 3600000) * 3600000, id % 16, COUNT(*) FROM events
+WHERE kind IN ('lorawan.uplink_rejected', 'lorawan.join_refused', 'lorawan.join_accepted')
+GROUP BY 1, 2, 3
+ON CONFLICT (kind, hour, shard) DO UPDATE SET n = n + excluded.n;
