@@ -35,11 +35,18 @@ fn readme_first_command_is_the_demo_and_it_works() {
         "clone                        FLAGGED",
         "tampered-firmware            STOPPED",
         "attestation failed (firmware_unknown), device quarantined",
+        "lorawan-1.0.3                IN",
+        "lorawan-1.1                  IN",
+        "lorawan-replay               STOPPED",
+        "lorawan-forged               STOPPED",
+        "lorawan-join-replay          STOPPED",
+        "server: lorawan.uplink_rejected: MIC does not verify",
+        "lorawan: 2 joins, 10 uplinks verified (MIC, frame counter) and stored; frames refused: 2, join-requests refused: 1",
         "all as expected.",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
-    assert_eq!(text.matches(" IN ").count(), 6, "{text}");
+    assert_eq!(text.matches(" IN ").count(), 8, "{text}");
     assert_eq!(text.matches("firmware attested").count(), 6, "{text}");
     // It ends with the dashboard and a token to log in with (and, not at a terminal, exits).
     assert!(text.contains("dashboard: http://127.0.0.1:"), "{text}");

@@ -10,13 +10,14 @@
 //!   measurement), for good and tampered firmware;
 //! - [`fleet`]: the demo fleet and its attacks;
 //! - [`lorawan`]: LoRaWAN devices (OTAA and ABP, 1.0.x and 1.1) behind a simulated Semtech UDP
-//!   packet forwarder.
+//!   packet forwarder; [`lorawan_fleet`]: the demo's LoRaWAN devices and radio-side attacks.
 #![forbid(unsafe_code)]
 
 pub mod attest;
 pub mod client;
 pub mod fleet;
 pub mod lorawan;
+pub mod lorawan_fleet;
 pub mod pki;
 
 pub use verifier;
