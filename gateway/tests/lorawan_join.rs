@@ -200,6 +200,23 @@ async fn backend_interfaces_join_req_gets_a_join_ans() {
     .await
     .unwrap();
     assert_eq!(garbage["Result"]["ResultCode"], "MalformedRequest", "{garbage}");
-    assert_eq!(post(req, None).await.unwrap().status().as_u16(), 401);
+    assert_eq!(post(req.clone(), None).await.unwrap().status().as_u16(), 401);
+    // A network server that runs the device as 1.1 would derive other keys: refused, named. The
+    // token may come without the `Bearer` scheme (a literal header value in the NS's config).
+    let mut as_1_1 = req.clone();
+    as_1_1["MACVersion"] = serde_json::json!("1.1");
+    let ans: serde_json::Value = post(as_1_1, Some(token.clone())).await.unwrap().json().await.unwrap();
+    assert_eq!(ans["Result"]["ResultCode"], "JoinReqFailed", "{ans}");
+    assert!(
+        ans["Result"]["Description"]
+            .as_str()
+            .unwrap()
+            .contains("provisioned for 1.0.3"),
+        "{ans}"
+    );
+    let mut bad = req;
+    bad["MACVersion"] = serde_json::json!("2.0");
+    let ans: serde_json::Value = post(bad, Some(token.clone())).await.unwrap().json().await.unwrap();
+    assert_eq!(ans["Result"]["ResultCode"], "MalformedRequest", "{ans}");
     server.running.shutdown().await;
 }

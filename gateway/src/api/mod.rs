@@ -312,11 +312,15 @@ impl<const MIN: u8> FromRequestParts<AppState> for Authorized<MIN> {
     }
 }
 
-/// The bearer token of a request, if it carries one.
+/// The bearer token of a request, if it carries one: `Authorization: Bearer fw_…`, or the bare
+/// token (`Authorization: fw_…`), which network servers configured with a literal header value
+/// (ChirpStack's join-server `authorization_header`, say) often send.
 pub fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+    let value = parts.headers.get(header::AUTHORIZATION)?.to_str().ok()?.trim();
+    match value.split_once(' ') {
+        Some((scheme, token)) => scheme.eq_ignore_ascii_case("bearer").then(|| token.trim()),
+        None => value.starts_with("fw_").then_some(value),
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {

@@ -103,6 +103,14 @@ pub(crate) async fn join_req(
                 c.copy_from_slice(&b);
                 c
             }),
+            mac_version: match req.get("MACVersion") {
+                None | Some(Value::Null) => None,
+                Some(Value::String(v)) => Some(
+                    verifier::lorawan::MacVersion::parse(v.trim())
+                        .ok_or_else(|| format!("MACVersion `{v}` is not 1.0.2, 1.0.3, 1.0.4 or 1.1"))?,
+                ),
+                Some(_) => return Err("MACVersion must be a string".into()),
+            },
         };
         Ok((phy, ns))
     })();

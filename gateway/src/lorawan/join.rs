@@ -47,6 +47,8 @@ pub enum JoinRefusal {
     NotOtaa(String),
     #[error("the join-request MIC does not verify with the device's root key")]
     MicFailed,
+    #[error("the network server says LoRaWAN {claimed}; the device is provisioned for {provisioned}")]
+    MacVersionMismatch { claimed: String, provisioned: String },
     #[error("DevNonce {dev_nonce} was already used (replayed join-request)")]
     DevNonceReused { dev_nonce: u16 },
     #[error("the registry is unavailable: {0}")]
@@ -61,6 +63,7 @@ impl JoinRefusal {
             JoinRefusal::UnknownDevEui(_) => "UnknownDevEUI",
             JoinRefusal::NotOtaa(_) => "ActivationDisallowed",
             JoinRefusal::MicFailed => "MICFailed",
+            JoinRefusal::MacVersionMismatch { .. } => "JoinReqFailed",
             JoinRefusal::DevNonceReused { .. } => "JoinReqFailed",
             JoinRefusal::Unavailable(_) => "Other",
         }
@@ -73,6 +76,7 @@ impl JoinRefusal {
             JoinRefusal::UnknownDevEui(_) => "unknown_dev_eui",
             JoinRefusal::NotOtaa(_) => "not_otaa",
             JoinRefusal::MicFailed => "mic_mismatch",
+            JoinRefusal::MacVersionMismatch { .. } => "mac_version_mismatch",
             JoinRefusal::DevNonceReused { .. } => "dev_nonce_reused",
             JoinRefusal::Unavailable(_) => "registry_unavailable",
         }
@@ -94,6 +98,9 @@ pub struct NetworkServerChoices {
     pub dl_settings: Option<u8>,
     pub rx_delay: Option<u8>,
     pub cflist: Option<[u8; 16]>,
+    /// The MAC version the network server runs the device with (`MACVersion`): 1.0.x and 1.1
+    /// derive different keys, so it must agree with the provisioned one.
+    pub mac_version: Option<MacVersion>,
 }
 
 /// An accepted join.
@@ -151,6 +158,14 @@ pub async fn join_with(
     }
     let version = MacVersion::parse(&device.mac_version)
         .ok_or_else(|| JoinRefusal::Unavailable(format!("stored MAC version `{}`", device.mac_version)))?;
+    if let Some(claimed) = ns.mac_version
+        && claimed.is_1_1() != version.is_1_1()
+    {
+        return Err(JoinRefusal::MacVersionMismatch {
+            claimed: claimed.as_str().into(),
+            provisioned: version.as_str().into(),
+        });
+    }
     let sealed = registry.lorawan_root_keys(&dev_eui).await?;
     let key16 = |k: &[u8]| -> Result<[u8; 16], JoinRefusal> {
         k.try_into()
