@@ -6,7 +6,7 @@
 
 use crate::mqtt::hub::Hub;
 use crate::stats::{Stats, add, inc};
-use registry::{Registry, StoredMessage, TelemetryMessage};
+use registry::{Registry, TelemetryMessage};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -122,15 +122,7 @@ async fn writer(
                 // resend on reconnect, and the message is stored either way).
                 let _ = ack.tx.try_send(ack.pkid);
             }
-            stored.push(Arc::new(StoredMessage {
-                id,
-                device_id: m.device_id,
-                topic: m.topic,
-                payload: m.payload,
-                qos: m.qos,
-                source: m.source,
-                received_at_ms: m.received_at_ms,
-            }));
+            stored.push(Arc::new(m.stored(id)));
         }
         batch.clear();
         acks.clear();

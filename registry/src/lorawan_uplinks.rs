@@ -9,6 +9,7 @@
 
 use crate::lpwan::hex_id;
 use crate::sql::SqlBuilder;
+use crate::telemetry::Retention;
 use crate::{Registry, Result, Source, StoredMessage, TelemetryMessage};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
@@ -192,19 +193,7 @@ impl Registry {
             .collect();
         let ids = self.insert_telemetry(&mut tx, &messages).await?;
         tx.commit().await?;
-        let telemetry = messages
-            .into_iter()
-            .zip(ids)
-            .map(|(m, id)| StoredMessage {
-                id,
-                device_id: m.device_id,
-                topic: m.topic,
-                payload: m.payload,
-                qos: m.qos,
-                source: m.source,
-                received_at_ms: m.received_at_ms,
-            })
-            .collect();
+        let telemetry = messages.into_iter().zip(ids).map(|(m, id)| m.stored(id)).collect();
         Ok(StoredUplinks { outcomes, telemetry })
     }
 
@@ -248,23 +237,18 @@ impl Registry {
     /// Retention: deletes uplinks received before `now - max_age_ms`, and each device's beyond its
     /// newest `keep_per_device`. Returns how many were deleted.
     pub async fn prune_lorawan_uplinks(&self, max_age_ms: i64, keep_per_device: u32, now_ms: i64) -> Result<u64> {
-        let mut tx = self.begin_write().await?;
-        let by_age = sqlx::query("DELETE FROM lorawan_uplinks WHERE received_at < $1")
-            .bind(now_ms.saturating_sub(max_age_ms))
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-        let by_count = sqlx::query(
-            "DELETE FROM lorawan_uplinks WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
-             (PARTITION BY dev_eui ORDER BY session DESC, f_cnt DESC) AS rank FROM lorawan_uplinks) ranked \
-             WHERE rank > $1)",
+        self.prune(
+            Retention {
+                table: "lorawan_uplinks",
+                time: "received_at",
+                per: "dev_eui",
+                newest_first: "session DESC, f_cnt DESC",
+            },
+            max_age_ms,
+            keep_per_device,
+            now_ms,
         )
-        .bind(i64::from(keep_per_device))
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(by_age + by_count)
+        .await
     }
 
     /// A device's latest uplinks, newest first (by session, then frame counter: the frame order).

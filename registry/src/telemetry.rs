@@ -46,6 +46,21 @@ pub struct TelemetryMessage {
     pub received_at_ms: i64,
 }
 
+impl TelemetryMessage {
+    /// The message as stored under `id`.
+    pub fn stored(self, id: i64) -> StoredMessage {
+        StoredMessage {
+            id,
+            device_id: self.device_id,
+            topic: self.topic,
+            payload: self.payload,
+            qos: self.qos,
+            source: self.source,
+            received_at_ms: self.received_at_ms,
+        }
+    }
+}
+
 /// A stored message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct StoredMessage {
@@ -63,6 +78,18 @@ mod hex_bytes {
     pub(super) fn serialize<S: serde::Serializer>(b: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(b))
     }
+}
+
+/// Which rows a retention pass looks at (compile-time names only: they are spliced into SQL).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Retention {
+    pub(crate) table: &'static str,
+    /// The time column compared with the age limit.
+    pub(crate) time: &'static str,
+    /// Whose rows are capped (the partition column).
+    pub(crate) per: &'static str,
+    /// `ORDER BY` ranking an owner's rows newest first.
+    pub(crate) newest_first: &'static str,
 }
 
 /// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32,766 and
@@ -95,18 +122,40 @@ impl Registry {
     /// Retention: deletes messages older than `max_age_ms` and, per device, all but the newest
     /// `keep_per_device`. Returns how many were deleted.
     pub async fn prune_telemetry(&self, max_age_ms: i64, keep_per_device: u32, now_ms: i64) -> Result<u64> {
+        self.prune(
+            Retention {
+                table: "telemetry",
+                time: "received_at",
+                per: "device_id",
+                newest_first: "received_at DESC, id DESC",
+            },
+            max_age_ms,
+            keep_per_device,
+            now_ms,
+        )
+        .await
+    }
+
+    /// Deletes a table's rows older than `now - max_age_ms`, then each owner's beyond its newest
+    /// `keep` (ranked by `newest_first`), in one transaction; how many were deleted.
+    pub(crate) async fn prune(&self, r: Retention, max_age_ms: i64, keep: u32, now_ms: i64) -> Result<u64> {
+        let Retention {
+            table,
+            time,
+            per,
+            newest_first,
+        } = r;
         let mut tx = self.begin_write().await?;
-        let by_age = sqlx::query("DELETE FROM telemetry WHERE received_at < $1")
+        let by_age = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE {time} < $1")))
             .bind(now_ms.saturating_sub(max_age_ms))
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        // Rank each device's messages newest first; delete those ranked past the cap.
-        let by_count = sqlx::query(
-            "DELETE FROM telemetry WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
-             (PARTITION BY device_id ORDER BY received_at DESC, id DESC) AS rank FROM telemetry) ranked WHERE rank > $1)",
-        )
-        .bind(i64::from(keep_per_device))
+        let by_count = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
+             (PARTITION BY {per} ORDER BY {newest_first}) AS rank FROM {table}) ranked WHERE rank > $1)"
+        )))
+        .bind(i64::from(keep))
         .execute(&mut *tx)
         .await?
         .rows_affected();

@@ -125,20 +125,9 @@ pub(crate) async fn join_req(
     super::udp::record_join(&state.stats, &state.events, &caller.actor(), &outcome, &text("DevEUI"));
     match outcome {
         Ok(accepted) => {
-            if let (Ok(addr), Some(version)) = (
-                <[u8; 4]>::try_from(hex::decode(&accepted.dev_addr).unwrap_or_default()),
-                verifier::lorawan::MacVersion::parse(accepted.mac_version),
-            ) {
-                // The network server called us; if its gateways also forward to this node's UDP
-                // listener, the session is ready for them.
-                state.lorawan_sessions.install(
-                    &accepted.dev_eui,
-                    addr,
-                    registry::session_number("otaa", Some(i64::from(accepted.join_nonce))),
-                    version,
-                    accepted.session.clone(),
-                );
-            }
+            // The network server called us; if its gateways also forward to this node's UDP
+            // listener, the session is ready for them.
+            state.lorawan_sessions.install_joined(&accepted);
             let s = &accepted.session;
             let keys = if accepted.mac_version == "1.1" {
                 vec![

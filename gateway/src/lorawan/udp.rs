@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, watch};
-use verifier::lorawan::MacVersion;
 
 /// Listener sizes and timing.
 #[derive(Clone, Debug)]
@@ -338,18 +337,7 @@ async fn join_over_udp(
     let Ok(accepted) = outcome else {
         return;
     };
-    let dev_addr = hex::decode(&accepted.dev_addr)
-        .ok()
-        .and_then(|b| <[u8; 4]>::try_from(b).ok());
-    if let (Some(addr), Some(version)) = (dev_addr, MacVersion::parse(accepted.mac_version)) {
-        ctx.sessions.install(
-            &accepted.dev_eui,
-            addr,
-            registry::session_number("otaa", Some(i64::from(accepted.join_nonce))),
-            version,
-            accepted.session.clone(),
-        );
-    }
+    ctx.sessions.install_joined(&accepted);
     let gateway_eui = heard.gateway.clone();
     let pull = {
         let g = gateways.lock().unwrap_or_else(|p| p.into_inner());

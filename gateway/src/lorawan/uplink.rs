@@ -188,6 +188,22 @@ impl Sessions {
         );
     }
 
+    /// Installs the session of an accepted join (from either join transport).
+    pub fn install_joined(&self, accepted: &super::join::JoinAccepted) {
+        let addr = hex::decode(&accepted.dev_addr)
+            .ok()
+            .and_then(|b| <[u8; 4]>::try_from(b).ok());
+        if let (Some(addr), Some(version)) = (addr, MacVersion::parse(accepted.mac_version)) {
+            self.install(
+                &accepted.dev_eui,
+                addr,
+                registry::session_number("otaa", Some(i64::from(accepted.join_nonce))),
+                version,
+                accepted.session.clone(),
+            );
+        }
+    }
+
     /// Forgets what is known of a DevAddr (after provisioning changed it): the next uplink
     /// reloads it from the registry.
     pub fn forget(&self, dev_addr: [u8; 4]) {
