@@ -62,6 +62,7 @@ counters! {
     attestations_stale: "verdicts that became stale (no fresh evidence within the CA's window)",
     lorawan_joins_accepted: "LoRaWAN join-requests accepted by the join server",
     lorawan_joins_refused: "LoRaWAN join-requests refused (unknown device, MIC, DevNonce replay, malformed)",
+    lorawan_joins_throttled: "LoRaWAN join-requests refused because too many were being handled at once",
     lorawan_datagrams_received: "packet-forwarder UDP datagrams received",
     lorawan_datagrams_dropped: "packet-forwarder datagrams dropped as malformed (typed refusal, with an event)",
     lorawan_crc_failed: "LoRaWAN receptions the gateway reported with a failed radio CRC (ignored)",

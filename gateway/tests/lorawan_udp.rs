@@ -357,3 +357,54 @@ async fn abp_devices_provisioned_through_the_api() {
     assert_eq!(listed["items"][0]["payload_hex"], hex::encode(b"hello"));
     assert_eq!(listed["items"][0]["fcnt"], 11);
 }
+
+/// A flood of frames from forged DevAddrs: each is refused, registry look-ups stay within their
+/// budget, and what is remembered as unknown stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_dev_addr_floods_are_bounded() {
+    use gateway::lorawan::uplink::{Reception, Sessions, UplinkSettings, Verdict};
+    let server = common::start(&[]).await;
+    let sessions = Sessions::default();
+    let settings = UplinkSettings {
+        lookups_per_sec: 20.0,
+        max_unknown: 8,
+        ..UplinkSettings::default()
+    };
+    let heard = Reception {
+        gateway: "0101010101010101".into(),
+        freq: 868.1,
+        datr: "SF7BW125".into(),
+        rssi: Some(-50),
+        lsnr: Some(5.0),
+        tmst: 1,
+    };
+    let mut checks = std::collections::BTreeMap::new();
+    for i in 0..200u32 {
+        let mut forger = LorawanDevice::abp(
+            [0xEE; 8],
+            DeviceSession {
+                dev_addr: (0x2700_0000 | i).to_be_bytes(),
+                f_nwk_s_int_key: [1; 16],
+                s_nwk_s_int_key: [1; 16],
+                nwk_s_enc_key: [1; 16],
+                app_s_key: [2; 16],
+                fcnt_up: 0,
+            },
+            false,
+        );
+        let frame = forger.uplink(1, b"x").unwrap();
+        match sessions
+            .verify(&server.running.registry, &settings, &frame, &heard)
+            .await
+        {
+            Verdict::Rejected(r) => *checks.entry(r.check).or_insert(0) += 1,
+            other => panic!("a forged address was not refused: {other:?}"),
+        }
+        assert!(sessions.remembered_unknown() <= 8);
+    }
+    // The burst allows about 20 look-ups; the rest are refused without asking the registry.
+    let throttled = checks.get("lookup_throttled").copied().unwrap_or(0);
+    assert!(throttled >= 150, "{checks:?}");
+    assert_eq!(checks.values().sum::<i32>(), 200);
+    assert!(sessions.is_empty());
+}

@@ -45,6 +45,9 @@ pub struct UdpSettings {
     pub join_accept_delay_us: u32,
     /// Transmit power for downlinks, dBm.
     pub tx_power: i32,
+    /// Join-requests handled at once (each reads and writes the registry); more are refused
+    /// (`lorawan_joins_throttled`) rather than queued without bound.
+    pub max_concurrent_joins: usize,
 }
 
 impl Default for UdpSettings {
@@ -56,6 +59,7 @@ impl Default for UdpSettings {
             max_gateways: 65_536,
             join_accept_delay_us: 5_000_000,
             tx_power: 14,
+            max_concurrent_joins: 64,
         }
     }
 }
@@ -122,6 +126,7 @@ pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Recei
     let writer = tokio::spawn(writer(rx, ctx.clone(), socket.clone()));
     // Join-requests just handled (several gateways hear each one): bytes → when.
     let mut joins_seen: HashMap<Vec<u8>, Instant> = HashMap::new();
+    let join_slots = Arc::new(tokio::sync::Semaphore::new(ctx.settings.max_concurrent_joins.max(1)));
     let mut buf = vec![0u8; semtech_udp::MAX_DATAGRAM + 1];
     loop {
         let (n, peer) = tokio::select! {
@@ -179,7 +184,17 @@ pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Recei
                     ack: (peer, version, token),
                 };
                 for rx in rxpk {
-                    handle_rxpk(&ctx, &socket, &gateways, &mut joins_seen, gateway, rx, &mut job).await;
+                    handle_rxpk(
+                        &ctx,
+                        &socket,
+                        &gateways,
+                        &mut joins_seen,
+                        &join_slots,
+                        gateway,
+                        rx,
+                        &mut job,
+                    )
+                    .await;
                 }
                 if job.items.is_empty() {
                     let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
@@ -224,11 +239,13 @@ fn reception(gateway: GatewayEui, rx: &RxPk) -> Reception {
 }
 
 /// One received frame: a join-request goes to the join server; a data uplink is verified.
+#[allow(clippy::too_many_arguments)]
 async fn handle_rxpk(
     ctx: &Arc<UdpCtx>,
     socket: &Arc<UdpSocket>,
     gateways: &Arc<Mutex<HashMap<GatewayEui, GatewayState>>>,
     joins_seen: &mut HashMap<Vec<u8>, Instant>,
+    join_slots: &Arc<tokio::sync::Semaphore>,
     gateway: GatewayEui,
     rx: RxPk,
     job: &mut WriteJob,
@@ -254,8 +271,24 @@ async fn handle_rxpk(
                 inc(&ctx.stats.lorawan_uplinks_duplicate);
                 return;
             }
+            let Ok(slot) = join_slots.clone().try_acquire_owned() else {
+                inc(&ctx.stats.lorawan_joins_throttled);
+                ctx.events.emit(
+                    NewEvent::new("lorawan.join_refused", "lorawan")
+                        .reason(format!(
+                            "{} join-requests are already being handled: refused (a join flood?)",
+                            ctx.settings.max_concurrent_joins
+                        ))
+                        .detail(json!({ "check": "join_throttled", "gateway": heard.gateway })),
+                );
+                return;
+            };
             joins_seen.insert(rx.data.clone(), now);
-            tokio::spawn(join_over_udp(ctx.clone(), socket.clone(), gateways.clone(), rx, heard));
+            let (ctx, socket, gateways) = (ctx.clone(), socket.clone(), gateways.clone());
+            tokio::spawn(async move {
+                join_over_udp(ctx, socket, gateways, rx, heard).await;
+                drop(slot);
+            });
         }
         _ => {
             let verdict = ctx

@@ -33,6 +33,11 @@ pub struct UplinkSettings {
     pub unknown_ttl: Duration,
     /// The uplink channel plan (MHz), for the LoRaWAN 1.1 MIC's TxCh.
     pub channels: Vec<f64>,
+    /// Registry look-ups per second for DevAddrs not in memory (burst the same): a flood of
+    /// forged addresses must not turn the receive loop into a database client.
+    pub lookups_per_sec: f64,
+    /// Most DevAddrs remembered as unknown at once.
+    pub max_unknown: usize,
 }
 
 impl Default for UplinkSettings {
@@ -42,6 +47,8 @@ impl Default for UplinkSettings {
             dedup_window: Duration::from_millis(200),
             unknown_ttl: Duration::from_secs(5),
             channels: verifier::lorawan::EU868_CHANNELS.to_vec(),
+            lookups_per_sec: 2_000.0,
+            max_unknown: 100_000,
         }
     }
 }
@@ -141,6 +148,57 @@ struct Table {
     by_addr: HashMap<[u8; 4], Entry>,
     /// DevEUI → its DevAddr here, so a new join retires the old session.
     addr_of: HashMap<String, [u8; 4]>,
+    /// How many entries of `by_addr` are `Unknown`.
+    unknown: usize,
+    /// Registry look-up budget: tokens, and when they were last refilled.
+    lookup_tokens: f64,
+    refilled: Option<Instant>,
+}
+
+impl Table {
+    /// Takes a registry look-up token (refilled at `rate` per second, burst `rate`).
+    fn take_lookup(&mut self, rate: f64, now: Instant) -> bool {
+        let elapsed = self
+            .refilled
+            .map_or(1.0, |t| now.saturating_duration_since(t).as_secs_f64());
+        self.lookup_tokens = (self.lookup_tokens + elapsed * rate).min(rate);
+        self.refilled = Some(now);
+        if self.lookup_tokens >= 1.0 {
+            self.lookup_tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn insert(&mut self, addr: [u8; 4], entry: Entry) {
+        let is_unknown = matches!(entry, Entry::Unknown(_));
+        let was_unknown = matches!(self.by_addr.insert(addr, entry), Some(Entry::Unknown(_)));
+        self.unknown = self.unknown + usize::from(is_unknown) - usize::from(was_unknown);
+    }
+
+    fn remove(&mut self, addr: &[u8; 4]) -> Option<Entry> {
+        let e = self.by_addr.remove(addr);
+        if matches!(e, Some(Entry::Unknown(_))) {
+            self.unknown -= 1;
+        }
+        e
+    }
+
+    /// Drops unknown entries whose time is up.
+    fn purge_unknown(&mut self, now: Instant) {
+        self.by_addr
+            .retain(|_, e| !matches!(e, Entry::Unknown(until) if *until <= now));
+        self.unknown = self.by_addr.values().filter(|e| matches!(e, Entry::Unknown(_))).count();
+    }
+}
+
+/// What the table could say of a DevAddr.
+enum Lookup {
+    Found,
+    Unknown,
+    /// Not in memory, and the registry look-up budget is spent.
+    Throttled,
 }
 
 impl std::fmt::Debug for Sessions {
@@ -173,9 +231,9 @@ impl Sessions {
         if let Some(old) = t.addr_of.insert(dev_eui.to_owned(), dev_addr)
             && old != dev_addr
         {
-            t.by_addr.remove(&old);
+            t.remove(&old);
         }
-        t.by_addr.insert(
+        t.insert(
             dev_addr,
             Entry::Known(Box::new(Slot {
                 dev_eui: dev_eui.to_owned(),
@@ -208,7 +266,7 @@ impl Sessions {
     /// reloads it from the registry.
     pub fn forget(&self, dev_addr: [u8; 4]) {
         let mut t = self.lock();
-        if let Some(Entry::Known(slot)) = t.by_addr.remove(&dev_addr) {
+        if let Some(Entry::Known(slot)) = t.remove(&dev_addr) {
             t.addr_of.remove(&slot.dev_eui);
         }
     }
@@ -226,13 +284,24 @@ impl Sessions {
         self.len() == 0
     }
 
+    /// DevAddrs remembered as unknown (bounded by [`UplinkSettings::max_unknown`]).
+    pub fn remembered_unknown(&self) -> usize {
+        self.lock().unknown
+    }
+
     /// Loads a DevAddr's session from the registry if the table has no fresh answer for it.
-    async fn ensure_loaded(&self, registry: &Registry, dev_addr: [u8; 4], settings: &UplinkSettings) {
+    async fn ensure_loaded(&self, registry: &Registry, dev_addr: [u8; 4], settings: &UplinkSettings) -> Lookup {
         let now = crate::clock::monotonic();
-        match self.lock().by_addr.get(&dev_addr) {
-            Some(Entry::Known(_)) => return,
-            Some(Entry::Unknown(until)) if *until > now => return,
-            _ => {}
+        {
+            let mut t = self.lock();
+            match t.by_addr.get(&dev_addr) {
+                Some(Entry::Known(_)) => return Lookup::Found,
+                Some(Entry::Unknown(until)) if *until > now => return Lookup::Unknown,
+                _ => {}
+            }
+            if !t.take_lookup(settings.lookups_per_sec, now) {
+                return Lookup::Throttled;
+            }
         }
         let entry = match registry.lorawan_session(&hex::encode(dev_addr)).await {
             Ok(s) => match (MacVersion::parse(&s.mac_version), keys_from_blob(&s.session_keys)) {
@@ -253,16 +322,30 @@ impl Sessions {
             Err(e) => {
                 // Not cached: the next frame asks again.
                 tracing::warn!(error = %e, "LoRaWAN session lookup failed");
-                return;
+                return Lookup::Unknown;
             }
         };
         let mut t = self.lock();
         // A join may have installed it meanwhile: that one is newer.
-        if !matches!(t.by_addr.get(&dev_addr), Some(Entry::Known(_))) {
-            if let Entry::Known(slot) = &entry {
+        if matches!(t.by_addr.get(&dev_addr), Some(Entry::Known(_))) {
+            return Lookup::Found;
+        }
+        match entry {
+            Entry::Known(slot) => {
                 t.addr_of.insert(slot.dev_eui.clone(), dev_addr);
+                t.insert(dev_addr, Entry::Known(slot));
+                Lookup::Found
             }
-            t.by_addr.insert(dev_addr, entry);
+            unknown => {
+                if t.unknown >= settings.max_unknown {
+                    t.purge_unknown(now);
+                }
+                // Still full of fresh unknowns (a flood): answer without remembering.
+                if t.unknown < settings.max_unknown {
+                    t.insert(dev_addr, unknown);
+                }
+                Lookup::Unknown
+            }
         }
     }
 
@@ -272,13 +355,24 @@ impl Sessions {
             Ok(h) => h,
             Err(e) => return Verdict::Rejected(Rejection::new(&e, None, None)),
         };
-        self.ensure_loaded(registry, header.dev_addr, settings).await;
+        let lookup = self.ensure_loaded(registry, header.dev_addr, settings).await;
         let mut t = self.lock();
         let Some(Entry::Known(slot)) = t.by_addr.get_mut(&header.dev_addr) else {
+            let addr = hex::encode_upper(header.dev_addr);
+            let (check, reason) = match lookup {
+                Lookup::Throttled => (
+                    "lookup_throttled",
+                    format!(
+                        "DevAddr {addr} is not in memory and registry look-ups are over their budget \
+                         (a flood of unknown addresses?)"
+                    ),
+                ),
+                Lookup::Found | Lookup::Unknown => ("unknown_dev_addr", format!("no session holds DevAddr {addr}")),
+            };
             return Verdict::Rejected(Rejection {
-                check: "unknown_dev_addr",
-                reason: format!("no session holds DevAddr {}", hex::encode_upper(header.dev_addr)),
-                dev_addr: Some(hex::encode_upper(header.dev_addr)),
+                check,
+                reason,
+                dev_addr: Some(addr),
                 dev_eui: None,
             });
         };
