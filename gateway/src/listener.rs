@@ -170,16 +170,22 @@ async fn handle(
     ctx: Arc<Ctx>,
     handshake_timeout: Duration,
 ) {
-    let tls = match tokio::time::timeout(handshake_timeout, Box::pin(acceptor.accept(tcp))).await {
-        Ok(Ok(tls)) => tls,
-        Ok(Err(e)) => {
-            inc(&ctx.stats.handshakes_failed);
-            tracing::debug!(error = %e, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
+    // The accept future owns the socket: on a timeout it is dropped (the connection closed) only
+    // after the counter moved, so whoever sees the close also sees it counted.
+    let mut accept = Box::pin(acceptor.accept(tcp));
+    let tls = tokio::select! {
+        r = &mut accept => match r {
+            Ok(tls) => tls,
+            Err(e) => {
+                inc(&ctx.stats.handshakes_failed);
+                tracing::debug!(error = %e, "TLS handshake failed");
+                return;
+            }
+        },
+        () = tokio::time::sleep(handshake_timeout) => {
             inc(&ctx.stats.handshakes_timed_out);
             tracing::debug!("TLS handshake timed out");
+            drop(accept);
             return;
         }
     };
