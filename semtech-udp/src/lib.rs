@@ -137,8 +137,10 @@ pub enum Packet {
 struct PushBody {
     #[serde(default)]
     rxpk: Option<Vec<serde_json::Value>>,
+    /// Read leniently afterwards: a status report the forwarder formats its own way must not
+    /// cost the frames beside it.
     #[serde(default)]
-    stat: Option<Stat>,
+    stat: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -157,8 +159,9 @@ struct RawRxPk {
     datr: serde_json::Value,
     #[serde(default)]
     codr: Option<String>,
+    /// PROTOCOL.TXT says a signed integer; multi-antenna forwarders report fractions.
     #[serde(default)]
-    rssi: Option<i32>,
+    rssi: Option<f64>,
     #[serde(default)]
     lsnr: Option<f64>,
     #[serde(default)]
@@ -209,7 +212,7 @@ pub fn decode(datagram: &[u8]) -> Result<Packet, UdpError> {
                 token,
                 gateway,
                 rxpk,
-                stat: body.stat,
+                stat: body.stat.and_then(|v| serde_json::from_value(v).ok()),
             })
         }
         0x02 => Ok(Packet::PullData {
@@ -278,7 +281,10 @@ fn rxpk(index: usize, v: serde_json::Value) -> Result<RxPk, UdpError> {
         modu: r.modu.chars().take(8).collect(),
         datr,
         codr: r.codr.map(|c| c.chars().take(8).collect()),
-        rssi: r.rssi,
+        rssi: r
+            .rssi
+            .filter(|v| v.is_finite() && (-300.0..=100.0).contains(v))
+            .map(|v| v.round() as i32),
         lsnr: r.lsnr.filter(|l| l.is_finite()),
         data,
     })
@@ -401,6 +407,24 @@ mod tests {
         let v: serde_json::Value = serde_json::from_slice(&resp[4..]).unwrap();
         assert_eq!(v["txpk"]["data"], "IAEC");
         assert_eq!(v["txpk"]["ipol"], true);
+    }
+
+    #[test]
+    fn forwarders_own_formats_do_not_cost_frames() {
+        // A fractional RSSI (multi-antenna HALs) and a status report with fields of other types
+        // and extra ones: the frame is kept, the odd status is dropped.
+        let mut d = vec![2, 0, 5, 0x00, 1, 2, 3, 4, 5, 6, 7, 8];
+        d.extend_from_slice(
+            br#"{"rxpk":[{"tmst":7,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","rssi":-97.6,"rssis":-99,"lsnr":-2.25,"brd":0,"jver":2,"data":"AAAA"}],"stat":{"time":"now","rxnb":"many","lati":46.2}}"#,
+        );
+        match decode(&d).unwrap() {
+            Packet::PushData { rxpk, stat, .. } => {
+                assert_eq!(rxpk[0].rssi, Some(-98));
+                assert_eq!(rxpk[0].data, [0, 0, 0]);
+                assert_eq!(stat, None);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
