@@ -288,15 +288,33 @@ async fn lorawan_1_1_uplinks_bind_data_rate_and_channel() {
         tx_ch: 5,
     };
     let rx = Rx { radio, ..Rx::default() };
+    // A MAC-command frame on FPort 0 (encrypted with NwkSEncKey): stored, not published.
+    let mac_only = device.uplink_with(0, &[0x02], &[], false, radio).unwrap();
+    gw.push(&[(mac_only, rx.clone())]).await.unwrap();
+    let eui = hex::encode_upper(dev_eui);
+    let stored = server.running.registry.lorawan_uplinks(&eui, 10).await.unwrap();
+    assert_eq!(
+        (stored.len(), stored[0].f_port, stored[0].payload.as_slice()),
+        (1, Some(0), &[0x02][..])
+    );
+    assert_eq!(
+        server.running.registry.telemetry_head().await.unwrap(),
+        0,
+        "not application data"
+    );
     // LinkCheckReq (0x02) and DevStatusAns (0x06, battery 0xff, margin 0x10) in FOpts.
     let up = device
         .uplink_with(10, b"\x01\x02\x03", &[0x02, 0x06, 0xff, 0x10], true, radio)
         .unwrap();
     gw.push(&[(up, rx.clone())]).await.unwrap();
-    let eui = hex::encode_upper(dev_eui);
     let uplinks = server.running.registry.lorawan_uplinks(&eui, 10).await.unwrap();
-    assert_eq!(uplinks.len(), 1);
+    assert_eq!(uplinks.len(), 2);
     assert_eq!(uplinks[0].payload, b"\x01\x02\x03");
+    // Application data is published as telemetry, on the device's topic.
+    let published = server.running.registry.telemetry_after(0, 10).await.unwrap();
+    assert_eq!(published.len(), 1);
+    assert_eq!(published[0].topic, format!("devices/{eui}/telemetry"));
+    assert_eq!(published[0].payload, b"\x01\x02\x03");
     // The same bytes reported on another channel: the MIC binds TxCh, so it fails.
     let up = device.uplink_with(10, b"\x04", &[], false, radio).unwrap();
     let elsewhere = Rx {

@@ -458,7 +458,9 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
                 f_port: a.f_port,
                 payload: &a.payload,
                 gateways: g,
-                topic: Some(topic),
+                // FPort 0 (or none) carries MAC commands for the network, not application data:
+                // stored with the frame, not published.
+                topic: a.f_port.filter(|p| *p > 0).map(|_| topic.as_str()),
             })
             .collect();
         let mut backoff = Duration::from_millis(20);
