@@ -77,11 +77,8 @@ pub struct UdpCtx {
     pub settings: UdpSettings,
 }
 
-#[derive(Clone, Copy, Debug)]
-struct GatewayState {
-    /// Where PULL_DATA came from: the gateway's downlink socket.
-    pull: Option<(SocketAddr, u8)>,
-}
+/// Per gateway: where its PULL_DATA came from (its downlink socket) and its protocol version.
+type Gateways = Mutex<HashMap<GatewayEui, (SocketAddr, u8)>>;
 
 /// One datagram's accepted work, acknowledged together.
 #[derive(Debug)]
@@ -121,7 +118,7 @@ pub fn bind(addr: &str) -> std::io::Result<UdpSocket> {
 /// Runs the listener until `shutdown`; returns when the writer has drained.
 pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Receiver<bool>) {
     let socket = Arc::new(socket);
-    let gateways: Arc<Mutex<HashMap<GatewayEui, GatewayState>>> = Arc::default();
+    let gateways: Arc<Gateways> = Arc::default();
     let (tx, rx) = mpsc::channel::<WriteJob>(ctx.settings.queue.max(1));
     let writer = tokio::spawn(writer(rx, ctx.clone(), socket.clone()));
     // Join-requests just handled (several gateways hear each one): bytes → when.
@@ -208,23 +205,12 @@ pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Recei
     let _ = writer.await;
 }
 
-fn remember_pull(
-    gateways: &Mutex<HashMap<GatewayEui, GatewayState>>,
-    max: usize,
-    gateway: GatewayEui,
-    peer: SocketAddr,
-    version: u8,
-) {
-    let mut g = gateways.lock().unwrap_or_else(|p| p.into_inner());
+fn remember_pull(gateways: &Gateways, max: usize, gateway: GatewayEui, peer: SocketAddr, version: u8) {
+    let mut g = crate::locks::lock(gateways);
     if g.len() >= max && !g.contains_key(&gateway) {
         return;
     }
-    g.insert(
-        gateway,
-        GatewayState {
-            pull: Some((peer, version)),
-        },
-    );
+    g.insert(gateway, (peer, version));
 }
 
 fn reception(gateway: GatewayEui, rx: &RxPk) -> Reception {
@@ -243,7 +229,7 @@ fn reception(gateway: GatewayEui, rx: &RxPk) -> Reception {
 async fn handle_rxpk(
     ctx: &Arc<UdpCtx>,
     socket: &Arc<UdpSocket>,
-    gateways: &Arc<Mutex<HashMap<GatewayEui, GatewayState>>>,
+    gateways: &Arc<Gateways>,
     joins_seen: &mut HashMap<Vec<u8>, Instant>,
     join_slots: &Arc<tokio::sync::Semaphore>,
     gateway: GatewayEui,
@@ -286,7 +272,7 @@ async fn handle_rxpk(
             joins_seen.insert(rx.data.clone(), now);
             let (ctx, socket, gateways) = (ctx.clone(), socket.clone(), gateways.clone());
             tokio::spawn(async move {
-                join_over_udp(ctx, socket, gateways, rx, heard).await;
+                join_over_udp(ctx, socket, gateways, rx, gateway).await;
                 drop(slot);
             });
         }
@@ -356,9 +342,9 @@ pub(crate) fn record_join(
 async fn join_over_udp(
     ctx: Arc<UdpCtx>,
     socket: Arc<UdpSocket>,
-    gateways: Arc<Mutex<HashMap<GatewayEui, GatewayState>>>,
+    gateways: Arc<Gateways>,
     rx: RxPk,
-    heard: Reception,
+    gateway: GatewayEui,
 ) {
     let mut random = [0u8; 4];
     let _ = aws_lc_rs::rand::fill(&mut random);
@@ -371,14 +357,8 @@ async fn join_over_udp(
         return;
     };
     ctx.sessions.install_joined(&accepted);
-    let gateway_eui = heard.gateway.clone();
-    let pull = {
-        let g = gateways.lock().unwrap_or_else(|p| p.into_inner());
-        hex::decode(&gateway_eui)
-            .ok()
-            .and_then(|b| <[u8; 8]>::try_from(b).ok())
-            .and_then(|eui| g.get(&GatewayEui(eui)).and_then(|s| s.pull))
-    };
+    let gateway_eui = gateway.to_string();
+    let pull = crate::locks::lock(&gateways).get(&gateway).copied();
     let Some((to, version)) = pull else {
         inc(&ctx.stats.lorawan_downlinks_failed);
         ctx.events.emit(

@@ -220,9 +220,7 @@ fn keys_from_blob(blob: &[u8]) -> Option<SessionKeys> {
 
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // A panic while holding the lock cannot leave a half-updated slot (every update is a
-        // plain assignment); keep serving.
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        crate::locks::lock(&self.inner)
     }
 
     /// Installs the session a join just opened (retiring the device's previous one).
