@@ -28,6 +28,21 @@ pub fn session_blob(
     blob
 }
 
+/// The keys in a registry session-key blob ([`session_blob`]'s inverse); `None` if it is not
+/// [`SESSION_KEYS_LEN`] bytes.
+pub fn session_keys(blob: &[u8]) -> Option<verifier::lorawan::SessionKeys> {
+    if blob.len() != SESSION_KEYS_LEN {
+        return None;
+    }
+    let k = |i: usize| -> Option<[u8; 16]> { blob.get(i * 16..(i + 1) * 16)?.try_into().ok() };
+    Some(verifier::lorawan::SessionKeys {
+        f_nwk_s_int_key: k(0)?,
+        s_nwk_s_int_key: k(1)?,
+        nwk_s_enc_key: k(2)?,
+        app_s_key: k(3)?,
+    })
+}
+
 /// Hex as network servers and operators write it: trimmed, one optional `0x`/`0X` prefix.
 pub(crate) fn decode_hex(value: &str) -> Option<Vec<u8>> {
     let v = value.trim();

@@ -207,17 +207,6 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
-/// The registry's blob (FNwkSIntKey ‖ SNwkSIntKey ‖ NwkSEncKey ‖ AppSKey) as keys.
-fn keys_from_blob(blob: &[u8]) -> Option<SessionKeys> {
-    let k = |i: usize| -> Option<[u8; 16]> { blob.get(i * 16..(i + 1) * 16)?.try_into().ok() };
-    Some(SessionKeys {
-        f_nwk_s_int_key: k(0)?,
-        s_nwk_s_int_key: k(1)?,
-        nwk_s_enc_key: k(2)?,
-        app_s_key: k(3)?,
-    })
-}
-
 impl Sessions {
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
         crate::locks::lock(&self.inner)
@@ -302,7 +291,7 @@ impl Sessions {
             }
         }
         let entry = match registry.lorawan_session(&hex::encode(dev_addr)).await {
-            Ok(s) => match (MacVersion::parse(&s.mac_version), keys_from_blob(&s.session_keys)) {
+            Ok(s) => match (MacVersion::parse(&s.mac_version), super::session_keys(&s.session_keys)) {
                 (Some(version), Some(keys)) => Entry::Known(Box::new(Slot {
                     dev_eui: s.dev_eui,
                     session: s.session,
