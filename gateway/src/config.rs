@@ -89,6 +89,9 @@ pub struct LorawanConfig {
     pub udp_listen: String,
     /// Largest forward jump of a device's uplink frame counter accepted.
     pub max_fcnt_gap: u32,
+    /// PUSH_DATA datagrams whose verified frames may wait for the uplink writer (a burst the
+    /// store absorbs); past it, frames are dropped unverified and counted.
+    pub uplink_queue: usize,
     /// The network's NetID (6 hex digits); joined devices get DevAddrs in its block.
     pub net_id: String,
     /// Label of the key-encryption key for Backend Interfaces KeyEnvelopes.
@@ -103,6 +106,7 @@ impl Default for LorawanConfig {
         LorawanConfig {
             udp_listen: "127.0.0.1:1700".into(),
             max_fcnt_gap: 16_384,
+            uplink_queue: 8_192,
             net_id: String::new(),
             join_kek_label: None,
             join_kek_file: None,
@@ -299,6 +303,9 @@ sweep_interval_secs = 60
 udp_listen = "127.0.0.1:1700"
 # Uplink frame counters must increase, by at most this much (LoRaWAN MAX_FCNT_GAP).
 max_fcnt_gap = 16384
+# Datagrams of verified frames waiting to be stored (a burst absorbed); past it, frames are
+# dropped before verification, counted (lorawan_uplinks_overloaded) and reported by an event.
+uplink_queue = 8192
 # The network's NetID (6 hex digits; empty: 000000); joined devices get DevAddrs in its block.
 net_id = ""
 # Join server (POST /lorawan/join, LoRaWAN Backend Interfaces): session keys in JoinAns are
@@ -333,6 +340,9 @@ impl Config {
         }
         if self.lorawan.max_fcnt_gap == 0 {
             problems.push("lorawan.max_fcnt_gap must be positive".into());
+        }
+        if self.lorawan.uplink_queue == 0 {
+            problems.push("lorawan.uplink_queue must be positive".into());
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("http.listen `{}` is not an address:port", self.http.listen));

@@ -336,6 +336,18 @@ pub async fn start(config: Config) -> Result<Running> {
         kek: config.lorawan.kek()?,
     });
     let lorawan_sessions = Arc::new(crate::lorawan::uplink::Sessions::default());
+    {
+        // Stored sessions are loaded behind the listener: frames that arrive first are served
+        // through the per-address look-up.
+        let (sessions, registry) = (lorawan_sessions.clone(), registry.clone());
+        background.push(tokio::spawn(async move {
+            let started = crate::clock::monotonic();
+            match sessions.preload(&registry).await {
+                Ok(n) => tracing::info!(sessions = n, took = ?started.elapsed(), "LoRaWAN sessions loaded"),
+                Err(e) => tracing::warn!(error = %e, "could not load the LoRaWAN sessions; each is looked up on its first frame"),
+            }
+        }));
+    }
     background.push(tokio::spawn(crate::lorawan::udp::run(
         udp_socket,
         Arc::new(crate::lorawan::udp::UdpCtx {
@@ -350,6 +362,7 @@ pub async fn start(config: Config) -> Result<Running> {
                     max_fcnt_gap: config.lorawan.max_fcnt_gap,
                     ..Default::default()
                 },
+                queue: config.lorawan.uplink_queue,
                 ..Default::default()
             },
         }),

@@ -69,6 +69,7 @@ counters! {
     lorawan_uplinks_accepted: "LoRaWAN data uplinks verified (MIC, frame counter) and stored",
     lorawan_uplinks_rejected: "LoRaWAN data uplinks refused (unknown DevAddr, MIC, replay, counter gap, malformed)",
     lorawan_uplinks_duplicate: "further receptions of an accepted LoRaWAN frame (other gateways), recorded with it",
+    lorawan_uplinks_overloaded: "LoRaWAN data frames dropped unverified because the uplink writer's queue was full (with an event)",
     lorawan_downlinks_sent: "LoRaWAN downlinks (join-accepts) sent to gateways in PULL_RESP",
     lorawan_downlinks_failed: "LoRaWAN downlinks not sent or not transmitted (no downlink path, TX_ACK error)",
 }

@@ -103,6 +103,13 @@ async fn lora_packet_devices_join_and_send_through_packet_forwarders() {
         String::from_utf8_lossy(&out.stderr)
     );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    // PUSH_ACKs come on receipt; the last frames commit just after (bounded wait).
+    for _ in 0..100 {
+        if server.running.stats.snapshot().lorawan_uplinks_accepted >= 9 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 
     for (i, d) in report["devices"].as_array().unwrap().iter().enumerate() {
         let eui = d["dev_eui"].as_str().unwrap();

@@ -1,7 +1,7 @@
 //! The packet-forwarder path end to end: simulated gateways (`sim_devices::lorawan`) speak the
 //! Semtech UDP protocol to a real server on loopback. OTAA joins come back as PULL_RESP
-//! join-accepts the device can open; uplinks are acknowledged only once stored, decrypted and
-//! listed by the API with every gateway that heard them; replays, forged MICs, counter jumps,
+//! join-accepts the device can open; uplinks are acknowledged on receipt (as the protocol asks),
+//! then verified, stored, decrypted and listed by the API with every gateway that heard them; replays, forged MICs, counter jumps,
 //! reused DevNonces, unknown DevAddrs and garbage datagrams are refused with their check named.
 #![allow(clippy::unwrap_used)]
 
@@ -51,6 +51,76 @@ async fn api_get(server: &Server, path: &str) -> Value {
     r.json().await.unwrap()
 }
 
+/// The device's stored uplinks through the API, once at least `n` are listed (bounded wait: the
+/// PUSH_ACK is sent on receipt, the commit follows).
+async fn uplinks_listed(server: &Server, eui: &str, n: usize) -> Value {
+    let mut listed = Value::Null;
+    for _ in 0..100 {
+        listed = api_get(server, &format!("/api/v1/lorawan/devices/{eui}/uplinks")).await;
+        if listed["items"].as_array().is_some_and(|i| i.len() >= n) {
+            return listed;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} uplinks stored for {eui}: {listed}");
+}
+
+/// The registry's stored uplinks of a device, once at least `n` are there (bounded wait).
+async fn uplinks_stored(server: &Server, eui: &str, n: usize) -> Vec<registry::LorawanUplink> {
+    for _ in 0..100 {
+        let stored = server.running.registry.lorawan_uplinks(eui, 10).await.unwrap();
+        if stored.len() >= n {
+            return stored;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("fewer than {n} uplinks stored for {eui}");
+}
+
+/// How the in-process verifier tests say a frame was heard.
+fn reception() -> gateway::lorawan::uplink::Reception {
+    gateway::lorawan::uplink::Reception {
+        gateway: "0101010101010101".into(),
+        freq: 868.1,
+        datr: "SF7BW125".into(),
+        rssi: Some(-50),
+        lsnr: Some(5.0),
+        tmst: 1,
+    }
+}
+
+/// Provisions an ABP device (LoRaWAN 1.0.4) in the registry with `session`'s keys; the device.
+async fn provision_abp(
+    server: &Server,
+    dev_eui: [u8; 8],
+    session: DeviceSession,
+    f_cnt_up: Option<u32>,
+) -> LorawanDevice {
+    let blob = gateway::lorawan::session_blob(
+        &session.f_nwk_s_int_key,
+        &session.s_nwk_s_int_key,
+        &session.nwk_s_enc_key,
+        &session.app_s_key,
+    );
+    server
+        .running
+        .registry
+        .insert_lorawan_abp(
+            &registry::NewAbpDevice {
+                dev_eui: &hex::encode(dev_eui),
+                dev_addr: &hex::encode(session.dev_addr),
+                mac_version: "1.0.4",
+                session_keys: &blob,
+                f_cnt_up,
+                f_cnt_down: 0,
+            },
+            1,
+        )
+        .await
+        .unwrap();
+    LorawanDevice::abp(dev_eui, session, false)
+}
+
 /// Joins over UDP: join-request in PUSH_DATA, join-accept back in PULL_RESP on the gateway that
 /// heard it, timed for RX1 (tmst + 5 s), opened by the device.
 async fn join(fwd: &mut PacketForwarder, device: &mut LorawanDevice) -> [u8; 4] {
@@ -86,8 +156,8 @@ async fn otaa_join_uplinks_duplicates_and_refusals() {
         .wait_event("lorawan.join_accepted", |e| e.device_id.as_deref() == Some(&eui))
         .await;
 
-    // An uplink heard by three gateways: one frame stored, three receptions. The PUSH_ACK is
-    // the promise that it is stored: the API lists it at once.
+    // An uplink heard by three gateways: one frame stored, three receptions. Each PUSH_ACK comes
+    // on receipt; the frame is listed once its batch committed.
     let up0 = device.uplink(2, b"temp=21.5").unwrap();
     let rx = |rssi| Rx { rssi, ..Rx::default() };
     let (t1, d1) = gw1.push_datagram(&[(up0.clone(), rx(-40))]);
@@ -97,7 +167,7 @@ async fn otaa_join_uplinks_duplicates_and_refusals() {
     gw2.send_raw(&d2).await.unwrap();
     gw3.send_raw(&d3).await.unwrap();
     gw1.wait_push_ack(t1).await.unwrap();
-    let listed = api_get(&server, &format!("/api/v1/lorawan/devices/{eui}/uplinks")).await;
+    let listed = uplinks_listed(&server, &eui, 1).await;
     let items = listed["items"].as_array().unwrap();
     assert_eq!(items.len(), 1, "{listed}");
     assert_eq!(items[0]["fcnt"], 0);
@@ -159,7 +229,7 @@ async fn otaa_join_uplinks_duplicates_and_refusals() {
     device.session.as_mut().unwrap().fcnt_up = 3;
     let up3 = device.uplink(2, b"temp=22.0").unwrap();
     gw1.push(&[(up3, Rx::default())]).await.unwrap();
-    let listed = api_get(&server, &format!("/api/v1/lorawan/devices/{eui}/uplinks")).await;
+    let listed = uplinks_listed(&server, &eui, 3).await;
     let fcnts: Vec<i64> = listed["items"]
         .as_array()
         .unwrap()
@@ -211,6 +281,7 @@ async fn otaa_join_uplinks_duplicates_and_refusals() {
     }
     let up4 = device.uplink(2, b"still here").unwrap();
     gw1.push(&[(up4, Rx::default())]).await.unwrap();
+    uplinks_listed(&server, &eui, 4).await;
     let stats = server.running.stats.snapshot();
     assert!(stats.lorawan_datagrams_dropped >= 3, "{stats:?}");
     assert_eq!(stats.lorawan_uplinks_accepted, 4, "{stats:?}");
@@ -292,7 +363,7 @@ async fn lorawan_1_1_uplinks_bind_data_rate_and_channel() {
     let mac_only = device.uplink_with(0, &[0x02], &[], false, radio).unwrap();
     gw.push(&[(mac_only, rx.clone())]).await.unwrap();
     let eui = hex::encode_upper(dev_eui);
-    let stored = server.running.registry.lorawan_uplinks(&eui, 10).await.unwrap();
+    let stored = uplinks_stored(&server, &eui, 1).await;
     assert_eq!(
         (stored.len(), stored[0].f_port, stored[0].payload.as_slice()),
         (1, Some(0), &[0x02][..])
@@ -307,7 +378,7 @@ async fn lorawan_1_1_uplinks_bind_data_rate_and_channel() {
         .uplink_with(10, b"\x01\x02\x03", &[0x02, 0x06, 0xff, 0x10], true, radio)
         .unwrap();
     gw.push(&[(up, rx.clone())]).await.unwrap();
-    let uplinks = server.running.registry.lorawan_uplinks(&eui, 10).await.unwrap();
+    let uplinks = uplinks_stored(&server, &eui, 2).await;
     assert_eq!(uplinks.len(), 2);
     assert_eq!(uplinks[0].payload, b"\x01\x02\x03");
     // Application data is published as telemetry, on the device's topic.
@@ -371,7 +442,7 @@ async fn abp_devices_provisioned_through_the_api() {
     gw.push(&[(device.uplink(1, b"hello").unwrap(), Rx::default())])
         .await
         .unwrap();
-    let listed = api_get(&server, "/api/v1/lorawan/devices/ABABABABABABABAB/uplinks").await;
+    let listed = uplinks_listed(&server, "ABABABABABABABAB", 1).await;
     assert_eq!(listed["items"][0]["payload_hex"], hex::encode(b"hello"));
     assert_eq!(listed["items"][0]["fcnt"], 11);
 }
@@ -380,7 +451,7 @@ async fn abp_devices_provisioned_through_the_api() {
 /// budget, and what is remembered as unknown stays bounded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_dev_addr_floods_are_bounded() {
-    use gateway::lorawan::uplink::{Reception, Sessions, UplinkSettings, Verdict};
+    use gateway::lorawan::uplink::{Sessions, UplinkSettings, Verdict};
     let server = common::start(&[]).await;
     let sessions = Sessions::default();
     let settings = UplinkSettings {
@@ -388,14 +459,7 @@ async fn forged_dev_addr_floods_are_bounded() {
         max_unknown: 8,
         ..UplinkSettings::default()
     };
-    let heard = Reception {
-        gateway: "0101010101010101".into(),
-        freq: 868.1,
-        datr: "SF7BW125".into(),
-        rssi: Some(-50),
-        lsnr: Some(5.0),
-        tmst: 1,
-    };
+    let heard = reception();
     let mut checks = std::collections::BTreeMap::new();
     for i in 0..200u32 {
         let mut forger = LorawanDevice::abp(
@@ -425,4 +489,126 @@ async fn forged_dev_addr_floods_are_bounded() {
     assert!(throttled >= 150, "{checks:?}");
     assert_eq!(checks.values().sum::<i32>(), 200);
     assert!(sessions.is_empty());
+}
+
+/// At start the uplink path loads every stored session: a restarted server serves its fleet from
+/// memory at once, without the per-address look-ups whose budget is meant for forged DevAddrs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_sessions_are_loaded_at_start() {
+    use gateway::lorawan::uplink::{Sessions, UplinkSettings, Verdict};
+    let server = common::start(&[]).await;
+    let registry = &server.running.registry;
+    let mut devices = Vec::new();
+    for i in 0..5u8 {
+        let session = DeviceSession {
+            dev_addr: [0x26, 0x0C, 0x00, i],
+            f_nwk_s_int_key: [i; 16],
+            s_nwk_s_int_key: [i; 16],
+            nwk_s_enc_key: [i; 16],
+            app_s_key: [0x40 | i; 16],
+            fcnt_up: 7,
+        };
+        let dev_eui = [0xC0, 0, 0, 0, 0, 0, 0, i];
+        devices.push(provision_abp(&server, dev_eui, session, Some(6)).await);
+    }
+    let sessions = Sessions::default();
+    assert_eq!(sessions.preload(registry).await.unwrap(), 5);
+    assert_eq!(sessions.len(), 5);
+    // No look-up budget at all: every frame is judged from memory.
+    let settings = UplinkSettings {
+        lookups_per_sec: 0.0,
+        ..UplinkSettings::default()
+    };
+    let heard = reception();
+    for device in &mut devices {
+        let frame = device.uplink(1, b"after restart").unwrap();
+        match sessions.verify(registry, &settings, &frame, &heard).await {
+            Verdict::Accepted(a) => assert_eq!((a.fcnt, a.payload.as_slice()), (7, &b"after restart"[..])),
+            other => panic!("not served from the loaded table: {other:?}"),
+        }
+    }
+    // The stored counter was loaded too: frame 6 again is a replay, not a fresh frame.
+    let mut replayer = devices.remove(0);
+    replayer.session.as_mut().unwrap().fcnt_up = 6;
+    let old = replayer.uplink(1, b"old").unwrap();
+    match sessions.verify(registry, &settings, &old, &heard).await {
+        Verdict::Rejected(r) => assert_eq!(r.check, "fcnt_replay"),
+        other => panic!("a replay was not refused: {other:?}"),
+    }
+    // Loading again keeps what is held (its counters moved on): nothing is replaced.
+    assert_eq!(sessions.preload(registry).await.unwrap(), 0);
+}
+
+/// A burst the uplink writer cannot take: every datagram is still acknowledged on receipt, the
+/// frames past the writer's queue are dropped before verification, counted and reported, and
+/// every frame is either stored or counted as dropped, none lost silently.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_past_the_writer_queue_is_shed_and_counted() {
+    let server = common::start_with(&[], |c| c.lorawan.uplink_queue = 1).await;
+    let registry = &server.running.registry;
+    let mut devices = Vec::new();
+    for i in 0..100u32 {
+        let session = DeviceSession {
+            dev_addr: (0x260D_0000 | i).to_be_bytes(),
+            f_nwk_s_int_key: [3; 16],
+            s_nwk_s_int_key: [3; 16],
+            nwk_s_enc_key: [3; 16],
+            app_s_key: [4; 16],
+            fcnt_up: 0,
+        };
+        let dev_eui = (0xC1_0000_0000_0000u64 | u64::from(i)).to_be_bytes();
+        devices.push(provision_abp(&server, dev_eui, session, None).await);
+    }
+    server.running.lorawan_sessions.preload(registry).await.unwrap();
+    let mut gw = PacketForwarder::connect(server.running.lorawan_udp_addr, [5; 8])
+        .await
+        .unwrap();
+    // 400 frames, 8 to a datagram, sent back to back: the first datagram's commit (an fsync)
+    // takes longer than receiving the rest.
+    let mut tokens = Vec::new();
+    let mut frames = Vec::new();
+    for round in 0..4 {
+        for d in &mut devices {
+            frames.push((d.uplink(1, format!("r{round}").as_bytes()).unwrap(), Rx::default()));
+        }
+    }
+    for chunk in frames.chunks(8) {
+        let (token, datagram) = gw.push_datagram(chunk);
+        gw.send_raw(&datagram).await.unwrap();
+        tokens.push(token);
+    }
+    for token in tokens {
+        gw.wait_push_ack(token).await.unwrap();
+    }
+    let mut stats = server.running.stats.snapshot();
+    for _ in 0..100 {
+        if stats.lorawan_uplinks_accepted + stats.lorawan_uplinks_overloaded == 400 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        stats = server.running.stats.snapshot();
+    }
+    assert_eq!(
+        stats.lorawan_uplinks_accepted + stats.lorawan_uplinks_overloaded,
+        400,
+        "every frame stored or counted as dropped: {stats:?}"
+    );
+    assert!(stats.lorawan_uplinks_overloaded > 0, "{stats:?}");
+    assert_eq!(
+        stats.lorawan_uplinks_rejected, 0,
+        "a shed frame is not judged: {stats:?}"
+    );
+    let event = server
+        .wait_event("lorawan.datagram_dropped", |e| {
+            check_of(e).as_deref() == Some("overloaded")
+        })
+        .await;
+    assert!(event.detail.as_ref().unwrap()["frames"].as_u64().unwrap() >= 1);
+    // What was counted as accepted is what is stored.
+    let mut stored = 0;
+    for d in &devices {
+        let eui = hex::encode_upper(d.dev_eui);
+        stored += registry.lorawan_uplinks(&eui, 10).await.unwrap().len() as u64;
+    }
+    assert_eq!(stored, stats.lorawan_uplinks_accepted);
 }

@@ -335,6 +335,40 @@ impl Registry {
         })
     }
 
+    /// The sessions of devices that hold a DevAddr, `limit` at a time in DevAddr order after
+    /// `after` (for loading the uplink path's session table at start). A row whose sealed keys do
+    /// not open fails the page, as [`Registry::lorawan_session`] would fail for it.
+    pub async fn lorawan_sessions_page(&self, after: Option<&str>, limit: i64) -> Result<Vec<LorawanSession>> {
+        let after = match after {
+            Some(a) => hex_id("DevAddr", a, 4)?,
+            None => String::new(),
+        };
+        let rows = sqlx::query(
+            "SELECT dev_eui, dev_addr, mac_version, activation, join_nonce, session_keys, f_cnt_up \
+             FROM lorawan_devices WHERE dev_addr > $1 AND session_keys IS NOT NULL ORDER BY dev_addr LIMIT $2",
+        )
+        .bind(&after)
+        .bind(limit)
+        .fetch_all(self.pool())
+        .await?;
+        let keys = self.keys()?;
+        let mut sessions = Vec::with_capacity(rows.len());
+        for row in rows {
+            let dev_eui: String = row.try_get("dev_eui")?;
+            let sealed: Vec<u8> = row.try_get("session_keys")?;
+            let session_keys = keys.open(&Keyring::aad("lorawan_devices", &dev_eui, "session_keys"), &sealed)?;
+            sessions.push(LorawanSession {
+                dev_eui,
+                dev_addr: row.try_get("dev_addr")?,
+                mac_version: row.try_get("mac_version")?,
+                session_keys,
+                f_cnt_up: row.try_get("f_cnt_up")?,
+                session: session_number(&row.try_get::<String, _>("activation")?, row.try_get("join_nonce")?),
+            });
+        }
+        Ok(sessions)
+    }
+
     /// Advances FCntUp from `expected` (what the caller read; `None` = no uplink yet) to `new`.
     /// `false` if the stored value is no longer `expected` (another node accepted a frame).
     pub async fn cas_lorawan_f_cnt_up(

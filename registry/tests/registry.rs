@@ -1716,4 +1716,43 @@ async fn lorawan_uplink_batches(db: &TestDb) {
         matches!(r.lorawan_session("26000010").await, Err(RegistryError::NotFound { .. })),
         "the old DevAddr is released"
     );
+    // The sessions, paged in DevAddr order (how the uplink path loads its table at start): every
+    // device holding a DevAddr once, opened, with its counter and session number; the OTAA
+    // device that has not joined is absent.
+    r.insert_lorawan_device(
+        &NewLorawanDevice {
+            dev_eui: "00000000000000C2",
+            join_eui: "0000000000000001",
+            mac_version: "1.1",
+            app_key: &[1; 16],
+            nwk_key: Some(&[2; 16]),
+        },
+        NOW,
+    )
+    .await
+    .unwrap();
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = r.lorawan_sessions_page(after.as_deref(), 2).await.unwrap();
+        assert!(page.len() <= 2);
+        let Some(last) = page.last() else { break };
+        after = Some(last.dev_addr.clone());
+        paged.extend(
+            page.into_iter()
+                .map(|s| (s.dev_addr, s.dev_eui, s.f_cnt_up, s.session, s.session_keys.to_vec())),
+        );
+    }
+    assert_eq!(
+        paged,
+        vec![
+            ("26000001".into(), "00000000000000B1".into(), Some(1), 0, keys.to_vec()),
+            ("26000002".into(), "00000000000000B2".into(), Some(6), 0, keys.to_vec()),
+            ("26000011".into(), "00000000000000C1".into(), Some(0), 2, keys.to_vec()),
+        ]
+    );
+    assert!(
+        r.lorawan_sessions_page(Some("zz"), 2).await.is_err(),
+        "a malformed cursor is refused"
+    );
 }

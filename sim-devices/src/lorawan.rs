@@ -410,8 +410,8 @@ impl PacketForwarder {
         (token, d)
     }
 
-    /// Sends frames in one PUSH_DATA and waits for its PUSH_ACK (which the server sends once
-    /// the frames it accepted are stored).
+    /// Sends frames in one PUSH_DATA and waits for its PUSH_ACK (which a server sends on
+    /// receipt: it says the datagram arrived, not what became of its frames).
     pub async fn push(&mut self, frames: &[(Vec<u8>, Rx)]) -> Result<(), LorawanSimError> {
         let (token, d) = self.push_datagram(frames);
         self.up.send_to(&d, self.server).await?;

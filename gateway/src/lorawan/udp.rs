@@ -2,17 +2,30 @@
 //!
 //! One task receives datagrams. Every datagram is hostile: it is decoded by `semtech_udp`
 //! (typed refusals, counted, and an event), and the frames it carries are trusted only after
-//! their MIC verified ([`super::uplink`]). Accepted frames go, a datagram at a time, to one
-//! batching writer; the gateway's PUSH_ACK is sent only after the batch holding its frames has
-//! committed — the uplink rows, each device's FCntUp and the payloads' telemetry messages, in one
-//! transaction — and then the messages go to backend subscribers as MQTT telemetry does
-//! (`devices/{DevEUI}/telemetry`). Join-requests go to the join server ([`super::join`]) in their own task;
-//! the join-accept goes back in a PULL_RESP to the gateway that heard the request, timed for RX1
+//! their MIC verified ([`super::uplink`]).
+//!
+//! A PUSH_DATA that decodes is acknowledged at once, before its frames are verified or stored.
+//! The protocol defines PUSH_ACK that way ("acknowledge immediately all the PUSH_DATA packets
+//! received"): it measures the network path for the gateway's statistics and is never a delivery
+//! receipt, since a forwarder does not resend a PUSH_DATA. Semtech's reference forwarder also
+//! blocks its upstream thread up to 100 ms (PUSH_TIMEOUT_MS) waiting for each PUSH_ACK, so an
+//! acknowledgement held back for a database commit would stall the gateway's radio polling. What
+//! fleetward promises instead: a frame is published to subscribers, listed by the API and counted
+//! as accepted only after it is committed.
+//!
+//! Verified frames go, a datagram at a time, to one batching writer: one transaction per batch
+//! holds the uplink rows, each device's FCntUp and the payloads' telemetry messages; then the
+//! messages go to backend subscribers as MQTT telemetry does (`devices/{DevEUI}/telemetry`).
+//! The writer's queue is bounded. When it is full, the frames of the datagrams that arrive are
+//! dropped before verification (so no session counter moves for them), counted in
+//! `lorawan_uplinks_overloaded` and reported by an event at most once a second. Blocking the
+//! receiver instead would only move the loss into the kernel's socket buffer, where nobody
+//! counts it. Join-requests go to the join server ([`super::join`]) in their own task; the
+//! join-accept goes back in a PULL_RESP to the gateway that heard the request, timed for RX1
 //! (JOIN_ACCEPT_DELAY1, 5 s after the uplink).
 //!
-//! Bounded everywhere: the writer's queue (a full queue stops the receiver, and the kernel drops
-//! what arrives meanwhile — UDP has no other backpressure), the gateway table, the join
-//! de-duplication table, and the sessions (one per provisioned device).
+//! Bounded everywhere: the writer's queue, the gateway table, the join de-duplication table, the
+//! joins in flight, and the sessions (one per provisioned device).
 
 use super::backend::JoinServerConfig;
 use super::join::{JoinAccepted, JoinRefusal, join};
@@ -35,9 +48,11 @@ use tokio::sync::{mpsc, watch};
 #[derive(Clone, Debug)]
 pub struct UdpSettings {
     pub uplink: UplinkSettings,
-    /// Datagrams whose frames may wait for the writer.
+    /// Datagrams whose verified frames may wait for the writer; past it, frames are dropped
+    /// unverified and counted (`lorawan_uplinks_overloaded`).
     pub queue: usize,
-    /// Most datagrams per commit.
+    /// Most datagrams per commit. The writer takes whatever waited while it last committed, so a
+    /// batch grows with the load and one commit's cost is shared by more frames.
     pub max_batch: usize,
     /// Most gateways remembered (their downlink address); past it, new gateways get no downlinks.
     pub max_gateways: usize,
@@ -54,8 +69,8 @@ impl Default for UdpSettings {
     fn default() -> Self {
         UdpSettings {
             uplink: UplinkSettings::default(),
-            queue: 4096,
-            max_batch: 256,
+            queue: 8192,
+            max_batch: 2048,
             max_gateways: 65_536,
             join_accept_delay_us: 5_000_000,
             tx_power: 14,
@@ -80,12 +95,38 @@ pub struct UdpCtx {
 /// Per gateway: where its PULL_DATA came from (its downlink socket) and its protocol version.
 type Gateways = Mutex<HashMap<GatewayEui, (SocketAddr, u8)>>;
 
-/// One datagram's accepted work, acknowledged together.
-#[derive(Debug)]
-struct WriteJob {
-    items: Vec<(Verdict, Reception)>,
-    /// PUSH_ACK to send once stored: (peer, protocol version, token).
-    ack: (SocketAddr, u8, u16),
+/// One datagram's verified frames, for the writer.
+type WriteJob = Vec<(Verdict, Reception)>;
+
+/// Frames dropped because the writer's queue was full, reported by one event a second at most.
+#[derive(Debug, Default)]
+struct Overload {
+    dropped: u64,
+    reported_at: Option<Instant>,
+}
+
+impl Overload {
+    fn drop_frame(&mut self, ctx: &UdpCtx, gateway: GatewayEui) {
+        inc(&ctx.stats.lorawan_uplinks_overloaded);
+        self.dropped += 1;
+        let now = crate::clock::monotonic();
+        if self
+            .reported_at
+            .is_some_and(|at| now.duration_since(at) < Duration::from_secs(1))
+        {
+            return;
+        }
+        ctx.events.emit(
+            NewEvent::new("lorawan.datagram_dropped", "lorawan")
+                .reason(format!(
+                    "the uplink writer is behind (its queue of {} datagrams is full): {} frames dropped unverified",
+                    ctx.settings.queue, self.dropped
+                ))
+                .detail(json!({ "check": "overloaded", "gateway": gateway.to_string(), "frames": self.dropped })),
+        );
+        self.dropped = 0;
+        self.reported_at = Some(now);
+    }
 }
 
 /// The receive buffer asked for: a busy gateway sends bursts of PUSH_DATA, and what does not fit
@@ -120,10 +161,11 @@ pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Recei
     let socket = Arc::new(socket);
     let gateways: Arc<Gateways> = Arc::default();
     let (tx, rx) = mpsc::channel::<WriteJob>(ctx.settings.queue.max(1));
-    let writer = tokio::spawn(writer(rx, ctx.clone(), socket.clone()));
+    let writer = tokio::spawn(writer(rx, ctx.clone()));
     // Join-requests just handled (several gateways hear each one): bytes → when.
     let mut joins_seen: HashMap<Vec<u8>, Instant> = HashMap::new();
     let join_slots = Arc::new(tokio::sync::Semaphore::new(ctx.settings.max_concurrent_joins.max(1)));
+    let mut overload = Overload::default();
     let mut buf = vec![0u8; semtech_udp::MAX_DATAGRAM + 1];
     loop {
         let (n, peer) = tokio::select! {
@@ -176,27 +218,35 @@ pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Recei
                 rxpk,
                 ..
             } => {
-                let mut job = WriteJob {
-                    items: Vec::with_capacity(rxpk.len()),
-                    ack: (peer, version, token),
+                // Acknowledged on receipt, as the protocol asks (see the module's doc).
+                let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
+                // Room for this datagram's frames is taken before they are verified: a frame
+                // that cannot be stored must not move its session's counter.
+                let permit = match tx.try_reserve() {
+                    Ok(permit) => Some(permit),
+                    Err(mpsc::error::TrySendError::Full(())) => None,
+                    Err(mpsc::error::TrySendError::Closed(())) => break,
                 };
+                let mut job: WriteJob = Vec::with_capacity(rxpk.len());
                 for rx in rxpk {
+                    let frame = Frame { gateway, rx };
                     handle_rxpk(
                         &ctx,
                         &socket,
                         &gateways,
                         &mut joins_seen,
                         &join_slots,
-                        gateway,
-                        rx,
+                        frame,
+                        permit.is_some(),
                         &mut job,
+                        &mut overload,
                     )
                     .await;
                 }
-                if job.items.is_empty() {
-                    let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
-                } else if tx.send(job).await.is_err() {
-                    break;
+                if let Some(permit) = permit
+                    && !job.is_empty()
+                {
+                    permit.send(job);
                 }
             }
         }
@@ -224,7 +274,14 @@ fn reception(gateway: GatewayEui, rx: &RxPk) -> Reception {
     }
 }
 
-/// One received frame: a join-request goes to the join server; a data uplink is verified.
+/// One `rxpk` of a PUSH_DATA, with the gateway that heard it.
+struct Frame {
+    gateway: GatewayEui,
+    rx: RxPk,
+}
+
+/// One received frame: a join-request goes to the join server; a data uplink is verified when
+/// the writer has room for it (`room`), else dropped and counted.
 #[allow(clippy::too_many_arguments)]
 async fn handle_rxpk(
     ctx: &Arc<UdpCtx>,
@@ -232,9 +289,10 @@ async fn handle_rxpk(
     gateways: &Arc<Gateways>,
     joins_seen: &mut HashMap<Vec<u8>, Instant>,
     join_slots: &Arc<tokio::sync::Semaphore>,
-    gateway: GatewayEui,
-    rx: RxPk,
+    Frame { gateway, rx }: Frame,
+    room: bool,
     job: &mut WriteJob,
+    overload: &mut Overload,
 ) {
     if rx.stat != 1 {
         // The radio's CRC failed (or was absent): not a frame anyone sent.
@@ -276,6 +334,7 @@ async fn handle_rxpk(
                 drop(slot);
             });
         }
+        _ if !room => overload.drop_frame(ctx, gateway),
         _ => {
             let verdict = ctx
                 .sessions
@@ -283,7 +342,7 @@ async fn handle_rxpk(
                 .await;
             match verdict {
                 Verdict::Rejected(r) => reject(ctx, &r, &heard),
-                v => job.items.push((v, heard)),
+                v => job.push((v, heard)),
             }
         }
     }
@@ -390,8 +449,8 @@ async fn join_over_udp(
     }
 }
 
-/// Commits accepted frames in batches, then acknowledges their datagrams and publishes them.
-async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<UdpSocket>) {
+/// Commits accepted frames in batches, then publishes them.
+async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>) {
     let mut jobs: Vec<WriteJob> = Vec::with_capacity(ctx.settings.max_batch);
     while rx.recv_many(&mut jobs, ctx.settings.max_batch.max(1)).await > 0 {
         let now = now_ms();
@@ -401,7 +460,7 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
         let mut index: HashMap<(String, i64, u32), usize> = HashMap::new();
         let mut late: Vec<((String, i64, u32), serde_json::Value)> = Vec::new();
         for job in &mut jobs {
-            for (verdict, heard) in job.items.drain(..) {
+            for (verdict, heard) in job.drain(..) {
                 match verdict {
                     Verdict::Accepted(a) => {
                         index.insert((a.dev_eui.clone(), a.session, a.fcnt), accepted.len());
@@ -449,7 +508,7 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
                 Ok(o) => break o,
                 Err(e) => {
                     inc(&ctx.stats.store_failures);
-                    tracing::warn!(error = %e, uplinks = rows.len(), retry_in = ?backoff, "LoRaWAN uplink commit failed; retrying (nothing acknowledged)");
+                    tracing::warn!(error = %e, uplinks = rows.len(), retry_in = ?backoff, "LoRaWAN uplink commit failed; retrying (nothing published)");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
@@ -468,11 +527,7 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>, socket: Arc<
         let published = stored.telemetry.len() as u64;
         add(&ctx.stats.lorawan_uplinks_accepted, published);
         add(&ctx.stats.messages_stored, published);
-        // Stored: acknowledge every datagram of the batch, then publish.
-        for job in jobs.drain(..) {
-            let (peer, version, token) = job.ack;
-            let _ = socket.send_to(&semtech_udp::push_ack(version, token), peer).await;
-        }
+        jobs.clear();
         let telemetry: Vec<Arc<registry::StoredMessage>> = stored.telemetry.into_iter().map(Arc::new).collect();
         ctx.hub.fan_out(&telemetry);
         for ((a, g), outcome) in accepted.into_iter().zip(stored.outcomes) {

@@ -131,6 +131,20 @@ struct Slot {
     recent: Option<(u32, Vec<u8>, Instant)>,
 }
 
+impl Slot {
+    /// A stored session as the uplink path holds it; `None` if its version or keys are unreadable.
+    fn from_stored(s: registry::LorawanSession) -> Option<Slot> {
+        Some(Slot {
+            version: MacVersion::parse(&s.mac_version)?,
+            keys: super::session_keys(&s.session_keys)?,
+            last_fcnt: s.f_cnt_up.and_then(|f| u32::try_from(f).ok()),
+            dev_eui: s.dev_eui,
+            session: s.session,
+            recent: None,
+        })
+    }
+}
+
 enum Entry {
     Known(Box<Slot>),
     /// No session holds this DevAddr (until then).
@@ -153,6 +167,9 @@ struct Table {
     /// Registry look-up budget: tokens, and when they were last refilled.
     lookup_tokens: f64,
     refilled: Option<Instant>,
+    /// Bumped by every install and forget, so a page read by [`Sessions::preload`] before one
+    /// of them is read again instead of overwriting what it did.
+    changes: u64,
 }
 
 impl Table {
@@ -215,6 +232,7 @@ impl Sessions {
     /// Installs the session a join just opened (retiring the device's previous one).
     pub fn install(&self, dev_eui: &str, dev_addr: [u8; 4], session: i64, version: MacVersion, keys: SessionKeys) {
         let mut t = self.lock();
+        t.changes += 1;
         if let Some(old) = t.addr_of.insert(dev_eui.to_owned(), dev_addr)
             && old != dev_addr
         {
@@ -253,9 +271,53 @@ impl Sessions {
     /// reloads it from the registry.
     pub fn forget(&self, dev_addr: [u8; 4]) {
         let mut t = self.lock();
+        t.changes += 1;
         if let Some(Entry::Known(slot)) = t.remove(&dev_addr) {
             t.addr_of.remove(&slot.dev_eui);
         }
+    }
+
+    /// Loads every stored session, a page at a time, so that after a start each provisioned
+    /// device is served from memory at once rather than through the look-up budget (which exists
+    /// for forged addresses, and at 2,000/s would refuse a large fleet's first frames after a
+    /// restart as `lookup_throttled`). A device this table already holds (a join or a look-up got
+    /// there first) is kept; a page read while a join or provisioning change landed is read
+    /// again. Returns how many sessions were loaded.
+    pub async fn preload(&self, registry: &Registry) -> Result<usize, RegistryError> {
+        const PAGE: i64 = 2_000;
+        let mut after: Option<String> = None;
+        let mut loaded = 0;
+        loop {
+            let seen = self.lock().changes;
+            let page = registry.lorawan_sessions_page(after.as_deref(), PAGE).await?;
+            let Some(last) = page.last().map(|s| s.dev_addr.clone()) else {
+                break;
+            };
+            let full = page.len() as i64 == PAGE;
+            let mut t = self.lock();
+            if t.changes != seen {
+                continue;
+            }
+            for s in page {
+                let Some(addr) = hex::decode(&s.dev_addr).ok().and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+                    continue;
+                };
+                if t.addr_of.contains_key(&s.dev_eui) || matches!(t.by_addr.get(&addr), Some(Entry::Known(_))) {
+                    continue;
+                }
+                if let Some(slot) = Slot::from_stored(s) {
+                    t.addr_of.insert(slot.dev_eui.clone(), addr);
+                    t.insert(addr, Entry::Known(Box::new(slot)));
+                    loaded += 1;
+                }
+            }
+            drop(t);
+            after = Some(last);
+            if !full {
+                break;
+            }
+        }
+        Ok(loaded)
     }
 
     /// Sessions held (known DevAddrs).
@@ -291,16 +353,9 @@ impl Sessions {
             }
         }
         let entry = match registry.lorawan_session(&hex::encode(dev_addr)).await {
-            Ok(s) => match (MacVersion::parse(&s.mac_version), super::session_keys(&s.session_keys)) {
-                (Some(version), Some(keys)) => Entry::Known(Box::new(Slot {
-                    dev_eui: s.dev_eui,
-                    session: s.session,
-                    version,
-                    keys,
-                    last_fcnt: s.f_cnt_up.and_then(|f| u32::try_from(f).ok()),
-                    recent: None,
-                })),
-                _ => {
+            Ok(s) => match Slot::from_stored(s) {
+                Some(slot) => Entry::Known(Box::new(slot)),
+                None => {
                     tracing::warn!(dev_addr = %hex::encode_upper(dev_addr), "stored LoRaWAN session is unreadable");
                     Entry::Unknown(now + settings.unknown_ttl)
                 }
