@@ -10,19 +10,15 @@
 //! clone and client-id events, certificates expiring or expired.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
+mod common;
+
+use common::arg;
+
 use fleetward_test_support::{KeyKind, TestCa};
 use registry::{DeviceFilter, DeviceStatus, Integrity, Kek, Keyring, NewCa, Registry};
 use std::time::{Duration, Instant};
 use verifier::challenge::DigestMode;
 use verifier::x509::IdentitySource;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.into())
-}
 
 fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
     samples.sort();

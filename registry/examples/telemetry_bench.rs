@@ -6,16 +6,12 @@
 //! Target (registry issue): ≥ 50,000 messages/s on both backends.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
+mod common;
+
+use common::arg;
+
 use registry::{Kek, Keyring, Registry, Source, TelemetryMessage};
 use std::time::Instant;
-
-fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.into())
-}
 
 /// One run per batch size, each on a fresh, empty database (`fresh` makes one).
 async fn run<F, Fut>(name: &str, fresh: F, total: usize)

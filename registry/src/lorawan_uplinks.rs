@@ -2,15 +2,15 @@
 //! heard it, with every reception kept beside it.
 //!
 //! The uplink path writes in batches: [`Registry::store_lorawan_uplinks`] advances each device's
-//! FCntUp and inserts the frames in one transaction of two statements, whatever the batch size.
+//! FCntUp and inserts the frames in one transaction of a few statements, whatever the batch size.
 //! The counter moves only forward (guarded by the lowest counter of the device's frames in the
 //! batch), so of two gateway nodes that accepted the same frame from their own caches exactly one
 //! stores it; the other learns it was a replay.
 
 use crate::lpwan::hex_id;
 use crate::sql::SqlBuilder;
-use crate::telemetry::Retention;
-use crate::{Registry, Result, Source, StoredMessage, TelemetryMessage};
+use crate::telemetry::{IdTable, Retention, max_id};
+use crate::{Registry, RegistryError, Result, Source, StoredMessage, TelemetryMessage};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
 
@@ -115,24 +115,63 @@ impl Registry {
             r.0 = r.0.min(f);
             r.1 = r.1.max(f);
         }
+        // On SQLite nothing comes back in the common case (see `insert_telemetry` for why rows
+        // are costly there); PostgreSQL reports outcomes with RETURNING, which also keeps two
+        // nodes' concurrent batches exact under READ COMMITTED.
+        let sqlite = self.backend() == crate::Backend::Sqlite;
         let mut tx = self.begin_bulk_write().await?;
         let mut advanced: HashSet<String> = HashSet::with_capacity(range.len());
         let devices: Vec<(&str, (i64, i64))> = range.into_iter().collect();
-        for chunk in devices.chunks(ROWS_PER_STATEMENT) {
-            let mut q = SqlBuilder::new(self.backend(), "WITH v (e, lo, hi) AS (VALUES ");
+        let values = |q: &mut SqlBuilder, chunk: &[(&str, (i64, i64))]| {
             for (i, (eui, (lo, hi))) in chunk.iter().enumerate() {
                 q.push(if i == 0 { "(" } else { ", (" });
                 q.bind(eui.to_string()).push(", ");
                 q.bind(*lo).push(", ");
                 q.bind(*hi).push(")");
             }
+        };
+        for chunk in devices.chunks(ROWS_PER_STATEMENT) {
+            let mut stale: HashSet<String> = HashSet::new();
+            if sqlite {
+                // The devices that will not advance (a replay, or gone): normally none. This
+                // transaction holds SQLite's write lock, so the update below sees the same rows.
+                let mut q = SqlBuilder::new(self.backend(), "WITH v (e, lo, hi) AS (VALUES ");
+                values(&mut q, chunk);
+                q.push(
+                    ") SELECT v.e FROM v LEFT JOIN lorawan_devices d ON d.dev_eui = v.e \
+                     WHERE d.dev_eui IS NULL OR d.f_cnt_up >= v.lo",
+                );
+                for row in q.build()?.fetch_all(&mut *tx).await? {
+                    stale.insert(row.try_get::<String, _>(0)?);
+                }
+            }
+            let mut q = SqlBuilder::new(self.backend(), "WITH v (e, lo, hi) AS (VALUES ");
+            values(&mut q, chunk);
             q.push(") UPDATE lorawan_devices SET f_cnt_up = v.hi, updated_at = ");
             q.bind(now_ms);
             q.push(
                 " FROM v WHERE lorawan_devices.dev_eui = v.e \
-                 AND (lorawan_devices.f_cnt_up IS NULL OR lorawan_devices.f_cnt_up < v.lo) \
-                 RETURNING lorawan_devices.dev_eui",
+                 AND (lorawan_devices.f_cnt_up IS NULL OR lorawan_devices.f_cnt_up < v.lo)",
             );
+            if sqlite {
+                let n = q.build()?.execute(&mut *tx).await?.rows_affected();
+                let expected = chunk.len() - stale.len();
+                if n != expected as u64 {
+                    return Err(RegistryError::Invalid {
+                        what: "LoRaWAN uplink batch",
+                        detail: format!("{n} counters advanced where {expected} were expected"),
+                    });
+                }
+                advanced.extend(
+                    chunk
+                        .iter()
+                        .map(|(e, _)| *e)
+                        .filter(|e| !stale.contains(*e))
+                        .map(str::to_owned),
+                );
+                continue;
+            }
+            q.push(" RETURNING lorawan_devices.dev_eui");
             for row in q.build()?.fetch_all(&mut *tx).await? {
                 advanced.insert(row.try_get::<String, _>(0)?);
             }
@@ -143,6 +182,12 @@ impl Registry {
             .zip(&euis)
             .filter(|(_, eui)| advanced.contains(eui.as_str()))
             .collect();
+        let before = if sqlite {
+            Some(max_id(&mut tx, IdTable::LorawanUplinks).await?)
+        } else {
+            None
+        };
+        let mut inserted = 0u64;
         for chunk in fresh.chunks(ROWS_PER_STATEMENT) {
             let mut q = SqlBuilder::new(
                 self.backend(),
@@ -158,9 +203,28 @@ impl Registry {
                 q.bind(u.gateways.to_string()).push(", ");
                 q.bind(now_ms).push(")");
             }
-            q.push(" ON CONFLICT (dev_eui, session, f_cnt) DO NOTHING RETURNING dev_eui, f_cnt");
+            q.push(" ON CONFLICT (dev_eui, session, f_cnt) DO NOTHING");
+            if sqlite {
+                inserted += q.build()?.execute(&mut *tx).await?.rows_affected();
+                continue;
+            }
+            q.push(" RETURNING dev_eui, f_cnt");
             for row in q.build()?.fetch_all(&mut *tx).await? {
                 stored.insert((row.try_get(0)?, row.try_get(1)?));
+            }
+        }
+        if let Some(before) = before {
+            if inserted == fresh.len() as u64 {
+                stored.extend(fresh.iter().map(|(u, eui)| ((*eui).clone(), i64::from(u.f_cnt))));
+            } else {
+                // Some frames were already stored: the rows this batch added tell which.
+                for row in sqlx::query("SELECT dev_eui, f_cnt FROM lorawan_uplinks WHERE id > $1")
+                    .bind(before)
+                    .fetch_all(&mut *tx)
+                    .await?
+                {
+                    stored.insert((row.try_get(0)?, row.try_get(1)?));
+                }
             }
         }
         let outcomes: Vec<UplinkOutcome> = batch

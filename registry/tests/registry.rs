@@ -550,6 +550,27 @@ async fn telemetry_batches_ranges_and_retention(db: &TestDb) {
     let a = r.telemetry("a", 0, i64::MAX, 10_000).await.unwrap();
     assert_eq!(a.len(), 100);
     assert_eq!(a.last().unwrap().received_at_ms, NOW + 1198, "the newest are kept");
+
+    // The ids a batch is given are its rows', in order: after other rows, and after the table was
+    // pruned empty (ids keep growing past every id ever given, so the store reads them back).
+    for _ in 0..2 {
+        let head = r.telemetry_head().await.unwrap();
+        let batch: Vec<_> = (0..700)
+            .map(|i| msg(if i % 3 == 0 { "c" } else { "d" }, 5000 + i))
+            .collect();
+        let ids = r.store_telemetry_returning_ids(&batch).await.unwrap();
+        let stored = r.telemetry_after(head, 1000).await.unwrap();
+        assert_eq!(stored.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+        assert!(
+            stored
+                .iter()
+                .zip(&batch)
+                .all(|(s, m)| s.payload == m.payload && s.device_id == m.device_id)
+        );
+        assert!(ids[0] > head, "ids only grow");
+        r.prune_telemetry(0, 0, NOW + 100_000).await.unwrap();
+        assert_eq!(r.telemetry_head().await.unwrap(), 0, "pruned empty");
+    }
 }
 
 async fn sealed_keys_never_reach_the_database_in_clear(db: &TestDb) {
@@ -1657,10 +1678,42 @@ async fn lorawan_uplink_batches(db: &TestDb) {
         .unwrap()
     );
     assert!(!r.add_lorawan_receptions("00000000000000B2", 0, 99, &[]).await.unwrap());
+
     let latest = &r.lorawan_uplinks("00000000000000B2", 1).await.unwrap()[0];
     assert_eq!((latest.f_cnt, latest.payload.as_slice()), (6, &b"d"[..]));
     assert_eq!(latest.gateways.as_array().unwrap().len(), 2);
     assert_eq!(latest.gateways[1]["gateway"], "1111111111111111");
+    // A frame already stored (by the single-frame path, which leaves the counter) is a
+    // duplicate in a batch that advances the counter past it; the frame after it is stored and
+    // published with the right store id.
+    assert!(
+        r.store_lorawan_uplink(&up("00000000000000B2", 7, b"e"), NOW)
+            .await
+            .unwrap()
+    );
+    let head = r.telemetry_head().await.unwrap();
+    let out = r
+        .store_lorawan_uplinks(
+            &[
+                up("00000000000000B2", 7, b"e"),
+                NewLorawanUplink {
+                    topic: Some("devices/00000000000000B2/telemetry"),
+                    ..up("00000000000000B2", 8, b"f")
+                },
+            ],
+            NOW + 2,
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.outcomes, vec![UplinkOutcome::Duplicate, UplinkOutcome::Stored]);
+    assert_eq!(out.telemetry.len(), 1);
+    assert_eq!(r.telemetry_after(head, 10).await.unwrap(), out.telemetry);
+    assert_eq!(r.lorawan_device("00000000000000B2").await.unwrap().f_cnt_up, Some(8));
+    let out = r
+        .store_lorawan_uplinks(&[up("00000000000000B2", 6, b"x")], NOW + 3)
+        .await
+        .unwrap();
+    assert_eq!(out.outcomes, vec![UplinkOutcome::Replayed]);
 
     // OTAA: each join opens a session numbered by its JoinNonce; counters restart at 0 and the
     // new session's frame 0 is not taken for the old one's.
@@ -1703,7 +1756,7 @@ async fn lorawan_uplink_batches(db: &TestDb) {
     assert_eq!(sessions, vec![1, 2]);
     assert_eq!(r.lorawan_uplinks("00000000000000C1", 10).await.unwrap().len(), 2);
     // Retention: by age, then each device's newest N (newest = latest session, highest FCnt).
-    assert_eq!(r.prune_lorawan_uplinks(86_400_000, 1, NOW).await.unwrap(), 3);
+    assert_eq!(r.prune_lorawan_uplinks(86_400_000, 1, NOW).await.unwrap(), 5);
     let kept = r.lorawan_uplinks("00000000000000C1", 10).await.unwrap();
     assert_eq!((kept.len(), kept[0].session), (1, 2));
     assert_eq!(r.lorawan_uplinks("00000000000000B1", 10).await.unwrap()[0].f_cnt, 1);
@@ -1747,7 +1800,7 @@ async fn lorawan_uplink_batches(db: &TestDb) {
         paged,
         vec![
             ("26000001".into(), "00000000000000B1".into(), Some(1), 0, keys.to_vec()),
-            ("26000002".into(), "00000000000000B2".into(), Some(6), 0, keys.to_vec()),
+            ("26000002".into(), "00000000000000B2".into(), Some(8), 0, keys.to_vec()),
             ("26000011".into(), "00000000000000C1".into(), Some(0), 2, keys.to_vec()),
         ]
     );
