@@ -10,7 +10,7 @@ if ! command -v cargo-fuzz >/dev/null; then
 fi
 # cargo-fuzz passes -Z sanitizer flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them.
 export RUSTC_BOOTSTRAP=1
-for target in chain challenge registration mqtt attestation lorawan semtech_udp; do
+for target in chain challenge registration mqtt attestation lorawan semtech_udp sigfox; do
   mkdir -p "corpus/$target"
   cp -n regressions/$target/* "corpus/$target/" 2>/dev/null || true
   echo "fuzz: $target for ${seconds}s"

@@ -72,6 +72,10 @@ counters! {
     lorawan_uplinks_overloaded: "LoRaWAN data frames dropped unverified because the uplink writer's queue was full (with an event)",
     lorawan_downlinks_sent: "LoRaWAN downlinks (join-accepts) sent to gateways in PULL_RESP",
     lorawan_downlinks_failed: "LoRaWAN downlinks not sent or not transmitted (no downlink path, TX_ACK error)",
+    sigfox_frames_accepted: "Sigfox frames verified (CRC, UL-AUTH with the NAK, sequence number) and stored",
+    sigfox_frames_rejected: "Sigfox frames refused (malformed, CRC, unknown device, UL-AUTH, replayed sequence number)",
+    sigfox_frames_duplicate: "further transmissions (replicas) of an accepted Sigfox message",
+    sigfox_messages_lost: "Sigfox sequence numbers skipped between accepted messages (messages lost on the way)",
 }
 
 /// Adds one.

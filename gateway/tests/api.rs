@@ -174,6 +174,11 @@ async fn every_endpoint_checks_token_and_role() {
             "/api/v1/lorawan/devices/0000000000000001/uplinks",
             Role::Viewer,
         ),
+        (Method::GET, "/api/v1/sigfox/devices", Role::Viewer),
+        (Method::POST, "/api/v1/sigfox/devices", Role::Admin),
+        (Method::GET, "/api/v1/sigfox/devices/004D33DB", Role::Viewer),
+        (Method::GET, "/api/v1/sigfox/devices/004D33DB/uplinks", Role::Viewer),
+        (Method::POST, "/api/v1/sigfox/frames", Role::Operator),
         (Method::POST, "/api/v1/tokens/nope/revoke", Role::Admin),
     ];
     let body = |m: &Method, path: &str| match (m.as_str(), path) {
@@ -181,6 +186,8 @@ async fn every_endpoint_checks_token_and_role() {
         ("POST", p) if p.ends_with("/crl") => Some(json!({"crl_pem": "x"})),
         ("PUT", _) => Some(json!({"labels": {}})),
         ("POST", "/api/v1/tokens") => Some(json!({"role": "nobody"})),
+        ("POST", "/api/v1/sigfox/devices") => Some(json!({"device_id": "x", "nak": "y"})),
+        ("POST", "/api/v1/sigfox/frames") => Some(json!({"frame_hex": "00"})),
         _ => None,
     };
     let mut unauthorized = 0;
@@ -814,6 +821,10 @@ async fn events_summary_audit_tokens_and_openapi() {
         "/api/v1/fleet/summary",
         "/api/v1/audit",
         "/api/v1/tokens",
+        "/api/v1/sigfox/devices",
+        "/api/v1/sigfox/devices/{device_id}",
+        "/api/v1/sigfox/devices/{device_id}/uplinks",
+        "/api/v1/sigfox/frames",
     ] {
         assert!(paths.contains_key(p), "{p} missing from OpenAPI");
     }

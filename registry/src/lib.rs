@@ -26,6 +26,7 @@ mod lorawan_uplinks;
 mod lpwan;
 mod seal;
 mod settings;
+mod sigfox_uplinks;
 mod sql;
 mod telemetry;
 mod tokens;
@@ -46,6 +47,7 @@ pub use lpwan::{
     session_number,
 };
 pub use seal::{Kek, Keyring};
+pub use sigfox_uplinks::{NewSigfoxUplink, SigfoxDeviceInfo, SigfoxUplink, StoredSigfoxUplink};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};
 pub use tokens::{NewToken, Role, TokenInfo};
 

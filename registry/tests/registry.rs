@@ -28,6 +28,7 @@ both!(
     dev_nonce_replay,
     lorawan_abp_and_uplinks,
     lorawan_uplink_batches,
+    sigfox_uplinks_and_sequence_numbers,
     typed_errors,
     fleet_counts_stay_exact,
     commands_wait_for_offline_devices,
@@ -1808,4 +1809,102 @@ async fn lorawan_uplink_batches(db: &TestDb) {
         r.lorawan_sessions_page(Some("zz"), 2).await.is_err(),
         "a malformed cursor is refused"
     );
+}
+
+/// Sigfox: an uplink is stored with its device's sequence number, advanced by compare-and-swap
+/// (a second request judged against the same number stores nothing), and published as
+/// telemetry in the same transaction; devices list without their NAK.
+async fn sigfox_uplinks_and_sequence_numbers(db: &TestDb) {
+    use registry::NewSigfoxUplink;
+    let r = &db.registry;
+    r.insert_sigfox_device("004d33db", &[0x47; 16], NOW).await.unwrap();
+    r.insert_sigfox_device("01A2B3C4", &[0x11; 16], NOW).await.unwrap();
+    let detail = serde_json::json!({ "station": "1A2B", "rssi": -120.5 });
+    let up = |seq: u16, payload: &'static [u8]| NewSigfoxUplink {
+        device_id: "004D33DB",
+        seq_number: seq,
+        payload,
+        source: "frame",
+        detail: &detail,
+        topic: Some("devices/004D33DB/telemetry"),
+    };
+    let first = r
+        .store_sigfox_uplink(&up(0xFFF, b"a"), None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    let published = first.telemetry.unwrap();
+    assert_eq!(
+        (published.device_id.as_str(), published.source),
+        ("004D33DB", Source::Sigfox)
+    );
+    assert_eq!(r.telemetry_after(published.id - 1, 1).await.unwrap()[0], published);
+    // Judged against "no message yet" again: the number moved, nothing is stored.
+    assert_eq!(r.store_sigfox_uplink(&up(0xFFF, b"a"), None, NOW).await.unwrap(), None);
+    // Across the rollover.
+    let second = r
+        .store_sigfox_uplink(
+            &NewSigfoxUplink {
+                source: "callback",
+                topic: None,
+                ..up(0x000, b"b")
+            },
+            Some(0xFFF),
+            NOW + 1,
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.telemetry, None);
+    assert_eq!(
+        r.store_sigfox_uplink(&up(0x001, b"c"), Some(0xFFF), NOW).await.unwrap(),
+        None
+    );
+    let info = r.sigfox_device_info("004d33db").await.unwrap();
+    assert_eq!((info.device_id.as_str(), info.last_seq), ("004D33DB", Some(0)));
+    let uplinks = r.sigfox_uplinks("004D33DB", 10).await.unwrap();
+    assert_eq!(
+        uplinks
+            .iter()
+            .map(|u| (u.seq_number, u.payload.as_slice(), u.source.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(0, &b"b"[..], "callback"), (0xFFF, &b"a"[..], "frame")]
+    );
+    assert_eq!(uplinks[0].detail["station"], "1A2B");
+    let listed = r.sigfox_devices(None, 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|d| d.device_id.as_str()).collect::<Vec<_>>(),
+        ["004D33DB", "01A2B3C4"]
+    );
+    assert_eq!(r.sigfox_devices(Some("004D33DB"), 10).await.unwrap().len(), 1);
+    // An unknown device stores nothing; a bad source is refused.
+    assert_eq!(
+        r.store_sigfox_uplink(
+            &NewSigfoxUplink {
+                device_id: "0BADBAD0",
+                ..up(1, b"x")
+            },
+            None,
+            NOW
+        )
+        .await
+        .unwrap(),
+        None
+    );
+    assert!(
+        r.store_sigfox_uplink(
+            &NewSigfoxUplink {
+                source: "radio",
+                ..up(1, b"x")
+            },
+            Some(0),
+            NOW
+        )
+        .await
+        .is_err()
+    );
+    assert!(matches!(
+        r.sigfox_device_info("0BADBAD0").await,
+        Err(RegistryError::NotFound { .. })
+    ));
 }

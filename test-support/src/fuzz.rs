@@ -155,6 +155,52 @@ pub fn lorawan(data: &[u8]) {
     }
 }
 
+/// Sigfox uplink frames: raw bytes, mutations of genuine frames (every transmission), and the
+/// same as hex text (odd lengths, with and without preamble). A frame whose UL-AUTH verifies
+/// must be the genuine frame's packet; parsing never panics.
+pub fn sigfox(data: &[u8]) {
+    use verifier::sigfox::{Payload, encode_uplink, parse_uplink, parse_uplink_hex};
+    const NAK: [u8; 16] = *b"fuzz-sigfox-nak!";
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let replica = usize::from(mode >> 4) % 3;
+    let genuine = encode_uplink(
+        &NAK,
+        0x004D_33DB,
+        0x0A23,
+        Payload::Bytes(b"\xde\xad\xbe\xef\x01"),
+        true,
+        replica,
+    )
+    .expect("a genuine frame encodes");
+    let frame = match mode % 4 {
+        0 => rest.to_vec(),
+        1 => mutate(&genuine, rest),
+        2 => splice(&genuine, rest),
+        _ => {
+            let text = String::from_utf8_lossy(rest);
+            if let Ok(up) = parse_uplink_hex(&text)
+                && up.verify(&NAK).is_ok()
+            {
+                assert_eq!(
+                    (up.device_id, up.seq_number),
+                    (0x004D_33DB, 0x0A23),
+                    "forged frame verified"
+                );
+            }
+            return;
+        }
+    };
+    if let Ok(up) = parse_uplink(&frame)
+        && up.verify(&NAK).is_ok()
+    {
+        assert_eq!(up.payload, b"\xde\xad\xbe\xef\x01", "forged frame verified");
+        assert_eq!((up.device_id, up.seq_number), (0x004D_33DB, 0x0A23));
+    }
+    let _ = parse_uplink_hex(&frame.iter().map(|b| format!("{b:02x}")).collect::<String>());
+}
+
 /// Semtech UDP datagrams: raw, and mutations of a genuine PUSH_DATA.
 pub fn semtech_udp(data: &[u8]) {
     const PUSH: &[u8] = br#"{"rxpk":[{"tmst":3512348611,"chan":2,"rfch":0,"freq":868.1,"stat":1,"modu":"LORA","datr":"SF7BW125","codr":"4/5","rssi":-35,"lsnr":5.1,"size":18,"data":"QAQDAgGAAQABppRkJhXWw7WC"}],"stat":{"rxnb":1}}"#;

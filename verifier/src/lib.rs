@@ -31,6 +31,7 @@
 pub mod attestation;
 pub mod challenge;
 pub mod lorawan;
+pub mod sigfox;
 mod timestamp;
 pub mod x509;
 

@@ -32,6 +32,11 @@ proptest! {
     }
 
     #[test]
+    fn sigfox_never_panics(data in proptest::collection::vec(any::<u8>(), 0..120)) {
+        fuzz::sigfox(&data);
+    }
+
+    #[test]
     fn semtech_udp_never_panics(data in proptest::collection::vec(any::<u8>(), 0..600)) {
         fuzz::semtech_udp(&data);
     }
@@ -89,6 +94,7 @@ fn fuzz_regressions_replay() {
         ("attestation", fuzz::attestation),
         ("lorawan", fuzz::lorawan),
         ("semtech_udp", fuzz::semtech_udp),
+        ("sigfox", fuzz::sigfox),
     ] {
         let Ok(dir) = std::fs::read_dir(root.join(target)) else {
             continue;

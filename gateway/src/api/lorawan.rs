@@ -3,17 +3,14 @@
 //! and their accepted uplinks. Key material goes in and never comes out.
 
 use super::model::ErrorBody;
-use super::{
-    ADMIN, ApiError, ApiResult, Authorized, Json, Path, Query, VIEWER, decode_cursor, encode_cursor, page_limit,
-    rfc3339,
-};
+use super::{ADMIN, ApiError, ApiResult, Authorized, Json, Path, Query, VIEWER, decode_cursor, page_limit, rfc3339};
 use crate::clock::now_ms;
 use crate::http::AppState;
 use axum::extract::State;
 use axum::http::StatusCode;
 use registry::{LorawanDeviceInfo, NewAbpDevice, NewEvent, NewLorawanDevice};
 use serde::{Deserialize, Serialize};
-use utoipa::{IntoParams, ToSchema};
+use utoipa::ToSchema;
 use verifier::lorawan::MacVersion;
 use zeroize::Zeroizing;
 
@@ -111,15 +108,6 @@ pub struct LorawanUplinkItem {
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
 pub struct LorawanUplinkList {
     pub items: Vec<LorawanUplinkItem>,
-}
-
-#[derive(Debug, Deserialize, IntoParams)]
-#[into_params(parameter_in = Query)]
-pub struct ListQuery {
-    pub cursor: Option<String>,
-    /// 1–1000 (default 100).
-    #[param(minimum = 1, maximum = 1000)]
-    pub limit: Option<u32>,
 }
 
 fn hex_field(name: &str, value: &str, bytes: usize) -> ApiResult<Vec<u8>> {
@@ -236,23 +224,18 @@ pub(super) async fn add(
 }
 
 /// LoRaWAN devices, by DevEUI.
-#[utoipa::path(get, path = "/api/v1/lorawan/devices", tag = "lorawan", params(ListQuery),
+#[utoipa::path(get, path = "/api/v1/lorawan/devices", tag = "lorawan", params(super::ListQuery),
     responses((status = 200, body = LorawanDeviceList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
     security(("bearer" = [])))]
 pub(super) async fn list(
     State(state): State<AppState>,
     Authorized(_): Authorized<{ VIEWER }>,
-    Query(q): Query<ListQuery>,
+    Query(q): Query<super::ListQuery>,
 ) -> ApiResult<axum::Json<LorawanDeviceList>> {
     let limit = page_limit(q.limit, 100, 1000)?;
     let after = q.cursor.as_deref().map(decode_cursor).transpose()?;
-    let mut items = state.registry.lorawan_devices(after.as_deref(), limit + 1).await?;
-    let next_cursor = if items.len() > limit as usize {
-        items.truncate(limit as usize);
-        items.last().map(|d| encode_cursor(&d.dev_eui))
-    } else {
-        None
-    };
+    let items = state.registry.lorawan_devices(after.as_deref(), limit + 1).await?;
+    let (items, next_cursor) = super::page(items, limit, |d| &d.dev_eui);
     Ok(axum::Json(LorawanDeviceList {
         items: items.into_iter().map(LorawanDevice::from).collect(),
         next_cursor,

@@ -14,6 +14,7 @@ pub mod fleet;
 pub mod lorawan;
 pub mod model;
 pub mod openapi;
+pub mod sigfox;
 mod tokens;
 
 use crate::clock::now_ms;
@@ -57,6 +58,10 @@ pub fn router() -> Router<AppState> {
         .route("/lorawan/devices", get(lorawan::list).post(lorawan::add))
         .route("/lorawan/devices/{dev_eui}", get(lorawan::get_one))
         .route("/lorawan/devices/{dev_eui}/uplinks", get(lorawan::uplinks))
+        .route("/sigfox/devices", get(sigfox::list).post(sigfox::add))
+        .route("/sigfox/devices/{device_id}", get(sigfox::get_one))
+        .route("/sigfox/devices/{device_id}/uplinks", get(sigfox::uplinks))
+        .route("/sigfox/frames", post(sigfox::frame))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::get_one))
         .route("/devices/{id}/activate", post(devices::activate))
@@ -402,6 +407,28 @@ pub fn parse_duration_ms(s: &str) -> Option<i64> {
 /// Opaque pagination cursors (hex of the last key; clients must not build them).
 pub fn encode_cursor(key: &str) -> String {
     hex::encode(key.as_bytes())
+}
+
+/// Query parameters of a keyset-paginated list.
+#[derive(Debug, serde::Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ListQuery {
+    pub cursor: Option<String>,
+    /// 1–1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    pub limit: Option<u32>,
+}
+
+/// Cuts a page fetched with `limit + 1` rows to `limit`; the next page's cursor (the last
+/// item's `key`) when there was more.
+pub fn page<T>(mut items: Vec<T>, limit: u32, key: impl Fn(&T) -> &str) -> (Vec<T>, Option<String>) {
+    if items.len() > limit as usize {
+        items.truncate(limit as usize);
+        let next = items.last().map(|i| encode_cursor(key(i)));
+        (items, next)
+    } else {
+        (items, None)
+    }
 }
 
 pub fn decode_cursor(cursor: &str) -> ApiResult<String> {

@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document, derived from the handlers' annotations and the model types.
 
-use super::{attestation, cas, devices, events, fleet, lorawan, model, tokens};
+use super::{attestation, cas, devices, events, fleet, lorawan, model, sigfox, tokens};
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -23,6 +23,7 @@ use utoipa::{Modify, OpenApi};
         attestation::challenge, attestation::evidence, attestation::attest, attestation::history,
         attestation::add_firmware, attestation::list_firmware, attestation::get_policy, attestation::put_policy,
         lorawan::add, lorawan::list, lorawan::get_one, lorawan::uplinks,
+        sigfox::add, sigfox::list, sigfox::get_one, sigfox::uplinks, sigfox::frame,
     ),
     components(schemas(
         model::ErrorBody, model::RegistrationCode, model::RegisterCa, model::Ca, model::CaList, model::Reason,
@@ -33,7 +34,9 @@ use utoipa::{Modify, OpenApi};
         model::EvidenceRequest, model::EvidenceVerdict, model::AttestationItem, model::AttestationHistory,
         model::FirmwareStatus, model::NewFirmware, model::Firmware, model::FirmwareList, model::AttestationPolicyBody,
         model::AttestationPolicyView, lorawan::NewLorawan, lorawan::LorawanDevice, lorawan::LorawanDeviceList,
-        lorawan::LorawanUplinkItem, lorawan::LorawanUplinkList,
+        lorawan::LorawanUplinkItem, lorawan::LorawanUplinkList, sigfox::NewSigfoxDevice, sigfox::SigfoxDevice,
+        sigfox::SigfoxDeviceList, sigfox::SigfoxUplinkItem, sigfox::SigfoxUplinkList, sigfox::FrameSubmission,
+        sigfox::FrameVerdict,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -46,6 +49,7 @@ use utoipa::{Modify, OpenApi};
         (name = "attestation", description = "Challenges, evidence and appraisal; CA attestation policies"),
         (name = "firmware", description = "Firmware reference values"),
         (name = "lorawan", description = "LoRaWAN key custody and uplinks"),
+        (name = "sigfox", description = "Sigfox key custody, raw-frame verification and uplinks"),
     )
 )]
 #[derive(Debug)]
