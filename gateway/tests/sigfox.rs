@@ -233,6 +233,21 @@ async fn sequence_numbers_roll_over_and_viewers_cannot_submit() {
             "{seq:#x}: {v}"
         );
     }
+    // A simulated device (sim-devices): each message on air three times; the first copy counts,
+    // the other two are duplicates.
+    let mut device = sim_devices::sigfox::SigfoxDevice::new(0x01A2_B3C4, nak, 0x001);
+    for message in [&b"t=21.5"[..], b"t=21.7", b""] {
+        let [first, second, third] = device.send(message, false).unwrap();
+        assert_eq!(submit(&server, &hex::encode(first)).await["accepted"], true);
+        for copy in [second, third] {
+            assert_eq!(submit(&server, &hex::encode(copy)).await["check"], "duplicate");
+        }
+    }
+    let listed = server.running.registry.sigfox_uplinks("01A2B3C4", 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|u| u.seq_number).collect::<Vec<_>>(),
+        [0x003, 0x002, 0x001, 0x000, 0xFFF, 0xFFE]
+    );
     // A viewer token may list, not submit.
     let viewer = server
         .running

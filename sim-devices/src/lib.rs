@@ -10,7 +10,8 @@
 //!   measurement), for good and tampered firmware;
 //! - [`fleet`]: the demo fleet and its attacks;
 //! - [`lorawan`]: LoRaWAN devices (OTAA and ABP, 1.0.x and 1.1) behind a simulated Semtech UDP
-//!   packet forwarder; [`lorawan_fleet`]: the demo's LoRaWAN devices and radio-side attacks.
+//!   packet forwarder; [`lorawan_fleet`]: the demo's LoRaWAN devices and radio-side attacks;
+//! - [`sigfox`]: Sigfox devices whose secure element authenticates each uplink with the NAK.
 #![forbid(unsafe_code)]
 
 pub mod attest;
@@ -19,5 +20,6 @@ pub mod fleet;
 pub mod lorawan;
 pub mod lorawan_fleet;
 pub mod pki;
+pub mod sigfox;
 
 pub use verifier;
