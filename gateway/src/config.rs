@@ -23,6 +23,7 @@ pub struct Config {
     pub telemetry: TelemetryConfig,
     pub attestation: AttestationConfig,
     pub lorawan: LorawanConfig,
+    pub sigfox: SigfoxConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -59,6 +60,9 @@ pub struct TlsConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: String,
+    /// Serve HTTPS (the server certificate of `[tls]`) instead of plain HTTP: for Sigfox
+    /// callbacks and operators reaching fleetward without a TLS-terminating proxy.
+    pub tls: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -110,6 +114,47 @@ impl Default for LorawanConfig {
             net_id: String::new(),
             join_kek_label: None,
             join_kek_file: None,
+        }
+    }
+}
+
+/// What a callback for a device not yet known does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownSigfoxDevices {
+    /// Register it (without a NAK): the Sigfox backend only calls back for devices of the
+    /// operator's device types, and the shared secret proves the backend called.
+    Register,
+    /// Refuse the callback (404); devices are provisioned through the API first.
+    Refuse,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SigfoxConfig {
+    /// Header the Sigfox backend's callbacks carry the shared secret in.
+    pub callback_header: String,
+    /// File of accepted callback secrets, one per line (two during a rotation). Unset: one is
+    /// generated in data_dir/sigfox-callback.secret.
+    pub callback_secret_file: Option<PathBuf>,
+    /// Source addresses allowed to call back, as CIDR blocks (`185.110.97.0/24`) or addresses.
+    /// Empty: any source with the secret.
+    pub callback_allow: Vec<String>,
+    /// A callback for a device not yet known: `register` it or `refuse` it.
+    pub unknown_devices: UnknownSigfoxDevices,
+    /// Furthest ahead of the last sequence number a message is taken to be (1..=4095); further,
+    /// or behind, is a replay.
+    pub max_seq_gap: u16,
+}
+
+impl Default for SigfoxConfig {
+    fn default() -> Self {
+        SigfoxConfig {
+            callback_header: "x-callback-secret".into(),
+            callback_secret_file: None,
+            callback_allow: Vec::new(),
+            unknown_devices: UnknownSigfoxDevices::Register,
+            max_seq_gap: verifier::sigfox::DEFAULT_MAX_SEQ_GAP,
         }
     }
 }
@@ -168,6 +213,7 @@ impl Default for Config {
             telemetry: TelemetryConfig::default(),
             attestation: AttestationConfig::default(),
             lorawan: LorawanConfig::default(),
+            sigfox: SigfoxConfig::default(),
         }
     }
 }
@@ -207,6 +253,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             listen: "127.0.0.1:8080".into(),
+            tls: false,
         }
     }
 }
@@ -276,8 +323,11 @@ server_names = []
 tls12 = true
 
 [http]
-# Operator API, dashboard, /metrics, /healthz.
+# Operator API, dashboard, Sigfox callbacks, LoRaWAN join server, /metrics, /healthz.
 listen = "127.0.0.1:8080"
+# HTTPS with the server certificate of [tls] (clients trust data_dir/tls/server-ca.pem when it is
+# generated). Off: plain HTTP, for loopback or behind a TLS-terminating proxy.
+tls = false
 
 [telemetry]
 # Stored device messages are deleted after this many days, and beyond this many per device.
@@ -312,6 +362,21 @@ net_id = ""
 # wrapped (RFC 3394) under this KEK; unset: sent in clear (over the API's TLS).
 # join_kek_label = "ns-kek-1"
 # join_kek_file = "/etc/fleetward/join-kek.hex"
+
+[sigfox]
+# Sigfox backend callbacks (POST /sigfox/callback): in the Sigfox backend, add this header to
+# the device type's data callback, with a secret from callback_secret_file as its value.
+callback_header = "x-callback-secret"
+# Accepted secrets, one per line (keep two during a rotation). Unset: one is generated in
+# data_dir/sigfox-callback.secret.
+# callback_secret_file = "/etc/fleetward/sigfox-callback.secret"
+# Source addresses allowed to call back (CIDR blocks or addresses); empty: any, with the secret.
+callback_allow = []
+# A callback for a device not yet known: "register" it (no NAK; the Sigfox cloud verified the
+# message) or "refuse" it (404).
+unknown_devices = "register"
+# A sequence number must be 1 to max_seq_gap steps after the last one (12-bit, rolling over).
+max_seq_gap = 2048
 "#;
 
 impl Config {
@@ -343,6 +408,24 @@ impl Config {
         }
         if self.lorawan.uplink_queue == 0 {
             problems.push("lorawan.uplink_queue must be positive".into());
+        }
+        if self.sigfox.callback_header.is_empty()
+            || axum::http::HeaderName::from_bytes(self.sigfox.callback_header.as_bytes()).is_err()
+        {
+            problems.push(format!(
+                "sigfox.callback_header `{}` is not an HTTP header name",
+                self.sigfox.callback_header
+            ));
+        }
+        for block in &self.sigfox.callback_allow {
+            if crate::sigfox::IpBlock::parse(block).is_none() {
+                problems.push(format!(
+                    "sigfox.callback_allow `{block}` is not an address or CIDR block (10.0.0.0/8, 2001:db8::/32)"
+                ));
+            }
+        }
+        if !(1..verifier::sigfox::SEQ_MODULUS).contains(&self.sigfox.max_seq_gap) {
+            problems.push("sigfox.max_seq_gap must be 1..=4095".into());
         }
         if self.http.listen.parse::<std::net::SocketAddr>().is_err() {
             problems.push(format!("http.listen `{}` is not an address:port", self.http.listen));

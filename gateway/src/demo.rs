@@ -45,6 +45,8 @@ fn server_view(events: &[Event], actor: &ActorReport) -> Option<String> {
         "lorawan-replay" => ("lorawan.uplink_rejected", "fcnt_replay"),
         "lorawan-forged" => ("lorawan.uplink_rejected", "mic_mismatch"),
         "lorawan-join-replay" => ("lorawan.join_refused", "dev_nonce_reused"),
+        "sigfox-replay" => ("sigfox.callback_rejected", "seq_replay"),
+        "sigfox-forged" => ("sigfox.frame_rejected", "ul_auth_mismatch"),
         _ => return None,
     };
     events
@@ -88,6 +90,122 @@ async fn lorawan_actors(running: &Running, messages: usize, out: &mut dyn Write)
     sim_devices::lorawan_fleet::run(running.lorawan_udp_addr, &devices, messages)
         .await
         .context("the simulated LoRaWAN gateway failed")
+}
+
+/// The demo's Sigfox devices (STSAFE-A1SX): one whose raw frames are verified here with its NAK,
+/// one reporting through the Sigfox cloud's callbacks; then a replayed callback and a forged
+/// frame. Everything goes through the server's HTTP endpoints, as a receiver and the Sigfox cloud
+/// would send it.
+async fn sigfox_actors(running: &Running, messages: usize, out: &mut dyn Write) -> Result<Vec<ActorReport>> {
+    use sim_devices::sigfox::SigfoxDevice;
+    writeln!(
+        out,
+        "6. 2 Sigfox devices (STSAFE-A1SX: device id and NAK in the SE) report — raw frames verified\n   with the NAK, and callbacks from the Sigfox cloud; then 2 Sigfox attacks…\n"
+    )?;
+    let base = format!("http://{}", running.http_addr);
+    let token = running
+        .registry
+        .create_token(
+            registry::Role::Operator,
+            Some("demo Sigfox receiver"),
+            "demo",
+            crate::clock::now_ms(),
+        )
+        .await?;
+    let secret_text = std::fs::read_to_string(&running.sigfox.secret_file)?;
+    let secret = secret_text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .context("the Sigfox callback secret file is empty")?
+        .to_owned();
+    // Plain HTTP on loopback; reqwest's TLS stack still wants a process-wide provider.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let frame = |hex: String| {
+        http.post(format!("{base}/api/v1/sigfox/frames"))
+            .bearer_auth(token.secret.as_str())
+            .json(&serde_json::json!({ "frame_hex": hex }))
+            .send()
+    };
+    let callback = |body: &serde_json::Value| {
+        http.post(format!("{base}/sigfox/callback"))
+            .header(running.sigfox.header(), secret.as_str())
+            .json(body)
+            .send()
+    };
+    let nak = [0x5Du8; 16];
+    running
+        .registry
+        .insert_sigfox_device(&format!("{:08X}", 0x00DE_0001u32), Some(&nak), crate::clock::now_ms())
+        .await
+        .context("cannot provision the demo Sigfox device")?;
+    let mut reports = Vec::new();
+
+    // Raw frames: every message on air three times; the first copy counts.
+    let mut device = SigfoxDevice::new(0x00DE_0001, nak, 0xFFE);
+    let mut accepted = 0;
+    for m in 0..messages {
+        let copies = device.send(format!("t={}", 20 + m).as_bytes(), false)?;
+        for (i, copy) in copies.into_iter().enumerate() {
+            let v: serde_json::Value = frame(hex::encode(copy)).await?.json().await?;
+            if i == 0 && v["accepted"] == true {
+                accepted += 1;
+            }
+        }
+    }
+    reports.push(ActorReport {
+        name: "sigfox-frames".into(),
+        attack: None,
+        admitted: accepted == messages,
+        detail: format!("{accepted}/{messages} messages verified (UL-AUTH, CRC, sequence across 0xFFF → 0x000)"),
+    });
+
+    // Through the Sigfox cloud.
+    let mut cloud_device = SigfoxDevice::new(0x00DE_0002, [0x6E; 16], 0x010);
+    let time0 = crate::clock::now_ms() / 1000;
+    let mut last_body = None;
+    let mut answered = 0;
+    for m in 0..messages {
+        let body = cloud_device.send_via_backend(format!("h={}", 40 + m).as_bytes(), false, time0 + m as i64)?;
+        if callback(&body).await?.status() == reqwest::StatusCode::NO_CONTENT {
+            answered += 1;
+        }
+        last_body = Some(body);
+    }
+    reports.push(ActorReport {
+        name: "sigfox-callbacks".into(),
+        attack: None,
+        admitted: answered == messages,
+        detail: format!("{answered}/{messages} callbacks stored (shared secret, sequence numbers)"),
+    });
+
+    // A replay: the last callback's sequence number again, with a new time.
+    let mut replay = last_body.context("no Sigfox callback sent")?;
+    replay["time"] = serde_json::json!(time0 + 3600);
+    let status = callback(&replay).await?.status();
+    reports.push(ActorReport {
+        name: "sigfox-replay".into(),
+        attack: Some("replays a Sigfox callback's sequence number"),
+        admitted: status.is_success(),
+        detail: format!("HTTP {}", status.as_u16()),
+    });
+
+    // A forged frame: the right device id, a guessed NAK.
+    let mut forger = SigfoxDevice::new(0x00DE_0001, [0u8; 16], device.next_seq);
+    let [forged, ..] = forger.send(b"open", false)?;
+    let v: serde_json::Value = frame(hex::encode(forged)).await?.json().await?;
+    reports.push(ActorReport {
+        name: "sigfox-forged".into(),
+        attack: Some("forges a Sigfox frame without the NAK"),
+        admitted: v["accepted"] == true,
+        detail: format!(
+            "accepted: {}, check: {}",
+            v["accepted"],
+            v["check"].as_str().unwrap_or("-")
+        ),
+    });
+    Ok(reports)
 }
 
 /// How many uplinks the server stored for the demo LoRaWAN device called `name`.
@@ -178,6 +296,7 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
     };
     let mut actors = fleet::run(&target, &ca, opts.good_devices, opts.messages, &firmware).await?;
     actors.extend(lorawan_actors(&running, opts.messages, out).await?);
+    actors.extend(sigfox_actors(&running, opts.messages, out).await?);
     // Let the event writer catch up before reading the audit trail.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -242,6 +361,14 @@ pub async fn run(opts: &DemoOptions, out: &mut dyn Write) -> Result<DemoReport> 
         stats.lorawan_uplinks_accepted,
         stats.lorawan_uplinks_rejected,
         stats.lorawan_joins_refused
+    )?;
+    writeln!(
+        out,
+        "sigfox: {} frames verified (UL-AUTH with the NAK), {} callbacks stored; frames refused: {}, callbacks refused: {}",
+        stats.sigfox_frames_accepted,
+        stats.sigfox_callbacks_accepted,
+        stats.sigfox_frames_rejected,
+        stats.sigfox_callbacks_rejected
     )?;
     writeln!(out, "metrics: http://{}/metrics", running.http_addr)?;
     writeln!(out)?;

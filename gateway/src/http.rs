@@ -35,6 +35,8 @@ pub struct AppState {
     pub join_server: Arc<crate::lorawan::backend::JoinServerConfig>,
     /// The LoRaWAN uplink path's sessions (joins install them; provisioning invalidates them).
     pub lorawan_sessions: Arc<crate::lorawan::uplink::Sessions>,
+    /// How Sigfox backend callbacks are authenticated and judged.
+    pub sigfox: Arc<crate::sigfox::CallbackSettings>,
 }
 
 /// Event streams open at once, per node.
@@ -89,18 +91,24 @@ pub const MAX_HTTP_CONNECTIONS: usize = 4096;
 /// Serves until `shutdown` flips. Our own accept loop rather than `axum::serve`, which sets no
 /// header-read timeout: a client that trickles its headers is dropped after 10 s, and the number
 /// of open connections is bounded.
-pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutdown: watch::Receiver<bool>) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use hyper_util::rt::{TokioExecutor, TokioTimer};
     use hyper_util::server::conn::auto::Builder;
     let app = router(state);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_HTTP_CONNECTIONS));
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let mut builder = Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT);
-    let builder = builder.http1_only();
+    let builder = Arc::new(builder.http1_only());
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -126,15 +134,17 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutd
                 req.map(axum::body::Body::new)
             },
         );
-        let connection = builder
-            .serve_connection_with_upgrades(
-                TokioIo::new(stream),
-                hyper_util::service::TowerToHyperService::new(service),
-            )
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let (builder, watcher, acceptor) = (builder.clone(), graceful.watcher(), acceptor.clone());
         tokio::spawn(async move {
-            let _ = connection.await;
+            match acceptor {
+                // The handshake runs here, not in the accept loop, bounded like a request's head.
+                Some(acceptor) => match tokio::time::timeout(HEADER_READ_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(tls)) => serve_connection(&builder, watcher, tls, service).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, error = %e, "HTTPS handshake failed"),
+                    Err(_) => tracing::debug!(%peer, "HTTPS handshake timed out"),
+                },
+                None => serve_connection(&builder, watcher, stream, service).await,
+            }
             drop(permit);
         });
     }
@@ -142,4 +152,30 @@ pub async fn serve(listener: tokio::net::TcpListener, state: AppState, mut shutd
         _ = graceful.shutdown() => {}
         _ = tokio::time::sleep(HEADER_READ_TIMEOUT) => tracing::warn!("HTTP connections still open at shutdown; closing them"),
     }
+}
+
+/// Serves one connection (plain or TLS) until it closes or the server shuts down.
+async fn serve_connection<IO, S>(
+    builder: &hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+    io: IO,
+    service: S,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    S: tower::Service<
+            axum::http::Request<hyper::body::Incoming>,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let connection = builder
+        .serve_connection_with_upgrades(
+            hyper_util::rt::TokioIo::new(io),
+            hyper_util::service::TowerToHyperService::new(service),
+        )
+        .into_owned();
+    let _ = watcher.watch(connection).await;
 }

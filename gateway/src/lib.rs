@@ -25,6 +25,7 @@ pub mod lorawan;
 pub mod mqtt;
 mod secret_file;
 pub mod server;
+pub mod sigfox;
 pub mod stats;
 pub mod tls;
 pub mod trust;

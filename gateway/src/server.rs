@@ -48,6 +48,8 @@ pub struct Running {
     pub attestor: Arc<crate::attestation::Attestor>,
     join_server: Arc<crate::lorawan::backend::JoinServerConfig>,
     pub lorawan_sessions: Arc<crate::lorawan::uplink::Sessions>,
+    /// Sigfox callback settings (the secret file's path is shown to the operator).
+    pub sigfox: Arc<crate::sigfox::CallbackSettings>,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -180,6 +182,11 @@ pub async fn start(config: Config) -> Result<Running> {
             let (chain, key) = server_cert::ensure_generated(&paths, &names)?;
             (chain, key, Some(paths.ca_cert))
         }
+    };
+    let http_tls = if config.http.tls {
+        Some(crate::tls::http_server_config(chain.clone(), key.clone_key())?)
+    } else {
+        None
     };
     let verifier = Arc::new(DeviceCertVerifier::new(trust.clone(), stats.clone(), events.clone()));
     let tls = crate::tls::server_config(
@@ -335,6 +342,7 @@ pub async fn start(config: Config) -> Result<Running> {
         },
         kek: config.lorawan.kek()?,
     });
+    let sigfox = Arc::new(crate::sigfox::CallbackSettings::load(&config)?);
     let lorawan_sessions = Arc::new(crate::lorawan::uplink::Sessions::default());
     {
         // Stored sessions are loaded behind the listener: frames that arrive first are served
@@ -384,7 +392,9 @@ pub async fn start(config: Config) -> Result<Running> {
             attestor: attestor.clone(),
             join_server: join_server.clone(),
             lorawan_sessions: lorawan_sessions.clone(),
+            sigfox: sigfox.clone(),
         },
+        http_tls,
         shutdown_rx,
     )));
 
@@ -406,6 +416,7 @@ pub async fn start(config: Config) -> Result<Running> {
         attestor,
         join_server,
         lorawan_sessions,
+        sigfox,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -430,6 +441,7 @@ impl Running {
             attestor: self.attestor.clone(),
             join_server: self.join_server.clone(),
             lorawan_sessions: self.lorawan_sessions.clone(),
+            sigfox: self.sigfox.clone(),
         }
     }
 

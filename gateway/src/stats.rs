@@ -76,6 +76,10 @@ counters! {
     sigfox_frames_rejected: "Sigfox frames refused (malformed, CRC, unknown device, UL-AUTH, replayed sequence number)",
     sigfox_frames_duplicate: "further transmissions (replicas) of an accepted Sigfox message",
     sigfox_messages_lost: "Sigfox sequence numbers skipped between accepted messages (messages lost on the way)",
+    sigfox_callbacks_accepted: "Sigfox backend callbacks whose message was stored",
+    sigfox_callbacks_rejected: "Sigfox backend callbacks refused (secret, source address, malformed body, unknown device, replayed sequence number)",
+    sigfox_callbacks_duplicate: "Sigfox backend callbacks for a message already stored (the backend's retries, other base stations' copies)",
+    sigfox_downlinks_sent: "Sigfox downlinks answered to callbacks that asked for one",
 }
 
 /// Adds one.

@@ -59,7 +59,7 @@ fn generate_then_rotate_keys() {
         )
         .await
         .unwrap();
-        r.insert_sigfox_device("0042ABCD", &[9; 16], 0).await.unwrap();
+        r.insert_sigfox_device("0042ABCD", Some(&[9; 16]), 0).await.unwrap();
         r.close().await;
     });
 
@@ -95,7 +95,7 @@ fn generate_then_rotate_keys() {
         )
         .await
         .unwrap();
-        assert_eq!(&r.sigfox_device("0042ABCD").await.unwrap().0[..], &[9; 16]);
+        assert_eq!(&r.sigfox_device("0042ABCD").await.unwrap().nak.unwrap()[..], &[9; 16]);
     });
 }
 

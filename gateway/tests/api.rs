@@ -179,6 +179,12 @@ async fn every_endpoint_checks_token_and_role() {
         (Method::GET, "/api/v1/sigfox/devices/004D33DB", Role::Viewer),
         (Method::GET, "/api/v1/sigfox/devices/004D33DB/uplinks", Role::Viewer),
         (Method::POST, "/api/v1/sigfox/frames", Role::Operator),
+        (Method::GET, "/api/v1/sigfox/devices/004D33DB/downlinks", Role::Viewer),
+        (
+            Method::POST,
+            "/api/v1/sigfox/devices/004D33DB/downlinks",
+            Role::Operator,
+        ),
         (Method::POST, "/api/v1/tokens/nope/revoke", Role::Admin),
     ];
     let body = |m: &Method, path: &str| match (m.as_str(), path) {
@@ -188,6 +194,7 @@ async fn every_endpoint_checks_token_and_role() {
         ("POST", "/api/v1/tokens") => Some(json!({"role": "nobody"})),
         ("POST", "/api/v1/sigfox/devices") => Some(json!({"device_id": "x", "nak": "y"})),
         ("POST", "/api/v1/sigfox/frames") => Some(json!({"frame_hex": "00"})),
+        ("POST", p) if p.ends_with("/downlinks") => Some(json!({"data_hex": "00"})),
         _ => None,
     };
     let mut unauthorized = 0;
@@ -825,6 +832,7 @@ async fn events_summary_audit_tokens_and_openapi() {
         "/api/v1/sigfox/devices/{device_id}",
         "/api/v1/sigfox/devices/{device_id}/uplinks",
         "/api/v1/sigfox/frames",
+        "/api/v1/sigfox/devices/{device_id}/downlinks",
     ] {
         assert!(paths.contains_key(p), "{p} missing from OpenAPI");
     }

@@ -42,11 +42,18 @@ fn readme_first_command_is_the_demo_and_it_works() {
         "lorawan-join-replay          STOPPED",
         "server: lorawan.uplink_rejected: MIC does not verify",
         "lorawan: 2 joins, 10 uplinks verified (MIC, frame counter) and stored; frames refused: 2, join-requests refused: 1",
+        "sigfox-frames                IN",
+        "sigfox-callbacks             IN",
+        "sigfox-replay                STOPPED",
+        "sigfox-forged                STOPPED",
+        "server: sigfox.callback_rejected: sequence number",
+        "server: sigfox.frame_rejected: UL-AUTH does not verify",
+        "sigfox: 5 frames verified (UL-AUTH with the NAK), 5 callbacks stored; frames refused: 1, callbacks refused: 1",
         "all as expected.",
     ] {
         assert!(text.contains(line), "missing `{line}` in:\n{text}");
     }
-    assert_eq!(text.matches(" IN ").count(), 8, "{text}");
+    assert_eq!(text.matches(" IN ").count(), 10, "{text}");
     assert_eq!(text.matches("firmware attested").count(), 6, "{text}");
     // It ends with the dashboard and a token to log in with (and, not at a terminal, exits).
     assert!(text.contains("dashboard: http://127.0.0.1:"), "{text}");

@@ -264,3 +264,86 @@ async fn sequence_numbers_roll_over_and_viewers_cannot_submit() {
         .unwrap();
     assert_eq!(r.status(), 403);
 }
+
+/// A raw frame asking for a downlink (BF) takes the device's queued downlink: the verdict
+/// carries the downlink frame, authenticated (DL-AUTH) under the NAK, which the simulated
+/// device checks as the real one would; its other transmissions get the same answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn downlinks_answer_frames_that_ask_for_one() {
+    let server = common::start(&[]).await;
+    let nak = [0x5Cu8; 16];
+    let post = reqwest::Method::POST;
+    let (status, _) = call(
+        &server,
+        post.clone(),
+        "/api/v1/sigfox/devices",
+        Some(json!({ "device_id": "00ABCDEF", "nak": hex::encode(nak), "payload_encrypted": true })),
+    )
+    .await;
+    assert_eq!(status, 201);
+    let (status, queued) = call(
+        &server,
+        post.clone(),
+        "/api/v1/sigfox/devices/00ABCDEF/downlinks",
+        Some(json!({ "data_hex": "cafe0000beef0001" })),
+    )
+    .await;
+    assert_eq!((status, queued["status"].as_str()), (201, Some("queued")), "{queued}");
+    let mut device = sim_devices::sigfox::SigfoxDevice::new(0x00AB_CDEF, nak, 0x7FE);
+    // Not asking: the downlink waits.
+    let [first, ..] = device.send(b"no", false).unwrap();
+    let v = submit(&server, &hex::encode(first)).await;
+    assert_eq!(
+        (v["accepted"].as_bool(), v["downlink_frame_hex"].as_str()),
+        (Some(true), None),
+        "{v}"
+    );
+    // Asking: answered, in all three transmissions' verdicts.
+    let frames = device.send(b"ask", true).unwrap();
+    let mut answers = Vec::new();
+    for frame in frames {
+        let v = submit(&server, &hex::encode(frame)).await;
+        assert_eq!(v["downlink_hex"], "CAFE0000BEEF0001", "{v}");
+        answers.push(v["downlink_frame_hex"].as_str().unwrap().to_owned());
+    }
+    assert!(answers.iter().all(|a| *a == answers[0]));
+    let frame = hex::decode(&answers[0]).unwrap();
+    assert_eq!(frame.len(), 15);
+    assert_eq!(
+        device.receive_downlink(&frame).unwrap(),
+        [0xCA, 0xFE, 0, 0, 0xBE, 0xEF, 0, 1]
+    );
+    // Sent once: the next request finds the queue empty.
+    let [next, ..] = device.send(b"again", true).unwrap();
+    let v = submit(&server, &hex::encode(next)).await;
+    assert_eq!(
+        (v["accepted"].as_bool(), v["downlink_frame_hex"].as_str()),
+        (Some(true), None),
+        "{v}"
+    );
+    let (_, listed) = call(
+        &server,
+        reqwest::Method::GET,
+        "/api/v1/sigfox/devices/00ABCDEF/downlinks",
+        None,
+    )
+    .await;
+    assert_eq!(listed["items"][0]["status"], "sent", "{listed}");
+    assert_eq!(server.running.stats.snapshot().sigfox_downlinks_sent, 1);
+    let (_, uplinks) = call(
+        &server,
+        reqwest::Method::GET,
+        "/api/v1/sigfox/devices/00ABCDEF/uplinks",
+        None,
+    )
+    .await;
+    assert!(
+        uplinks["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u["payload_encrypted"] == true),
+        "{uplinks}"
+    );
+    assert_eq!(uplinks["items"][1]["downlink_hex"], "CAFE0000BEEF0001");
+}

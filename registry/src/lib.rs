@@ -44,10 +44,12 @@ pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
 pub use lorawan_uplinks::{LorawanUplink, NewLorawanUplink, StoredUplinks, UplinkOutcome};
 pub use lpwan::{
     LorawanDeviceInfo, LorawanRootKeys, LorawanSession, NewAbpDevice, NewLorawanDevice, SESSION_KEYS_LEN,
-    session_number,
+    SigfoxDeviceKeys, session_number,
 };
 pub use seal::{Kek, Keyring};
-pub use sigfox_uplinks::{NewSigfoxUplink, SigfoxDeviceInfo, SigfoxUplink, StoredSigfoxUplink};
+pub use sigfox_uplinks::{
+    MAX_QUEUED_SIGFOX_DOWNLINKS, NewSigfoxUplink, SigfoxDeviceInfo, SigfoxDownlink, SigfoxUplink, StoredSigfoxUplink,
+};
 pub use telemetry::{Source, StoredMessage, TelemetryMessage};
 pub use tokens::{NewToken, Role, TokenInfo};
 

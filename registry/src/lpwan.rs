@@ -123,6 +123,25 @@ impl std::fmt::Debug for LorawanRootKeys {
     }
 }
 
+/// A Sigfox device's key and replay state, opened (the NAK is zeroized on drop).
+pub struct SigfoxDeviceKeys {
+    /// `None`: a device served through the Sigfox backend's callbacks only.
+    pub nak: Option<Zeroizing<Vec<u8>>>,
+    /// The last accepted sequence number (`None`: none yet).
+    pub last_seq: Option<i64>,
+    pub payload_encrypted: bool,
+}
+
+impl std::fmt::Debug for SigfoxDeviceKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigfoxDeviceKeys")
+            .field("has_nak", &self.nak.is_some())
+            .field("last_seq", &self.last_seq)
+            .field("payload_encrypted", &self.payload_encrypted)
+            .finish()
+    }
+}
+
 /// Where sealed secrets live: (table, key column, sealed column).
 const SEALED_COLUMNS: &[(&str, &str, &str)] = &[
     ("lorawan_devices", "dev_eui", "app_key"),
@@ -468,17 +487,33 @@ impl Registry {
         lorawan_info(&row)
     }
 
-    /// Provisions a Sigfox device's NAK (sealed). `Conflict` if the device exists.
-    pub async fn insert_sigfox_device(&self, device_id: &str, nak: &[u8; 16], now_ms: i64) -> Result<()> {
+    /// Provisions a Sigfox device, with its NAK (sealed) or without one (a device heard of only
+    /// through the Sigfox backend's callbacks). `Conflict` if the device exists.
+    pub async fn insert_sigfox_device(&self, device_id: &str, nak: Option<&[u8; 16]>, now_ms: i64) -> Result<()> {
+        self.insert_sigfox_device_with(device_id, nak, false, now_ms).await
+    }
+
+    /// [`Registry::insert_sigfox_device`], saying whether the device encrypts its payloads.
+    pub async fn insert_sigfox_device_with(
+        &self,
+        device_id: &str,
+        nak: Option<&[u8; 16]>,
+        payload_encrypted: bool,
+        now_ms: i64,
+    ) -> Result<()> {
         let _turn = self.write_turn().await;
         let id = hex_id("Sigfox device id", device_id, 4)?;
-        let sealed = self.keys()?.seal(&Keyring::aad("sigfox_devices", &id, "nak"), nak)?;
+        let sealed = match nak {
+            Some(nak) => Some(self.keys()?.seal(&Keyring::aad("sigfox_devices", &id, "nak"), nak)?),
+            None => None,
+        };
         let n = sqlx::query(
-            "INSERT INTO sigfox_devices (device_id, nak, created_at, updated_at) VALUES ($1, $2, $3, $3) \
-             ON CONFLICT (device_id) DO NOTHING",
+            "INSERT INTO sigfox_devices (device_id, nak, registered_via, payload_encrypted, created_at, updated_at) \
+             VALUES ($1, $2, 'api', $3, $4, $4) ON CONFLICT (device_id) DO NOTHING",
         )
         .bind(&id)
         .bind(sealed)
+        .bind(i64::from(payload_encrypted))
         .bind(now_ms)
         .execute(self.pool())
         .await?
@@ -492,20 +527,45 @@ impl Registry {
         Ok(())
     }
 
-    /// A Sigfox device's NAK (opened) and last accepted sequence number.
-    pub async fn sigfox_device(&self, device_id: &str) -> Result<(Zeroizing<Vec<u8>>, Option<i64>)> {
+    /// Registers a device first heard of in a Sigfox backend callback (no NAK). `false` if it
+    /// existed already (registered by a concurrent callback, say): nothing changes then.
+    pub async fn register_sigfox_device_from_callback(&self, device_id: &str, now_ms: i64) -> Result<bool> {
+        let _turn = self.write_turn().await;
         let id = hex_id("Sigfox device id", device_id, 4)?;
-        let row = sqlx::query("SELECT nak, last_seq FROM sigfox_devices WHERE device_id = $1")
+        let n = sqlx::query(
+            "INSERT INTO sigfox_devices (device_id, nak, registered_via, created_at, updated_at) \
+             VALUES ($1, NULL, 'callback', $2, $2) ON CONFLICT (device_id) DO NOTHING",
+        )
+        .bind(&id)
+        .bind(now_ms)
+        .execute(self.pool())
+        .await?
+        .rows_affected();
+        Ok(n == 1)
+    }
+
+    /// A Sigfox device's NAK (opened; `None` for a callback-only device), last accepted
+    /// sequence number and payload-encryption flag: what judging one of its frames needs.
+    pub async fn sigfox_device(&self, device_id: &str) -> Result<SigfoxDeviceKeys> {
+        let id = hex_id("Sigfox device id", device_id, 4)?;
+        let row = sqlx::query("SELECT nak, last_seq, payload_encrypted FROM sigfox_devices WHERE device_id = $1")
             .bind(&id)
             .fetch_optional(self.pool())
             .await?
             .ok_or_else(|| RegistryError::not_found("Sigfox device", &id))?;
-        let sealed: Vec<u8> = row.try_get("nak")?;
-        Ok((
-            self.keys()?
-                .open(&Keyring::aad("sigfox_devices", &id, "nak"), &sealed)?,
-            row.try_get("last_seq")?,
-        ))
+        let sealed: Option<Vec<u8>> = row.try_get("nak")?;
+        let nak = match sealed {
+            Some(sealed) => Some(
+                self.keys()?
+                    .open(&Keyring::aad("sigfox_devices", &id, "nak"), &sealed)?,
+            ),
+            None => None,
+        };
+        Ok(SigfoxDeviceKeys {
+            nak,
+            last_seq: row.try_get("last_seq")?,
+            payload_encrypted: row.try_get::<i64, _>("payload_encrypted")? != 0,
+        })
     }
 
     /// Advances a Sigfox device's sequence number by compare-and-swap (see the module docs).

@@ -29,6 +29,7 @@ both!(
     lorawan_abp_and_uplinks,
     lorawan_uplink_batches,
     sigfox_uplinks_and_sequence_numbers,
+    sigfox_callbacks_and_downlinks,
     typed_errors,
     fleet_counts_stay_exact,
     commands_wait_for_offline_devices,
@@ -595,7 +596,7 @@ async fn sealed_keys_never_reach_the_database_in_clear(db: &TestDb) {
     r.set_lorawan_session("70B3D57ED0000001", "26011BDA", session, NOW)
         .await
         .unwrap();
-    r.insert_sigfox_device("01A2B3C4", &nak, NOW).await.unwrap();
+    r.insert_sigfox_device("01A2B3C4", Some(&nak), NOW).await.unwrap();
 
     // They open again, through the registry.
     let keys = r.lorawan_root_keys("70b3d57ed0000001").await.unwrap();
@@ -607,7 +608,7 @@ async fn sealed_keys_never_reach_the_database_in_clear(db: &TestDb) {
         (dev_eui.as_str(), &opened[..], f_cnt),
         ("70B3D57ED0000001", &session[..], None)
     );
-    assert_eq!(&r.sigfox_device("01A2B3C4").await.unwrap().0[..], &nak);
+    assert_eq!(&r.sigfox_device("01A2B3C4").await.unwrap().nak.unwrap()[..], &nak);
 
     // …but their plaintext is nowhere in the database: not in a full dump of it…
     let dump = db.dump();
@@ -653,7 +654,7 @@ async fn sealed_keys_never_reach_the_database_in_clear(db: &TestDb) {
 async fn kek_rotation(db: &TestDb) {
     let r = &db.registry;
     let nak = [0x42u8; 16];
-    r.insert_sigfox_device("0000ABCD", &nak, NOW).await.unwrap();
+    r.insert_sigfox_device("0000ABCD", Some(&nak), NOW).await.unwrap();
     r.insert_lorawan_device(
         &NewLorawanDevice {
             dev_eui: "0000000000000001",
@@ -674,7 +675,10 @@ async fn kek_rotation(db: &TestDb) {
     assert_eq!(rotated.rotate_keys().await.unwrap(), 0, "idempotent");
     // Now the new KEK alone opens everything; the old one alone opens nothing.
     let only_new = db.reopen(Keyring::new(new_kek())).await;
-    assert_eq!(&only_new.sigfox_device("0000ABCD").await.unwrap().0[..], &nak);
+    assert_eq!(
+        &only_new.sigfox_device("0000ABCD").await.unwrap().nak.unwrap()[..],
+        &nak
+    );
     assert_eq!(
         &only_new.lorawan_root_keys("0000000000000001").await.unwrap().app_key[..],
         &[7; 16]
@@ -684,7 +688,7 @@ async fn kek_rotation(db: &TestDb) {
 
 async fn counters_advance_once_under_concurrency(db: &TestDb) {
     let r = &db.registry;
-    r.insert_sigfox_device("0000BEEF", &[1; 16], NOW).await.unwrap();
+    r.insert_sigfox_device("0000BEEF", Some(&[1; 16]), NOW).await.unwrap();
     r.insert_lorawan_device(
         &NewLorawanDevice {
             dev_eui: "0000000000000002",
@@ -718,7 +722,7 @@ async fn counters_advance_once_under_concurrency(db: &TestDb) {
         lora += usize::from(l);
     }
     assert_eq!((sig, lora), (1, 1));
-    assert_eq!(r.sigfox_device("0000BEEF").await.unwrap().1, Some(17));
+    assert_eq!(r.sigfox_device("0000BEEF").await.unwrap().last_seq, Some(17));
     // The next frame advances from 17; a stale reader (expects None) loses.
     assert!(r.cas_sigfox_seq("0000BEEF", Some(17), 18, NOW).await.unwrap());
     assert!(!r.cas_sigfox_seq("0000BEEF", None, 19, NOW).await.unwrap());
@@ -1817,8 +1821,12 @@ async fn lorawan_uplink_batches(db: &TestDb) {
 async fn sigfox_uplinks_and_sequence_numbers(db: &TestDb) {
     use registry::NewSigfoxUplink;
     let r = &db.registry;
-    r.insert_sigfox_device("004d33db", &[0x47; 16], NOW).await.unwrap();
-    r.insert_sigfox_device("01A2B3C4", &[0x11; 16], NOW).await.unwrap();
+    r.insert_sigfox_device("004d33db", Some(&[0x47; 16]), NOW)
+        .await
+        .unwrap();
+    r.insert_sigfox_device("01A2B3C4", Some(&[0x11; 16]), NOW)
+        .await
+        .unwrap();
     let detail = serde_json::json!({ "station": "1A2B", "rssi": -120.5 });
     let up = |seq: u16, payload: &'static [u8]| NewSigfoxUplink {
         device_id: "004D33DB",
@@ -1827,6 +1835,8 @@ async fn sigfox_uplinks_and_sequence_numbers(db: &TestDb) {
         source: "frame",
         detail: &detail,
         topic: Some("devices/004D33DB/telemetry"),
+        sigfox_time: None,
+        take_downlink: false,
     };
     let first = r
         .store_sigfox_uplink(&up(0xFFF, b"a"), None, NOW)
@@ -1906,5 +1916,112 @@ async fn sigfox_uplinks_and_sequence_numbers(db: &TestDb) {
     assert!(matches!(
         r.sigfox_device_info("0BADBAD0").await,
         Err(RegistryError::NotFound { .. })
+    ));
+}
+
+/// Sigfox callbacks: a device first heard of in a callback is registered without a NAK; one
+/// message (device, sequence number, backend time) is stored once even when the sequence
+/// number's compare-and-swap would let it through; queued downlinks are answered in order, once,
+/// and the queue is bounded.
+async fn sigfox_callbacks_and_downlinks(db: &TestDb) {
+    use registry::{MAX_QUEUED_SIGFOX_DOWNLINKS, NewSigfoxUplink};
+    let r = &db.registry;
+    assert!(r.register_sigfox_device_from_callback("00C0FFEE", NOW).await.unwrap());
+    assert!(
+        !r.register_sigfox_device_from_callback("00c0ffee", NOW).await.unwrap(),
+        "once"
+    );
+    let info = r.sigfox_device_info("00C0FFEE").await.unwrap();
+    assert_eq!(
+        (info.has_nak, info.registered_via.as_str(), info.last_seq),
+        (false, "callback", None)
+    );
+    assert!(r.sigfox_device("00C0FFEE").await.unwrap().nak.is_none());
+    r.insert_sigfox_device("00000A11", Some(&[3; 16]), NOW).await.unwrap();
+    let provisioned = r.sigfox_device_info("00000A11").await.unwrap();
+    assert_eq!(
+        (provisioned.has_nak, provisioned.registered_via.as_str()),
+        (true, "api")
+    );
+    r.insert_sigfox_device("00000B22", None, NOW).await.unwrap();
+    assert!(!r.sigfox_device_info("00000B22").await.unwrap().has_nak);
+
+    // Two downlinks queued; an uplink that does not ask takes none.
+    let d1 = r
+        .queue_sigfox_downlink("00C0FFEE", &[1; 8], "api:t", NOW)
+        .await
+        .unwrap();
+    r.queue_sigfox_downlink("00C0FFEE", &[2; 8], "api:t", NOW + 1)
+        .await
+        .unwrap();
+    assert!(matches!(
+        r.queue_sigfox_downlink("0BADBAD0", &[1; 8], "api:t", NOW).await,
+        Err(RegistryError::NotFound { .. })
+    ));
+    let detail = serde_json::json!({});
+    let up = |seq: u16, time: i64, take_downlink: bool| NewSigfoxUplink {
+        device_id: "00C0FFEE",
+        seq_number: seq,
+        payload: b"\x01",
+        source: "callback",
+        detail: &detail,
+        topic: None,
+        sigfox_time: Some(time),
+        take_downlink,
+    };
+    let a = r
+        .store_sigfox_uplink(&up(7, 1000, false), None, NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(a.downlink, None);
+    let b = r
+        .store_sigfox_uplink(&up(8, 1010, true), Some(7), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.downlink.as_deref(), Some(&[1u8; 8][..]), "the oldest first");
+    // The same message again, even judged against a number that lets it through: not stored.
+    assert_eq!(
+        r.store_sigfox_uplink(&up(8, 1010, true), Some(8), NOW).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        r.sigfox_device_info("00C0FFEE").await.unwrap().last_seq,
+        Some(8),
+        "rolled back"
+    );
+    let found = r.sigfox_uplink_by_message("00C0FFEE", 8, 1010).await.unwrap().unwrap();
+    assert_eq!(
+        (found.id, found.sigfox_time, found.downlink.as_deref()),
+        (b.id, Some(1010), Some(&[1u8; 8][..]))
+    );
+    assert!(r.sigfox_uplink_by_message("00C0FFEE", 8, 1011).await.unwrap().is_none());
+    let c = r
+        .store_sigfox_uplink(&up(9, 1020, true), Some(8), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.downlink.as_deref(), Some(&[2u8; 8][..]));
+    let d = r
+        .store_sigfox_uplink(&up(10, 1030, true), Some(9), NOW)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(d.downlink, None, "the queue is empty");
+    let listed = r.sigfox_downlinks("00C0FFEE", 10).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|x| (x.id, x.uplink_id)).collect::<Vec<_>>(),
+        vec![(d1.id + 1, Some(c.id)), (d1.id, Some(b.id))]
+    );
+    // Bounded.
+    for i in 0..MAX_QUEUED_SIGFOX_DOWNLINKS {
+        r.queue_sigfox_downlink("00000A11", &[i as u8; 8], "api:t", NOW)
+            .await
+            .unwrap();
+    }
+    assert!(matches!(
+        r.queue_sigfox_downlink("00000A11", &[0; 8], "api:t", NOW).await,
+        Err(RegistryError::Conflict { .. })
     ));
 }

@@ -174,10 +174,11 @@ pub fn sigfox(data: &[u8]) {
         replica,
     )
     .expect("a genuine frame encodes");
-    let frame = match mode % 4 {
+    let frame = match mode % 8 {
         0 => rest.to_vec(),
         1 => mutate(&genuine, rest),
         2 => splice(&genuine, rest),
+        4..=7 => return sigfox_callback(mode, rest),
         _ => {
             let text = String::from_utf8_lossy(rest);
             if let Ok(up) = parse_uplink_hex(&text)
@@ -199,6 +200,25 @@ pub fn sigfox(data: &[u8]) {
         assert_eq!((up.device_id, up.seq_number), (0x004D_33DB, 0x0A23));
     }
     let _ = parse_uplink_hex(&frame.iter().map(|b| format!("{b:02x}")).collect::<String>());
+}
+
+/// Sigfox backend callback bodies (JSON and form): raw, and mutations of genuine ones. Whatever
+/// parses keeps the invariants the gateway relies on.
+fn sigfox_callback(mode: u8, rest: &[u8]) {
+    use verifier::sigfox::callback::{Encoding, parse};
+    const JSON: &[u8] = br#"{"device":"4D33DB","time":1764590000,"data":"0102ab","seqNumber":4095,"ack":true,"duplicate":false,"snr":"18.37","rssi":-121.5,"station":"1E7A","deviceTypeId":"5f2a0c"}"#;
+    const FORM: &[u8] = b"device=004D33DB&time=1764590000&data=cafe&seqNumber=0&ack=false&station=1E7A&rssi=-119.5";
+    let (encoding, body) = match mode % 8 {
+        4 => (Encoding::Json, mutate(JSON, rest)),
+        5 => (Encoding::Form, mutate(FORM, rest)),
+        6 => (Encoding::Json, splice(JSON, rest)),
+        _ => (Encoding::Form, rest.to_vec()),
+    };
+    if let Ok(c) = parse(encoding, &body) {
+        assert!(c.data.len() <= 12 && c.seq_number < 4096 && c.time >= 0);
+        assert!(c.device_id.len() == 8 && c.device_id.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(c.device_id.ends_with(&c.device.to_ascii_uppercase()));
+    }
 }
 
 /// Semtech UDP datagrams: raw, and mutations of a genuine PUSH_DATA.

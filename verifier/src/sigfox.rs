@@ -29,6 +29,9 @@
 //! Sigfox's optional payload encryption is not publicly specified. It is not implemented here:
 //! a payload is reported as the bytes on air.
 
+pub mod callback;
+pub mod downlink;
+
 use aes::Aes128;
 use aes::cipher::{BlockEncrypt, KeyInit};
 use serde::Serialize;
@@ -146,6 +149,14 @@ pub enum SigfoxError {
     UlAuthMismatch,
     #[error("sequence number {got} is not after the last accepted {last} (a replay)")]
     SeqReplay { last: u16, got: u16 },
+    #[error("a downlink frame has 15 bytes, this one {len}")]
+    DownlinkLength { len: usize },
+    #[error(
+        "downlink CRC-8 {found:#04x} does not match the frame's {expected:#04x} (more than one bit error per position)"
+    )]
+    DownlinkCrcMismatch { expected: u8, found: u8 },
+    #[error("DL-AUTH does not verify with the device's NAK")]
+    DlAuthMismatch,
 }
 
 impl SigfoxError {
@@ -161,6 +172,9 @@ impl SigfoxError {
             SigfoxError::PayloadTooLong { .. } => "payload_too_long",
             SigfoxError::UlAuthMismatch => "ul_auth_mismatch",
             SigfoxError::SeqReplay { .. } => "seq_replay",
+            SigfoxError::DownlinkLength { .. } => "downlink_length",
+            SigfoxError::DownlinkCrcMismatch { .. } => "downlink_crc_mismatch",
+            SigfoxError::DlAuthMismatch => "dl_auth_mismatch",
         }
     }
 }

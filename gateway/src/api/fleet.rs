@@ -24,6 +24,9 @@ pub const REJECTION_KINDS: &[&str] = &["chain.rejected", "device.refused"];
 /// Event kinds counted as refused LoRaWAN traffic (forged, replayed or unknown frames; joins).
 pub const LORAWAN_REFUSAL_KINDS: &[&str] = &["lorawan.uplink_rejected", "lorawan.join_refused"];
 
+/// Event kinds of Sigfox frames and callbacks refused.
+pub const SIGFOX_REFUSAL_KINDS: &[&str] = &["sigfox.frame_rejected", "sigfox.callback_rejected"];
+
 /// Counts by status, integrity, firmware and CA; onboarding and rejection rates over time.
 #[utoipa::path(get, path = "/api/v1/fleet/summary", tag = "fleet", params(SummaryQuery),
     responses((status = 200, body = FleetSummary), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody)),
@@ -55,6 +58,7 @@ pub async fn fleet_summary(state: &AppState, window: Option<&str>) -> ApiResult<
     let mut kinds = vec!["device.registered"];
     kinds.extend(REJECTION_KINDS);
     kinds.extend(LORAWAN_REFUSAL_KINDS);
+    kinds.extend(SIGFOX_REFUSAL_KINDS);
     let counts = state.registry.event_counts(&kinds, first, bucket_hours).await?;
     let series = |wanted: &[&str]| -> Vec<Bucket> {
         (0..24)
@@ -83,6 +87,7 @@ pub async fn fleet_summary(state: &AppState, window: Option<&str>) -> ApiResult<
         onboarding: series(&["device.registered"]),
         rejections: series(REJECTION_KINDS),
         lorawan_refusals: series(LORAWAN_REFUSAL_KINDS),
+        sigfox_refusals: series(SIGFOX_REFUSAL_KINDS),
     })
 }
 

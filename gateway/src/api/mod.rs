@@ -61,6 +61,10 @@ pub fn router() -> Router<AppState> {
         .route("/sigfox/devices", get(sigfox::list).post(sigfox::add))
         .route("/sigfox/devices/{device_id}", get(sigfox::get_one))
         .route("/sigfox/devices/{device_id}/uplinks", get(sigfox::uplinks))
+        .route(
+            "/sigfox/devices/{device_id}/downlinks",
+            get(sigfox::downlinks).post(sigfox::queue_downlink),
+        )
         .route("/sigfox/frames", post(sigfox::frame))
         .route("/devices", get(devices::list))
         .route("/devices/{id}", get(devices::get_one))
@@ -78,6 +82,7 @@ pub fn router() -> Router<AppState> {
         .nest("/api/v1", v1)
         .route("/api/openapi.json", get(openapi::document))
         .route("/lorawan/join", post(crate::lorawan::backend::join_req))
+        .route("/sigfox/callback", post(crate::sigfox::callback))
         .route("/api", get(not_found))
         .route("/api/{*rest}", axum::routing::any(not_found))
         .method_not_allowed_fallback(method_not_allowed)

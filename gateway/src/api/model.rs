@@ -368,6 +368,9 @@ pub struct FleetSummary {
     pub rejections: Vec<Bucket>,
     /// LoRaWAN frames and joins refused (bad MIC, replay, counter gap, unknown device) per bucket.
     pub lorawan_refusals: Vec<Bucket>,
+    /// Sigfox frames and callbacks refused (UL-AUTH, replayed sequence number, callback secret or
+    /// source, malformed) per bucket.
+    pub sigfox_refusals: Vec<Bucket>,
 }
 
 /// An audit finding: a check that found non-compliant devices or CAs.

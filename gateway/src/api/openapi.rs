@@ -24,6 +24,7 @@ use utoipa::{Modify, OpenApi};
         attestation::add_firmware, attestation::list_firmware, attestation::get_policy, attestation::put_policy,
         lorawan::add, lorawan::list, lorawan::get_one, lorawan::uplinks,
         sigfox::add, sigfox::list, sigfox::get_one, sigfox::uplinks, sigfox::frame,
+        sigfox::queue_downlink, sigfox::downlinks,
     ),
     components(schemas(
         model::ErrorBody, model::RegistrationCode, model::RegisterCa, model::Ca, model::CaList, model::Reason,
@@ -36,7 +37,7 @@ use utoipa::{Modify, OpenApi};
         model::AttestationPolicyView, lorawan::NewLorawan, lorawan::LorawanDevice, lorawan::LorawanDeviceList,
         lorawan::LorawanUplinkItem, lorawan::LorawanUplinkList, sigfox::NewSigfoxDevice, sigfox::SigfoxDevice,
         sigfox::SigfoxDeviceList, sigfox::SigfoxUplinkItem, sigfox::SigfoxUplinkList, sigfox::FrameSubmission,
-        sigfox::FrameVerdict,
+        sigfox::FrameVerdict, sigfox::NewSigfoxDownlink, sigfox::SigfoxDownlinkItem, sigfox::SigfoxDownlinkList,
     )),
     modifiers(&BearerAuth),
     tags(
@@ -49,7 +50,7 @@ use utoipa::{Modify, OpenApi};
         (name = "attestation", description = "Challenges, evidence and appraisal; CA attestation policies"),
         (name = "firmware", description = "Firmware reference values"),
         (name = "lorawan", description = "LoRaWAN key custody and uplinks"),
-        (name = "sigfox", description = "Sigfox key custody, raw-frame verification and uplinks"),
+        (name = "sigfox", description = "Sigfox key custody, raw-frame verification, uplinks and callback downlinks"),
     )
 )]
 #[derive(Debug)]

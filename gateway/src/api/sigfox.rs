@@ -13,14 +13,14 @@ use super::{
 };
 use crate::clock::now_ms;
 use crate::http::AppState;
+use crate::sigfox::Judged;
 use crate::stats::inc;
 use axum::extract::State;
 use axum::http::StatusCode;
-use registry::{NewEvent, NewSigfoxUplink, RegistryError, SigfoxDeviceInfo};
+use registry::{NewEvent, RegistryError, SigfoxDeviceInfo};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use utoipa::ToSchema;
-use verifier::sigfox::{DEFAULT_MAX_SEQ_GAP, Uplink, check_seq, parse_uplink_hex};
+use verifier::sigfox::{Uplink, parse_uplink_hex};
 use zeroize::Zeroizing;
 
 /// `POST /api/v1/sigfox/devices`.
@@ -30,7 +30,13 @@ pub struct NewSigfoxDevice {
     /// 8 hex digits, as Sigfox prints it (`004D33DB`).
     pub device_id: String,
     /// The device's network authentication key: 32 hex digits. Sealed at rest, never returned.
-    pub nak: String,
+    /// Absent: a device served through the Sigfox backend's callbacks only (its raw frames
+    /// cannot be verified here).
+    pub nak: Option<String>,
+    /// The device encrypts its payloads. Sigfox's payload encryption is not publicly specified:
+    /// such payloads are stored and reported as received, marked `payload_encrypted`.
+    #[serde(default)]
+    pub payload_encrypted: bool,
 }
 
 /// A Sigfox device (no key material, ever).
@@ -39,6 +45,12 @@ pub struct SigfoxDevice {
     pub device_id: String,
     /// The last accepted sequence number (absent: none yet).
     pub last_seq_number: Option<i64>,
+    /// Whether its NAK is held (raw frames can be verified).
+    pub has_nak: bool,
+    /// `api` (provisioned) or `callback` (first heard of in a Sigfox backend callback).
+    pub registered_via: String,
+    /// Its payloads are encrypted (reported as received, not decrypted).
+    pub payload_encrypted: bool,
     pub created_at: String,
     pub updated_at: String,
 }
@@ -48,6 +60,9 @@ impl SigfoxDevice {
         SigfoxDevice {
             device_id: d.device_id,
             last_seq_number: d.last_seq,
+            has_nak: d.has_nak,
+            registered_via: d.registered_via,
+            payload_encrypted: d.payload_encrypted,
             created_at: rfc3339(d.created_at_ms),
             updated_at: rfc3339(d.updated_at_ms),
         }
@@ -68,9 +83,54 @@ pub struct SigfoxUplinkItem {
     /// `frame` (verified here with the NAK) or `callback` (from the Sigfox backend).
     pub source: String,
     pub received_at: String,
+    /// When the Sigfox backend received it (callbacks: their `time`).
+    pub time: Option<String>,
+    /// The downlink answered to it (16 hex digits).
+    pub downlink_hex: Option<String>,
+    /// The payload is encrypted by the device (`payload_hex` is the ciphertext as received).
+    pub payload_encrypted: bool,
     /// What came with it: transmission, lost messages before it, station, rssi, snr.
     #[schema(value_type = Object)]
     pub detail: serde_json::Value,
+}
+
+/// `POST /api/v1/sigfox/devices/{device_id}/downlinks`: 8 bytes for the device, answered to
+/// its next callback that asks for a downlink (`ack`).
+#[derive(Clone, Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NewSigfoxDownlink {
+    /// 16 hex digits.
+    pub data_hex: String,
+}
+
+/// A downlink: queued, or sent (answered to a callback).
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SigfoxDownlinkItem {
+    pub id: i64,
+    pub data_hex: String,
+    /// `queued` or `sent`.
+    pub status: String,
+    pub created_by: String,
+    pub created_at: String,
+    pub sent_at: Option<String>,
+}
+
+impl SigfoxDownlinkItem {
+    fn from(d: registry::SigfoxDownlink) -> Self {
+        SigfoxDownlinkItem {
+            id: d.id,
+            data_hex: hex::encode_upper(&d.data),
+            status: if d.uplink_id.is_some() { "sent" } else { "queued" }.into(),
+            created_by: d.created_by,
+            created_at: rfc3339(d.created_at_ms),
+            sent_at: d.sent_at_ms.map(rfc3339),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
+pub struct SigfoxDownlinkList {
+    pub items: Vec<SigfoxDownlinkItem>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, ToSchema)]
@@ -100,8 +160,16 @@ pub struct FrameVerdict {
     pub payload_hex: Option<String>,
     /// 0 for the first transmission, 1 and 2 for the replicas.
     pub transmission: Option<u8>,
+    /// The device encrypts its payloads: `payload_hex` is the ciphertext (Sigfox's scheme is
+    /// not public, so it is not decrypted).
+    pub payload_encrypted: Option<bool>,
     /// Sequence numbers skipped since the previous accepted message (messages lost on the way).
     pub lost: Option<u16>,
+    /// The frame asked for a downlink (BF) and one was queued: its payload (16 hex digits)…
+    pub downlink_hex: Option<String>,
+    /// …and the downlink frame to transmit to the device (15 bytes after the downlink preamble
+    /// and frame type, DL-AUTH under the NAK, error-correction coded and whitened), 30 hex digits.
+    pub downlink_frame_hex: Option<String>,
 }
 
 fn device_id_param(raw: &str) -> ApiResult<String> {
@@ -122,13 +190,19 @@ pub(super) async fn add(
     Json(body): Json<NewSigfoxDevice>,
 ) -> ApiResult<(StatusCode, axum::Json<SigfoxDevice>)> {
     let device_id = device_id_param(&body.device_id)?;
-    let nak = Zeroizing::new(crate::lorawan::decode_hex(&body.nak).unwrap_or_default());
-    let nak: Zeroizing<[u8; 16]> = Zeroizing::new(
-        nak.as_slice()
-            .try_into()
-            .map_err(|_| ApiError::bad_request("invalid", "nak must be 32 hex digits"))?,
-    );
-    state.registry.insert_sigfox_device(&device_id, &nak, now_ms()).await?;
+    let nak = match &body.nak {
+        Some(hex) => {
+            let nak = Zeroizing::new(crate::lorawan::decode_hex(hex).unwrap_or_default());
+            Some(Zeroizing::new(<[u8; 16]>::try_from(nak.as_slice()).map_err(|_| {
+                ApiError::bad_request("invalid", "nak must be 32 hex digits")
+            })?))
+        }
+        None => None,
+    };
+    state
+        .registry
+        .insert_sigfox_device_with(&device_id, nak.as_deref(), body.payload_encrypted, now_ms())
+        .await?;
     state.events.emit(
         NewEvent::new("sigfox.device_added", &caller.actor()).detail(serde_json::json!({ "device_id": device_id })),
     );
@@ -194,9 +268,65 @@ pub(super) async fn uplinks(
                 payload_hex: hex::encode(&u.payload),
                 source: u.source,
                 received_at: rfc3339(u.received_at_ms),
+                time: u.sigfox_time.and_then(|t| t.checked_mul(1000)).map(rfc3339),
+                downlink_hex: u.downlink.map(hex::encode_upper),
+                payload_encrypted: u.detail["payload_encrypted"] == true,
                 detail: u.detail,
             })
             .collect(),
+    }))
+}
+
+/// Queues a downlink (operator): answered to the device's next callback that asks for one.
+#[utoipa::path(post, path = "/api/v1/sigfox/devices/{device_id}/downlinks", tag = "sigfox",
+    params(("device_id" = String, Path, description = "Sigfox device id, 8 hex digits")),
+    request_body = NewSigfoxDownlink,
+    responses((status = 201, body = SigfoxDownlinkItem), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn queue_downlink(
+    State(state): State<AppState>,
+    Authorized(caller): Authorized<{ OPERATOR }>,
+    Path(device_id): Path<String>,
+    Json(body): Json<NewSigfoxDownlink>,
+) -> ApiResult<(StatusCode, axum::Json<SigfoxDownlinkItem>)> {
+    let device_id = device_id_param(&device_id)?;
+    let data: [u8; 8] = crate::lorawan::decode_hex(&body.data_hex)
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid",
+                "data_hex must be 16 hex digits (a Sigfox downlink is 8 bytes)",
+            )
+        })?;
+    let queued = state
+        .registry
+        .queue_sigfox_downlink(&device_id, &data, &caller.actor(), now_ms())
+        .await?;
+    state.events.emit(
+        NewEvent::new("sigfox.downlink_queued", &caller.actor())
+            .device(&device_id)
+            .detail(serde_json::json!({ "downlink_id": queued.id })),
+    );
+    Ok((StatusCode::CREATED, axum::Json(SigfoxDownlinkItem::from(queued))))
+}
+
+/// A device's latest downlinks (queued and sent), newest first.
+#[utoipa::path(get, path = "/api/v1/sigfox/devices/{device_id}/downlinks", tag = "sigfox",
+    params(("device_id" = String, Path, description = "Sigfox device id, 8 hex digits")),
+    responses((status = 200, body = SigfoxDownlinkList), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody),
+        (status = 404, body = ErrorBody)),
+    security(("bearer" = [])))]
+pub(super) async fn downlinks(
+    State(state): State<AppState>,
+    Authorized(_): Authorized<{ VIEWER }>,
+    Path(device_id): Path<String>,
+) -> ApiResult<axum::Json<SigfoxDownlinkList>> {
+    let device_id = device_id_param(&device_id)?;
+    state.registry.sigfox_device_info(&device_id).await?;
+    let items = state.registry.sigfox_downlinks(&device_id, 100).await?;
+    Ok(axum::Json(SigfoxDownlinkList {
+        items: items.into_iter().map(SigfoxDownlinkItem::from).collect(),
     }))
 }
 
@@ -224,8 +354,8 @@ pub(super) async fn frame(
         }
     };
     let device_id = up.device_id_hex();
-    let (nak, mut last) = match state.registry.sigfox_device(&device_id).await {
-        Ok(found) => found,
+    let (nak, last, payload_encrypted) = match state.registry.sigfox_device(&device_id).await {
+        Ok(found) => (found.nak, found.last_seq, found.payload_encrypted),
         Err(RegistryError::NotFound { .. }) => {
             let reason = format!("no Sigfox device {device_id} is provisioned (its NAK is needed to verify the frame)");
             return Ok(axum::Json(refuse(
@@ -237,6 +367,12 @@ pub(super) async fn frame(
             )));
         }
         Err(e) => return Err(e.into()),
+    };
+    let Some(nak) = nak else {
+        let reason = format!(
+            "Sigfox device {device_id} is served through callbacks only: provision its NAK to verify raw frames"
+        );
+        return Ok(axum::Json(refuse(&state, &caller.actor(), Some(&up), "no_nak", reason)));
     };
     let nak: Zeroizing<[u8; 16]> = Zeroizing::new(nak.as_slice().try_into().map_err(|_| {
         ApiError::from(RegistryError::Sealing {
@@ -252,85 +388,79 @@ pub(super) async fn frame(
             e.to_string(),
         )));
     }
-    // Judged against the stored number, stored only if it is still that number: a concurrent
-    // request carrying the same message loses, reads the new number, and is judged again.
-    for _ in 0..3 {
-        let lost = match check_seq(last.map(|l| l as u16), up.seq_number, DEFAULT_MAX_SEQ_GAP) {
-            Ok(lost) => lost,
-            Err(e) => {
-                if last == Some(i64::from(up.seq_number)) && is_last_message(&state, &device_id, &up).await? {
-                    inc(&state.stats.sigfox_frames_duplicate);
-                    return Ok(axum::Json(FrameVerdict {
-                        check: Some("duplicate".into()),
-                        reason: Some(format!(
-                            "message {} was already accepted (this is a further transmission of it)",
-                            up.seq_number
-                        )),
-                        ..verdict(&up, false)
-                    }));
-                }
-                return Ok(axum::Json(refuse(
-                    &state,
-                    &caller.actor(),
-                    Some(&up),
-                    e.check(),
-                    e.to_string(),
-                )));
+    let message = crate::sigfox::Message {
+        device_id: &device_id,
+        seq_number: up.seq_number,
+        payload: &up.payload,
+        source: "frame",
+        sigfox_time: None,
+        take_downlink: up.downlink_requested,
+        max_seq_gap: state.sigfox.max_seq_gap,
+    };
+    let detail = |lost: u16| {
+        serde_json::json!({ "transmission": up.replica, "lost": lost, "bit": up.bit,
+            "downlink_requested": up.downlink_requested, "payload_encrypted": payload_encrypted })
+    };
+    match crate::sigfox::store_in_sequence(&state, &message, last, detail).await? {
+        Judged::Stored { lost, stored } => {
+            inc(&state.stats.sigfox_frames_accepted);
+            if stored.downlink.is_some() {
+                inc(&state.stats.sigfox_downlinks_sent);
             }
-        };
-        let detail = serde_json::json!({ "transmission": up.replica, "lost": lost, "bit": up.bit,
-            "downlink_requested": up.downlink_requested });
-        let topic = format!("devices/{device_id}/telemetry");
-        let stored = state
-            .registry
-            .store_sigfox_uplink(
-                &NewSigfoxUplink {
-                    device_id: &device_id,
-                    seq_number: up.seq_number,
-                    payload: &up.payload,
-                    source: "frame",
-                    detail: &detail,
-                    topic: Some(&topic),
-                },
-                last,
-                now_ms(),
-            )
-            .await?;
-        let Some(stored) = stored else {
-            last = state.registry.sigfox_device_info(&device_id).await?.last_seq;
-            continue;
-        };
-        inc(&state.stats.sigfox_frames_accepted);
-        if lost > 0 {
-            crate::stats::add(&state.stats.sigfox_messages_lost, u64::from(lost));
-            state.events.emit(
-                NewEvent::new("sigfox.sequence_gap", "sigfox")
-                    .device(&device_id)
-                    .reason(format!(
-                        "{lost} messages missing before sequence number {}",
+            Ok(axum::Json(FrameVerdict {
+                lost: Some(lost),
+                payload_encrypted: Some(payload_encrypted),
+                ..with_downlink(verdict(&up, true), &up, &nak, stored.downlink.as_deref())
+            }))
+        }
+        Judged::Behind(e) => {
+            // The same number as the last message, with its payload: a further transmission.
+            let last = state.registry.sigfox_device_info(&device_id).await?.last_seq;
+            if last == Some(i64::from(up.seq_number))
+                && let Some(stored) = last_message(&state, &device_id, &up).await?
+            {
+                inc(&state.stats.sigfox_frames_duplicate);
+                // The downlink answered to the first transmission is given again.
+                let v = with_downlink(verdict(&up, false), &up, &nak, stored.downlink.as_deref());
+                return Ok(axum::Json(FrameVerdict {
+                    check: Some("duplicate".into()),
+                    reason: Some(format!(
+                        "message {} was already accepted (this is a further transmission of it)",
                         up.seq_number
-                    ))
-                    .detail(serde_json::json!({ "lost": lost, "seq_number": up.seq_number, "last": last })),
-            );
+                    )),
+                    ..v
+                }));
+            }
+            Ok(axum::Json(refuse(
+                &state,
+                &caller.actor(),
+                Some(&up),
+                e.check(),
+                e.to_string(),
+            )))
         }
-        if let Some(message) = stored.telemetry {
-            state.hub.fan_out(&[Arc::new(message)]);
-        }
-        return Ok(axum::Json(FrameVerdict {
-            lost: Some(lost),
-            ..verdict(&up, true)
-        }));
+        // Raw frames carry no backend time, so none is found stored before.
+        Judged::StoredBefore(_) => Err(ApiError::from(RegistryError::Unavailable {
+            detail: "unexpected stored message for a raw frame".into(),
+        })),
     }
-    Err(ApiError::from(RegistryError::Unavailable {
-        detail: "the device's sequence number kept moving".into(),
-    }))
 }
 
-/// Whether `up` carries the same payload as the device's last stored message (a further
-/// transmission of it rather than a replay of an older one).
-async fn is_last_message(state: &AppState, device_id: &str, up: &Uplink) -> ApiResult<bool> {
+/// The device's last stored message if `up` carries its payload (a further transmission of it
+/// rather than a replay of an older one).
+async fn last_message(state: &AppState, device_id: &str, up: &Uplink) -> ApiResult<Option<registry::SigfoxUplink>> {
     let newest = state.registry.sigfox_uplinks(device_id, 1).await?;
-    Ok(newest.first().is_some_and(|u| u.payload == up.payload))
+    Ok(newest.into_iter().next().filter(|u| u.payload == up.payload))
+}
+
+/// Adds the downlink answered to `up` (8 bytes) and its frame, built for the device.
+fn with_downlink(mut v: FrameVerdict, up: &Uplink, nak: &[u8; 16], downlink: Option<&[u8]>) -> FrameVerdict {
+    if let Some(data) = downlink.and_then(|d| <[u8; 8]>::try_from(d).ok()) {
+        let frame = verifier::sigfox::downlink::encode_downlink(nak, up.device_id, up.seq_number, &data);
+        v.downlink_hex = Some(hex::encode_upper(data));
+        v.downlink_frame_hex = Some(hex::encode_upper(frame));
+    }
+    v
 }
 
 fn verdict(up: &Uplink, accepted: bool) -> FrameVerdict {

@@ -25,6 +25,12 @@ pub struct ServeArgs {
     /// HTTP (API, dashboard, metrics) listens here.
     #[arg(long, env = "FLEETWARD_HTTP_LISTEN", value_name = "ADDR")]
     pub http_listen: Option<String>,
+    /// Serve the HTTP listener over TLS (HTTPS) with the server certificate.
+    #[arg(long, env = "FLEETWARD_HTTP_TLS")]
+    pub http_tls: bool,
+    /// File of accepted Sigfox callback secrets, one per line.
+    #[arg(long, env = "FLEETWARD_SIGFOX_CALLBACK_SECRET_FILE", value_name = "FILE")]
+    pub sigfox_callback_secret_file: Option<PathBuf>,
     /// LoRaWAN packet forwarders (Semtech UDP) send to this address.
     #[arg(long, env = "FLEETWARD_LORAWAN_UDP_LISTEN", value_name = "ADDR")]
     pub lorawan_udp_listen: Option<String>,
@@ -70,6 +76,12 @@ impl ServeArgs {
         }
         if let Some(a) = &self.lorawan_udp_listen {
             config.lorawan.udp_listen = a.clone();
+        }
+        if self.http_tls {
+            config.http.tls = true;
+        }
+        if let Some(f) = &self.sigfox_callback_secret_file {
+            config.sigfox.callback_secret_file = Some(f.clone());
         }
         config.trust_ca.extend(self.trust_ca.iter().cloned());
         config.tls.server_names.extend(self.server_name.iter().cloned());

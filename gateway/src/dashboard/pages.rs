@@ -299,6 +299,11 @@ pub(super) async fn overview(State(state): State<AppState>, user: User) -> Respo
         .iter()
         .map(|b| (b.start.clone(), b.count))
         .collect();
+    let sigfox_refusals: Vec<(String, i64)> = summary
+        .sigfox_refusals
+        .iter()
+        .map(|b| (b.start.clone(), b.count))
+        .collect();
     let onboarded: i64 = onboarding.iter().map(|(_, n)| n).sum();
     let rejected: i64 = rejections.iter().map(|(_, n)| n).sum();
     let mut findings = audit.findings.clone();
@@ -336,6 +341,11 @@ pub(super) async fn overview(State(state): State<AppState>, user: User) -> Respo
                 h2 { "LoRaWAN refusals (24 h)" }
                 p.hint { "Frames with a bad MIC, replayed or out-of-window counters, unknown DevAddrs; refused joins." }
                 (time_bars(&lorawan_refusals, "rejections", "LoRaWAN frames and joins refused per hour"))
+            }
+            section.panel #sigfox-refusals {
+                h2 { "Sigfox refusals (24 h)" }
+                p.hint { "Frames failing UL-AUTH, replayed sequence numbers; callbacks without the secret or from outside the allowed sources." }
+                (time_bars(&sigfox_refusals, "rejections", "Sigfox frames and callbacks refused per hour"))
             }
             section.panel {
                 h2 { "Firmware" }
@@ -379,6 +389,8 @@ const REFUSAL_KINDS: &[&str] = &[
     "device.clone_suspected",
     "lorawan.uplink_rejected",
     "lorawan.join_refused",
+    "sigfox.frame_rejected",
+    "sigfox.callback_rejected",
 ];
 
 /// The 10 newest refusals and flags.

@@ -19,6 +19,23 @@ pub struct TlsSettings {
     pub tls12: bool,
 }
 
+/// The HTTP listener's TLS (`[http] tls`): the same server certificate, no client certificate
+/// (operators and the Sigfox cloud authenticate with tokens and secrets), HTTP/1.1.
+pub fn http_server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<Arc<ServerConfig>> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .context("TLS protocol versions")?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .context("the server certificate and key do not match or are unusable")?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Builds the server configuration.
 pub fn server_config(
     settings: &TlsSettings,
