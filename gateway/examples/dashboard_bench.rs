@@ -16,16 +16,7 @@ use common::{arg, stats};
 async fn main() {
     let url = arg("--database-url", "postgres://postgres@127.0.0.1:5432/fleetward_bench");
     let runs: usize = arg("--runs", "15").parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = gateway::Config {
-        data_dir: dir.path().to_path_buf(),
-        database_url: Some(url.clone()),
-        ..gateway::Config::default()
-    };
-    config.mqtt.listen = "127.0.0.1:0".into();
-    config.http.listen = "127.0.0.1:0".into();
-    config.lorawan.udp_listen = "127.0.0.1:0".into();
-    let running = gateway::start(config).await.unwrap();
+    let (running, _dir) = common::start_server(&url, |_| {}).await;
     let token = running
         .registry
         .create_token(registry::Role::Admin, Some("bench"), "bench", 0)

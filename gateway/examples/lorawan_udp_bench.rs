@@ -109,19 +109,10 @@ async fn main() {
     let gateways: usize = arg("--gateways", "4").parse().unwrap();
     let window: usize = arg("--window", "32").parse().unwrap();
     let url = arg("--database-url", "");
-    let dir = tempfile::tempdir().unwrap();
-    let mut config = gateway::Config {
-        data_dir: dir.path().to_path_buf(),
-        database_url: (!url.is_empty()).then(|| url.clone()),
-        ..gateway::Config::default()
-    };
-    config.mqtt.listen = "127.0.0.1:0".into();
-    config.http.listen = "127.0.0.1:0".into();
-    config.lorawan.udp_listen = "127.0.0.1:0".into();
     // A round's datagrams fit in the writer's queue: the run measures how fast frames are
     // verified through the sockets and how fast the store drains them, without shedding.
-    config.lorawan.uplink_queue = arg("--uplink-queue", "16384").parse().unwrap();
-    let running = gateway::start(config).await.unwrap();
+    let uplink_queue = arg("--uplink-queue", "16384").parse().unwrap();
+    let (running, _dir) = common::start_server(&url, |c| c.lorawan.uplink_queue = uplink_queue).await;
     let r = &running.registry;
     let run_tag = (std::process::id() % 0xff) << 24;
     println!(

@@ -63,19 +63,10 @@ async fn main() {
     let messages: u16 = arg("--messages", "5").parse().unwrap();
     let concurrency: u32 = arg("--concurrency", "32").parse().unwrap();
     let url = arg("--database-url", "");
-    let dir = tempfile::tempdir().unwrap();
-    let secret_file = dir.path().join("secret");
+    let secrets = tempfile::tempdir().unwrap();
+    let secret_file = secrets.path().join("secret");
     std::fs::write(&secret_file, SECRET).unwrap();
-    let mut config = gateway::Config {
-        data_dir: dir.path().to_path_buf(),
-        database_url: (!url.is_empty()).then(|| url.clone()),
-        ..gateway::Config::default()
-    };
-    config.mqtt.listen = "127.0.0.1:0".into();
-    config.http.listen = "127.0.0.1:0".into();
-    config.lorawan.udp_listen = "127.0.0.1:0".into();
-    config.sigfox.callback_secret_file = Some(secret_file);
-    let running = gateway::start(config).await.unwrap();
+    let (running, _dir) = common::start_server(&url, |c| c.sigfox.callback_secret_file = Some(secret_file)).await;
     let target = Arc::new(format!("http://{}/sigfox/callback", running.http_addr));
     // Fresh ids per run (a shared PostgreSQL keeps earlier runs' devices).
     let base = (std::process::id() % 0xFF) << 24;

@@ -18,27 +18,14 @@ fn http() -> reqwest::Client {
     reqwest::Client::new()
 }
 
-async fn call(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let token = server.running.initial_admin_token.as_ref().unwrap();
-    let mut req = http()
-        .request(method, format!("http://{}{path}", server.running.http_addr))
-        .bearer_auth(token.as_str());
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn submit(server: &Server, frame_hex: &str) -> Value {
-    let (status, verdict) = call(
-        server,
-        reqwest::Method::POST,
-        "/api/v1/sigfox/frames",
-        Some(json!({ "frame_hex": frame_hex })),
-    )
-    .await;
+    let (status, verdict) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/sigfox/frames",
+            Some(json!({ "frame_hex": frame_hex })),
+        )
+        .await;
     assert_eq!(status, 200, "{verdict}");
     verdict
 }
@@ -54,13 +41,13 @@ async fn raw_frames_verified_with_the_nak() {
     let server = common::start(&[]).await;
     let post = reqwest::Method::POST;
     // Key custody: the NAK goes in, never comes out; bad input is refused.
-    let (status, device) = call(
-        &server,
-        post.clone(),
-        "/api/v1/sigfox/devices",
-        Some(json!({ "device_id": "004d33db", "nak": NAK })),
-    )
-    .await;
+    let (status, device) = server
+        .api(
+            post.clone(),
+            "/api/v1/sigfox/devices",
+            Some(json!({ "device_id": "004d33db", "nak": NAK })),
+        )
+        .await;
     assert_eq!(status, 201, "{device}");
     assert_eq!(device["device_id"], "004D33DB");
     assert!(device["last_seq_number"].is_null());
@@ -70,7 +57,7 @@ async fn raw_frames_verified_with_the_nak() {
         json!({ "device_id": "004D33", "nak": NAK }),
         json!({ "device_id": "01020304", "nak": "0011" }),
     ] {
-        let (status, body) = call(&server, post.clone(), "/api/v1/sigfox/devices", Some(bad)).await;
+        let (status, body) = server.api(post.clone(), "/api/v1/sigfox/devices", Some(bad)).await;
         assert!(status == 409 || status == 400, "{status} {body}");
     }
 
@@ -135,13 +122,9 @@ async fn raw_frames_verified_with_the_nak() {
         (Some("unknown_device"), Some("0BADF00D"))
     );
     assert_eq!(submit(&server, "not a frame").await["check"], "not_hex");
-    let (status, _) = call(
-        &server,
-        post.clone(),
-        "/api/v1/sigfox/frames",
-        Some(json!({ "frame": "00" })),
-    )
-    .await;
+    let (status, _) = server
+        .api(post.clone(), "/api/v1/sigfox/frames", Some(json!({ "frame": "00" })))
+        .await;
     assert_eq!(status, 400, "an unknown field is a bad request");
 
     // The second transmission of a new message is accepted as that message; its first
@@ -158,13 +141,9 @@ async fn raw_frames_verified_with_the_nak() {
     assert_eq!(submit(&server, &hex::encode(first)).await["check"], "duplicate");
 
     // What was accepted is listed, newest first, and was published as telemetry.
-    let (status, listed) = call(
-        &server,
-        reqwest::Method::GET,
-        "/api/v1/sigfox/devices/004D33DB/uplinks",
-        None,
-    )
-    .await;
+    let (status, listed) = server
+        .api(reqwest::Method::GET, "/api/v1/sigfox/devices/004D33DB/uplinks", None)
+        .await;
     assert_eq!(status, 200);
     let items = listed["items"].as_array().unwrap();
     let seqs: Vec<u64> = items.iter().map(|i| i["seq_number"].as_u64().unwrap()).collect();
@@ -172,7 +151,9 @@ async fn raw_frames_verified_with_the_nak() {
     assert_eq!(items[0]["source"], "frame");
     assert_eq!(items[0]["payload_hex"], "010203");
     assert!(items[0]["received_at"].as_str().unwrap().ends_with('Z'));
-    let (_, device) = call(&server, reqwest::Method::GET, "/api/v1/sigfox/devices/004D33DB", None).await;
+    let (_, device) = server
+        .api(reqwest::Method::GET, "/api/v1/sigfox/devices/004D33DB", None)
+        .await;
     assert_eq!(device["last_seq_number"], 0x0D5);
     let published = server.running.registry.telemetry_after(0, 100).await.unwrap();
     assert_eq!(published.len(), 5);
@@ -211,13 +192,13 @@ async fn raw_frames_verified_with_the_nak() {
 async fn sequence_numbers_roll_over_and_viewers_cannot_submit() {
     let server = common::start(&[]).await;
     let nak = [0x33u8; 16];
-    let (status, _) = call(
-        &server,
-        reqwest::Method::POST,
-        "/api/v1/sigfox/devices",
-        Some(json!({ "device_id": "01A2B3C4", "nak": hex::encode(nak) })),
-    )
-    .await;
+    let (status, _) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/sigfox/devices",
+            Some(json!({ "device_id": "01A2B3C4", "nak": hex::encode(nak) })),
+        )
+        .await;
     assert_eq!(status, 201);
     for (seq, accepted, check) in [
         (0xFFE, true, None),
@@ -273,21 +254,21 @@ async fn downlinks_answer_frames_that_ask_for_one() {
     let server = common::start(&[]).await;
     let nak = [0x5Cu8; 16];
     let post = reqwest::Method::POST;
-    let (status, _) = call(
-        &server,
-        post.clone(),
-        "/api/v1/sigfox/devices",
-        Some(json!({ "device_id": "00ABCDEF", "nak": hex::encode(nak), "payload_encrypted": true })),
-    )
-    .await;
+    let (status, _) = server
+        .api(
+            post.clone(),
+            "/api/v1/sigfox/devices",
+            Some(json!({ "device_id": "00ABCDEF", "nak": hex::encode(nak), "payload_encrypted": true })),
+        )
+        .await;
     assert_eq!(status, 201);
-    let (status, queued) = call(
-        &server,
-        post.clone(),
-        "/api/v1/sigfox/devices/00ABCDEF/downlinks",
-        Some(json!({ "data_hex": "cafe0000beef0001" })),
-    )
-    .await;
+    let (status, queued) = server
+        .api(
+            post.clone(),
+            "/api/v1/sigfox/devices/00ABCDEF/downlinks",
+            Some(json!({ "data_hex": "cafe0000beef0001" })),
+        )
+        .await;
     assert_eq!((status, queued["status"].as_str()), (201, Some("queued")), "{queued}");
     let mut device = sim_devices::sigfox::SigfoxDevice::new(0x00AB_CDEF, nak, 0x7FE);
     // Not asking: the downlink waits.
@@ -321,22 +302,14 @@ async fn downlinks_answer_frames_that_ask_for_one() {
         (Some(true), None),
         "{v}"
     );
-    let (_, listed) = call(
-        &server,
-        reqwest::Method::GET,
-        "/api/v1/sigfox/devices/00ABCDEF/downlinks",
-        None,
-    )
-    .await;
+    let (_, listed) = server
+        .api(reqwest::Method::GET, "/api/v1/sigfox/devices/00ABCDEF/downlinks", None)
+        .await;
     assert_eq!(listed["items"][0]["status"], "sent", "{listed}");
     assert_eq!(server.running.stats.snapshot().sigfox_downlinks_sent, 1);
-    let (_, uplinks) = call(
-        &server,
-        reqwest::Method::GET,
-        "/api/v1/sigfox/devices/00ABCDEF/uplinks",
-        None,
-    )
-    .await;
+    let (_, uplinks) = server
+        .api(reqwest::Method::GET, "/api/v1/sigfox/devices/00ABCDEF/uplinks", None)
+        .await;
     assert!(
         uplinks["items"]
             .as_array()

@@ -73,27 +73,14 @@ fn message(device: &str, seq: u16, time: i64, data: &str, ack: bool) -> Value {
         "deviceTypeId": "5f2a0c6b8e2a4b0001c0ffee" })
 }
 
-async fn api(server: &Server, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let token = server.running.initial_admin_token.as_ref().unwrap();
-    let mut req = http()
-        .request(method, format!("http://{}{path}", server.running.http_addr))
-        .bearer_auth(token.as_str());
-    if let Some(body) = body {
-        req = req.json(&body);
-    }
-    let r = req.send().await.unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 async fn uplinks(server: &Server, device: &str) -> Vec<Value> {
-    let (status, body) = api(
-        server,
-        reqwest::Method::GET,
-        &format!("/api/v1/sigfox/devices/{device}/uplinks"),
-        None,
-    )
-    .await;
+    let (status, body) = server
+        .api(
+            reqwest::Method::GET,
+            &format!("/api/v1/sigfox/devices/{device}/uplinks"),
+            None,
+        )
+        .await;
     assert_eq!(status, 200, "{body}");
     body["items"].as_array().unwrap().clone()
 }
@@ -183,7 +170,9 @@ async fn callbacks_are_authenticated_deduplicated_and_in_sequence() {
     // verified the message); its short id is padded to 8 digits.
     let (status, body) = post_json(&server, Some(SECRET), &first).await;
     assert_eq!((status, &body), (204, &Value::Null));
-    let (_, device) = api(&server, reqwest::Method::GET, "/api/v1/sigfox/devices/004D33DB", None).await;
+    let (_, device) = server
+        .api(reqwest::Method::GET, "/api/v1/sigfox/devices/004D33DB", None)
+        .await;
     assert_eq!(
         (
             device["registered_via"].as_str(),
@@ -254,22 +243,22 @@ async fn callbacks_are_authenticated_deduplicated_and_in_sequence() {
 
     // Downlinks: queued through the API, answered to the first callback asking for one (ack),
     // again to its retries, and to no other.
-    let (status, queued) = api(
-        &server,
-        reqwest::Method::POST,
-        "/api/v1/sigfox/devices/004D33DB/downlinks",
-        Some(json!({ "data_hex": "0102030405060708" })),
-    )
-    .await;
-    assert_eq!((status, queued["status"].as_str()), (201, Some("queued")), "{queued}");
-    for bad in ["01020304", "zz02030405060708", ""] {
-        let (status, _) = api(
-            &server,
+    let (status, queued) = server
+        .api(
             reqwest::Method::POST,
             "/api/v1/sigfox/devices/004D33DB/downlinks",
-            Some(json!({ "data_hex": bad })),
+            Some(json!({ "data_hex": "0102030405060708" })),
         )
         .await;
+    assert_eq!((status, queued["status"].as_str()), (201, Some("queued")), "{queued}");
+    for bad in ["01020304", "zz02030405060708", ""] {
+        let (status, _) = server
+            .api(
+                reqwest::Method::POST,
+                "/api/v1/sigfox/devices/004D33DB/downlinks",
+                Some(json!({ "data_hex": bad })),
+            )
+            .await;
         assert_eq!(status, 400, "{bad}");
     }
     let no_ack = message("4D33DB", 6, t0 + 2400, "01", false);
@@ -292,13 +281,9 @@ async fn callbacks_are_authenticated_deduplicated_and_in_sequence() {
         204,
         "the queue is empty"
     );
-    let (_, listed) = api(
-        &server,
-        reqwest::Method::GET,
-        "/api/v1/sigfox/devices/004D33DB/downlinks",
-        None,
-    )
-    .await;
+    let (_, listed) = server
+        .api(reqwest::Method::GET, "/api/v1/sigfox/devices/004D33DB/downlinks", None)
+        .await;
     assert_eq!(listed["items"][0]["status"], "sent", "{listed}");
     let stored = uplinks(&server, "004D33DB").await;
     assert_eq!(stored[1]["seq_number"], 7);
@@ -315,13 +300,13 @@ async fn callbacks_are_authenticated_deduplicated_and_in_sequence() {
         0,
     )
     .unwrap();
-    let (_, verdict) = api(
-        &server,
-        reqwest::Method::POST,
-        "/api/v1/sigfox/frames",
-        Some(json!({ "frame_hex": hex::encode(frame) })),
-    )
-    .await;
+    let (_, verdict) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/sigfox/frames",
+            Some(json!({ "frame_hex": hex::encode(frame) })),
+        )
+        .await;
     assert_eq!(verdict["check"], "no_nak", "{verdict}");
 
     // Published as telemetry, counted.
@@ -348,7 +333,7 @@ async fn callbacks_are_authenticated_deduplicated_and_in_sequence() {
     // asynchronous, so it is polled, bounded).
     let mut refused = 0;
     for _ in 0..100 {
-        let (_, summary) = api(&server, reqwest::Method::GET, "/api/v1/fleet/summary", None).await;
+        let (_, summary) = server.api(reqwest::Method::GET, "/api/v1/fleet/summary", None).await;
         refused = summary["sigfox_refusals"]
             .as_array()
             .unwrap()
@@ -412,13 +397,13 @@ async fn source_addresses_and_unknown_devices_can_be_refused() {
         "{answer}"
     );
     // Provisioned through the API (without a NAK): accepted.
-    let (status, _) = api(
-        &server,
-        reqwest::Method::POST,
-        "/api/v1/sigfox/devices",
-        Some(json!({ "device_id": "00C0FFEE" })),
-    )
-    .await;
+    let (status, _) = server
+        .api(
+            reqwest::Method::POST,
+            "/api/v1/sigfox/devices",
+            Some(json!({ "device_id": "00C0FFEE" })),
+        )
+        .await;
     assert_eq!(status, 201);
     assert_eq!(send().await.0, 204);
     server

@@ -10,9 +10,7 @@
 //! clone and client-id events, certificates expiring or expired.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
-mod common;
-
-use common::arg;
+use fleetward_test_support::bench::arg;
 
 use fleetward_test_support::{KeyKind, TestCa};
 use registry::{DeviceFilter, DeviceStatus, Integrity, Kek, Keyring, NewCa, Registry};

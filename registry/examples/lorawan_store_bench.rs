@@ -9,9 +9,7 @@
 //! advances its device's counter (the uplink path's common case).
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
-mod common;
-
-use common::arg;
+use fleetward_test_support::bench::arg;
 
 use registry::{Kek, Keyring, NewAbpDevice, NewLorawanUplink, Registry, UplinkOutcome};
 use std::time::Instant;

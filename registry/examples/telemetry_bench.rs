@@ -6,9 +6,7 @@
 //! Target (registry issue): ≥ 50,000 messages/s on both backends.
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::disallowed_methods)]
 
-mod common;
-
-use common::arg;
+use fleetward_test_support::bench::arg;
 
 use registry::{Kek, Keyring, Registry, Source, TelemetryMessage};
 use std::time::Instant;

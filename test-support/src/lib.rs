@@ -14,6 +14,7 @@
 #![allow(clippy::unwrap_used, missing_debug_implementations, unreachable_pub)]
 
 pub mod attest;
+pub mod bench;
 pub mod fuzz;
 
 use p256::ecdsa::signature::hazmat::PrehashSigner;

@@ -1,23 +1,24 @@
 //! What the gateway's benchmark programs share.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports, clippy::unwrap_used)]
 
-use std::time::Duration;
+pub(crate) use fleetward_test_support::bench::{arg, stats};
 
-/// The value after `--name` on the command line, or `default`.
-pub(crate) fn arg(name: &str, default: &str) -> String {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-        .unwrap_or_else(|| default.into())
-}
-
-/// Median and 95th percentile, in milliseconds.
-pub(crate) fn stats(mut samples: Vec<Duration>) -> (f64, f64) {
-    samples.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    (
-        ms(samples[samples.len() / 2]),
-        ms(samples[(samples.len() * 95 / 100).min(samples.len() - 1)]),
-    )
+/// A real server on loopback ports chosen by the system, its data in a temporary directory
+/// (kept while the returned guard lives), on `database_url` (empty: SQLite there). `tweak`
+/// adjusts the configuration first.
+pub(crate) async fn start_server(
+    database_url: &str,
+    tweak: impl FnOnce(&mut gateway::Config),
+) -> (gateway::Running, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = gateway::Config {
+        data_dir: dir.path().to_path_buf(),
+        database_url: (!database_url.is_empty()).then(|| database_url.to_owned()),
+        ..gateway::Config::default()
+    };
+    config.mqtt.listen = "127.0.0.1:0".into();
+    config.http.listen = "127.0.0.1:0".into();
+    config.lorawan.udp_listen = "127.0.0.1:0".into();
+    tweak(&mut config);
+    (gateway::start(config).await.unwrap(), dir)
 }

@@ -110,19 +110,9 @@ pub struct LorawanUplinkList {
     pub items: Vec<LorawanUplinkItem>,
 }
 
-fn hex_field(name: &str, value: &str, bytes: usize) -> ApiResult<Vec<u8>> {
-    match crate::lorawan::decode_hex(value) {
-        Some(b) if b.len() == bytes => Ok(b),
-        _ => Err(ApiError::bad_request(
-            "invalid",
-            format!("{name} must be {} hex digits", bytes * 2),
-        )),
-    }
-}
-
 fn key16(name: &str, value: Option<&str>) -> ApiResult<Zeroizing<[u8; 16]>> {
     let value = value.ok_or_else(|| ApiError::bad_request("invalid", format!("{name} is required")))?;
-    let bytes = Zeroizing::new(hex_field(name, value, 16)?);
+    let bytes = Zeroizing::new(super::hex_bytes(name, value, 16)?);
     let mut key = Zeroizing::new([0u8; 16]);
     key.copy_from_slice(&bytes);
     Ok(key)
@@ -138,11 +128,11 @@ pub(super) async fn add(
     Authorized(caller): Authorized<{ ADMIN }>,
     Json(body): Json<NewLorawan>,
 ) -> ApiResult<(StatusCode, axum::Json<LorawanDevice>)> {
-    let dev_eui = hex::encode_upper(hex_field("dev_eui", &body.dev_eui, 8)?);
+    let dev_eui = hex::encode_upper(super::hex_bytes("dev_eui", &body.dev_eui, 8)?);
     let version = MacVersion::parse(body.mac_version.trim())
         .ok_or_else(|| ApiError::bad_request("invalid", "mac_version must be 1.0.2, 1.0.3, 1.0.4 or 1.1"))?;
     let activation = if let Some(dev_addr) = &body.dev_addr {
-        let dev_addr = hex::encode_upper(hex_field("dev_addr", dev_addr, 4)?);
+        let dev_addr = hex::encode_upper(super::hex_bytes("dev_addr", dev_addr, 4)?);
         if body.app_key.is_some() || body.nwk_key.is_some() {
             return Err(ApiError::bad_request(
                 "invalid",
@@ -181,7 +171,7 @@ pub(super) async fn add(
         }
         "abp"
     } else {
-        let join_eui = hex::encode_upper(hex_field(
+        let join_eui = hex::encode_upper(super::hex_bytes(
             "join_eui",
             body.join_eui.as_deref().ok_or_else(|| {
                 ApiError::bad_request("invalid", "an OTAA device needs join_eui (or dev_addr for ABP)")
@@ -243,7 +233,7 @@ pub(super) async fn list(
 }
 
 fn dev_eui_param(raw: &str) -> ApiResult<String> {
-    Ok(hex::encode_upper(hex_field("dev_eui", raw, 8)?))
+    Ok(hex::encode_upper(super::hex_bytes("dev_eui", raw, 8)?))
 }
 
 /// One LoRaWAN device.

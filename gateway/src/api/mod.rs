@@ -373,6 +373,17 @@ pub async fn authenticate(state: &AppState, parts: &Parts, presented: Option<&st
     }
 }
 
+/// `bytes` bytes in hex (an optional `0x` prefix, either case), or a 400 naming the field.
+pub(crate) fn hex_bytes(name: &str, value: &str, bytes: usize) -> ApiResult<Vec<u8>> {
+    match crate::lorawan::decode_hex(value) {
+        Some(b) if b.len() == bytes => Ok(b),
+        _ => Err(ApiError::bad_request(
+            "invalid",
+            format!("{name} must be {} hex digits", bytes * 2),
+        )),
+    }
+}
+
 /// Unix milliseconds as RFC 3339 (UTC, millisecond precision).
 pub fn rfc3339(ms: i64) -> String {
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)

@@ -173,10 +173,7 @@ pub struct FrameVerdict {
 }
 
 fn device_id_param(raw: &str) -> ApiResult<String> {
-    match crate::lorawan::decode_hex(raw) {
-        Some(b) if b.len() == 4 => Ok(hex::encode_upper(b)),
-        _ => Err(ApiError::bad_request("invalid", "device_id must be 8 hex digits")),
-    }
+    Ok(hex::encode_upper(super::hex_bytes("device_id", raw, 4)?))
 }
 
 /// Provisions a Sigfox device's NAK (admin): sealed at rest, never returned.
@@ -192,10 +189,10 @@ pub(super) async fn add(
     let device_id = device_id_param(&body.device_id)?;
     let nak = match &body.nak {
         Some(hex) => {
-            let nak = Zeroizing::new(crate::lorawan::decode_hex(hex).unwrap_or_default());
-            Some(Zeroizing::new(<[u8; 16]>::try_from(nak.as_slice()).map_err(|_| {
-                ApiError::bad_request("invalid", "nak must be 32 hex digits")
-            })?))
+            let nak = Zeroizing::new(super::hex_bytes("nak", hex, 16)?);
+            let mut key = Zeroizing::new([0u8; 16]);
+            key.copy_from_slice(&nak);
+            Some(key)
         }
         None => None,
     };

@@ -393,7 +393,11 @@ const REFUSAL_KINDS: &[&str] = &[
     "sigfox.callback_rejected",
 ];
 
-/// The 10 newest refusals and flags.
+/// How many of the newest refusals and flags the overview lists (across MQTT, LoRaWAN and
+/// Sigfox, so one protocol's burst does not hide the others' for long).
+const RECENT_REFUSALS: u32 = 20;
+
+/// The newest refusals and flags.
 async fn recent_refusals(state: &AppState) -> Vec<EventItem> {
     let mut all = Vec::new();
     for kind in REFUSAL_KINDS {
@@ -402,12 +406,12 @@ async fn recent_refusals(state: &AppState) -> Vec<EventItem> {
             newest_first: true,
             ..Default::default()
         };
-        if let Ok(events) = state.registry.events(&filter, 10).await {
+        if let Ok(events) = state.registry.events(&filter, RECENT_REFUSALS).await {
             all.extend(events);
         }
     }
     all.sort_by_key(|e| std::cmp::Reverse(e.id));
-    all.iter().take(10).map(EventItem::from).collect()
+    all.iter().take(RECENT_REFUSALS as usize).map(EventItem::from).collect()
 }
 
 // --- devices ----------------------------------------------------------------------------------

@@ -104,6 +104,27 @@ impl Server {
         panic!("no `{kind}` event arrived");
     }
 
+    /// Calls the HTTP API with the first-start admin token: the status and the JSON body (null
+    /// when there is none).
+    pub async fn api(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        let token = self.running.initial_admin_token.as_ref().unwrap();
+        let mut req = reqwest::Client::new()
+            .request(method, format!("http://{}{path}", self.running.http_addr))
+            .bearer_auth(token.as_str());
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    }
+
     pub async fn count_events(&self, kind: &str) -> usize {
         self.running
             .registry
