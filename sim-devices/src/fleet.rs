@@ -33,7 +33,7 @@ impl Target {
             server_ca_der: self.server_ca_der.clone(),
             server_name: self.server_name.clone(),
             profile,
-            identity: Some((vec![identity.cert_der.clone()], identity.key_der.clone())),
+            identity: Some((identity.chain(), identity.key_der.clone())),
             bind,
         }
     }

@@ -3,7 +3,8 @@
 //! Good devices and bad actors (foreign CA, expired certificate, cloned certificate, topic
 //! trespass, wrong client id) that speak to fleetward over real mutual TLS and MQTT, as real
 //! boards do:
-//! - [`pki`]: a provisioning CA and STSAFE-A-profile device certificates;
+//! - [`pki`]: a provisioning CA and STSAFE-A-profile device certificates; [`pki_dir`]: the
+//!   simulated personalization service's output, as PEM files (`sim-devices pki init`);
 //! - [`client`]: the device's TLS (STM32/mbedTLS TLS 1.2 profile or TLS 1.3) and an MQTT 3.1.1
 //!   client independent of the server's codec;
 //! - [`attest`]: the device's answer to an attestation challenge (a signed firmware
@@ -20,6 +21,7 @@ pub mod fleet;
 pub mod lorawan;
 pub mod lorawan_fleet;
 pub mod pki;
+pub mod pki_dir;
 pub mod sigfox;
 
 pub use verifier;

@@ -19,6 +19,9 @@ pub struct ProvisioningCa {
     pub der: Vec<u8>,
     key: KeyPair,
     params: CertificateParams,
+    /// For an intermediate: itself and the intermediates above it, nearest first (what its
+    /// devices send after their own certificate). Empty for a root.
+    chain_der: Vec<Vec<u8>>,
 }
 
 impl std::fmt::Debug for ProvisioningCa {
@@ -33,6 +36,9 @@ pub struct DeviceIdentity {
     /// The device id fleetward derives (the certificate's CN).
     pub id: String,
     pub cert_der: Vec<u8>,
+    /// The intermediate CAs between the device and the root (sent in the handshake), nearest
+    /// first; empty when the root issued the device.
+    pub chain_der: Vec<Vec<u8>>,
     /// PKCS#8 DER of the private key.
     pub key_der: Vec<u8>,
 }
@@ -68,11 +74,47 @@ impl ProvisioningCa {
         bc.set_criticality(true);
         params.custom_extensions.push(bc);
         let der = params.self_signed(&key)?.der().to_vec();
-        Ok(ProvisioningCa { der, key, params })
+        Ok(ProvisioningCa {
+            der,
+            key,
+            params,
+            chain_der: Vec::new(),
+        })
     }
 
     pub fn pem(&self) -> String {
         pem("CERTIFICATE", &self.der)
+    }
+
+    /// An intermediate CA under this one (P-256, a critical basicConstraints CA:TRUE), as a
+    /// personalization line's issuing CA under the maker's root.
+    pub fn intermediate(&self, cn: &str, now: OffsetDateTime) -> Result<Self, PkiError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = dn(&[(DnType::OrganizationName, "fleetward demo"), (DnType::CommonName, cn)]);
+        params.not_before = now - time::Duration::days(365);
+        params.not_after = now + time::Duration::days(365 * 25);
+        params.serial_number = Some(SerialNumber::from_slice(&[0x02]));
+        params.is_ca = IsCa::NoCa;
+        let mut bc = CustomExtension::from_oid_content(&[2, 5, 29, 19], BASIC_CONSTRAINTS_CA_TRUE.to_vec());
+        bc.set_criticality(true);
+        params.custom_extensions.push(bc);
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let der = params.signed_by(&key, &issuer)?.der().to_vec();
+        let mut chain = vec![der.clone()];
+        chain.extend(self.chain_der.iter().cloned());
+        Ok(ProvisioningCa {
+            der,
+            key,
+            params,
+            chain_der: chain,
+        })
+    }
+
+    /// The CA's private key (PKCS#8 PEM): what proves possession when the CA is registered
+    /// (`fleetward ca register --key`).
+    pub fn key_pem(&self) -> String {
+        pem("PRIVATE KEY", &self.key.serialize_der())
     }
 
     /// A device certificate in the STSAFE-A profile, valid `not_before..not_after`.
@@ -103,6 +145,7 @@ impl ProvisioningCa {
         Ok(DeviceIdentity {
             id,
             cert_der: der,
+            chain_der: self.chain_der.clone(),
             key_der: key.serialize_der(),
         })
     }
@@ -111,6 +154,18 @@ impl ProvisioningCa {
 impl DeviceIdentity {
     pub fn cert_pem(&self) -> String {
         pem("CERTIFICATE", &self.cert_der)
+    }
+
+    /// The certificate and its intermediates, leaf first (what the device sends).
+    pub fn chain(&self) -> Vec<Vec<u8>> {
+        let mut chain = vec![self.cert_der.clone()];
+        chain.extend(self.chain_der.iter().cloned());
+        chain
+    }
+
+    /// [`DeviceIdentity::chain`] as PEM: a client's `--cert` file.
+    pub fn chain_pem(&self) -> String {
+        self.chain().iter().map(|der| pem("CERTIFICATE", der)).collect()
     }
 
     pub fn key_pem(&self) -> String {
