@@ -20,7 +20,7 @@ use axum::http::StatusCode;
 use registry::{NewEvent, RegistryError, SigfoxDeviceInfo};
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
-use verifier::sigfox::{Uplink, parse_uplink_hex};
+use verifier::sigfox::{SigfoxError, Uplink, parse_uplink_hex};
 use zeroize::Zeroizing;
 
 /// `POST /api/v1/sigfox/devices`.
@@ -411,11 +411,10 @@ pub(super) async fn frame(
             }))
         }
         Judged::Behind(e) => {
-            // The same number as the last message, with its payload: a further transmission.
-            let last = state.registry.sigfox_device_info(&device_id).await?.last_seq;
-            if last == Some(i64::from(up.seq_number))
-                && let Some(stored) = last_message(&state, &device_id, &up).await?
-            {
+            // The same number as the last message (the one it was judged against, carried by
+            // the refusal), with its payload: a further transmission.
+            let same_number = matches!(e, SigfoxError::SeqReplay { last, got } if last == got);
+            if same_number && let Some(stored) = last_message(&state, &device_id, &up).await? {
                 inc(&state.stats.sigfox_frames_duplicate);
                 // The downlink answered to the first transmission is given again.
                 let v = with_downlink(verdict(&up, false), &up, &nak, stored.downlink.as_deref());
