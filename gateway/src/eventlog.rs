@@ -22,11 +22,15 @@ pub struct EventSink {
 const QUEUE: usize = 4096;
 
 impl EventSink {
-    /// Starts the writer task.
-    pub fn start(registry: Registry, stats: Arc<Stats>) -> (Self, tokio::task::JoinHandle<()>) {
+    /// Starts the writer task (on the storage thread).
+    pub fn start(
+        registry: Registry,
+        stats: Arc<Stats>,
+        storage: &crate::storage::Storage,
+    ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, mut rx) = mpsc::channel::<(NewEvent, i64)>(QUEUE);
         let (live, _) = broadcast::channel(1024);
-        let task = tokio::spawn(async move {
+        let task = storage.spawn(async move {
             let mut batch = Vec::with_capacity(64);
             while rx.recv_many(&mut batch, 64).await > 0 {
                 for (event, at) in batch.drain(..) {

@@ -61,9 +61,12 @@ impl Ingest {
         hub: Arc<Hub>,
         stats: Arc<Stats>,
         settings: IngestSettings,
+        storage: &crate::storage::Storage,
     ) -> (Self, tokio::task::JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(settings.queue.max(1));
-        let task = tokio::spawn(writer(rx, registry, hub, stats, settings.max_batch.max(1)));
+        // On the storage thread: the batch's statements are answered without queueing behind
+        // sessions, so SQLite's write lock is held only while SQLite works.
+        let task = storage.spawn(writer(rx, registry, hub, stats, settings.max_batch.max(1)));
         (Ingest { tx }, task)
     }
 
@@ -92,45 +95,57 @@ async fn writer(
             batch.push(item.msg);
             acks.push(item.ack);
         }
+        // Stored prefix by prefix: the store commits early when a registration waits for the
+        // write lock. Each prefix is acknowledged and fanned out right after its commit, as
+        // whole batches were: backend sessions expect stored ids in increasing order, and an
+        // LPWAN uplink committing between two prefixes gets the id after the first. (Right
+        // after, not under the write turn: the order holds because the fan-out takes
+        // microseconds and the next writer's commit longer — not a guarantee.) A failed commit
+        // is retried for what is not stored yet (nothing of it was acknowledged).
         let mut backoff = Duration::from_millis(20);
-        let ids = loop {
-            match registry.store_telemetry_returning_ids(&batch).await {
-                Ok(ids) if ids.len() == batch.len() => break ids,
+        while !batch.is_empty() {
+            let ids = match registry.store_telemetry_prefix(&batch).await {
+                Ok(ids) if !ids.is_empty() && ids.len() <= batch.len() => {
+                    backoff = Duration::from_millis(20);
+                    ids
+                }
                 Ok(ids) => {
                     // Cannot pair ids with messages; never acknowledge on a guess.
                     tracing::error!(
                         expected = batch.len(),
                         got = ids.len(),
-                        "store returned a short id list"
+                        "store returned an impossible id list"
                     );
-                    break Vec::new();
+                    batch.clear();
+                    acks.clear();
+                    break;
                 }
                 Err(e) => {
                     inc(&stats.store_failures);
                     tracing::warn!(error = %e, messages = batch.len(), retry_in = ?backoff, "telemetry commit failed; retrying (nothing acknowledged)");
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
                 }
+            };
+            add(&stats.messages_stored, ids.len() as u64);
+            let n = ids.len();
+            let mut stored = Vec::with_capacity(n);
+            for ((m, ack), id) in batch.drain(..n).zip(acks.drain(..n)).zip(ids) {
+                if let Some(ack) = ack {
+                    // The session bounds its unacknowledged messages by this channel's capacity,
+                    // so this cannot be full; a closed channel means the device left (it will
+                    // resend on reconnect, and the message is stored either way).
+                    let _ = ack.tx.try_send(ack.pkid);
+                }
+                stored.push(Arc::new(m.stored(id)));
             }
-        };
-        add(&stats.messages_stored, ids.len() as u64);
-        let mut stored = Vec::with_capacity(ids.len());
-        for ((m, ack), id) in batch.drain(..).zip(acks.drain(..)).zip(ids) {
-            if let Some(ack) = ack {
-                // The session bounds its unacknowledged messages by this channel's capacity,
-                // so this cannot be full; a closed channel means the device left (it will
-                // resend on reconnect, and the message is stored either way).
-                let _ = ack.tx.try_send(ack.pkid);
+            for m in &stored {
+                let at = seen.entry(m.device_id.clone()).or_insert(m.received_at_ms);
+                *at = (*at).max(m.received_at_ms);
             }
-            stored.push(Arc::new(m.stored(id)));
+            hub.fan_out(&stored);
         }
-        batch.clear();
-        acks.clear();
-        for m in &stored {
-            let at = seen.entry(m.device_id.clone()).or_insert(m.received_at_ms);
-            *at = (*at).max(m.received_at_ms);
-        }
-        hub.fan_out(&stored);
         if crate::clock::monotonic().saturating_duration_since(last_flush) >= LAST_SEEN_EVERY || seen.len() > 100_000 {
             flush_last_seen(&registry, &mut seen).await;
             last_flush = crate::clock::monotonic();
@@ -143,7 +158,9 @@ async fn writer(
 const LAST_SEEN_EVERY: Duration = Duration::from_secs(5);
 
 async fn flush_last_seen(registry: &Registry, seen: &mut std::collections::HashMap<String, i64>) {
-    let batch: Vec<(String, i64)> = seen.drain().collect();
+    let mut batch: Vec<(String, i64)> = seen.drain().collect();
+    // In id order, as the directory's bookkeeping is written (PostgreSQL row-lock order).
+    batch.sort_unstable();
     if let Err(e) = registry.touch_last_seen(&batch).await {
         tracing::warn!(error = %e, devices = batch.len(), "could not record last-seen times");
     }

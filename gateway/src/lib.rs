@@ -27,6 +27,7 @@ mod secret_file;
 pub mod server;
 pub mod sigfox;
 pub mod stats;
+pub mod storage;
 pub mod tls;
 pub mod trust;
 

@@ -56,6 +56,8 @@ pub struct Running {
     ingest: JoinHandle<()>,
     event_writer: JoinHandle<()>,
     background: Vec<JoinHandle<()>>,
+    /// Runs the writers; stops when this is dropped, after everything above.
+    storage_thread: crate::storage::StorageThread,
 }
 
 /// Opens the registry a configuration names (creating the data directory and a KEK there if
@@ -159,7 +161,9 @@ pub async fn start(config: Config) -> Result<Running> {
         stats.clone(),
         Duration::from_secs(config.mqtt.clone_window_secs),
     ));
-    let (events, event_writer) = EventSink::start(registry.clone(), stats.clone());
+    let storage_thread = crate::storage::StorageThread::start().context("cannot start the storage thread")?;
+    let storage = storage_thread.spawner();
+    let (events, event_writer) = EventSink::start(registry.clone(), stats.clone(), &storage);
     let (ingest, ingest_task) = Ingest::start(
         registry.clone(),
         hub.clone(),
@@ -168,6 +172,7 @@ pub async fn start(config: Config) -> Result<Running> {
             queue: config.telemetry.ingest_queue,
             max_batch: config.telemetry.batch_size,
         },
+        &storage,
     );
 
     // The server's certificate.
@@ -241,6 +246,7 @@ pub async fn start(config: Config) -> Result<Running> {
         registry: registry.clone(),
         hub: hub.clone(),
         ingest,
+        storage,
         events: events.clone(),
         stats: stats.clone(),
         trust: trust.clone(),
@@ -269,7 +275,10 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown_rx.clone(),
     ));
 
-    let mut background = Vec::new();
+    let mut background = vec![
+        ctx.storage
+            .spawn(flush_sightings(registry.clone(), shutdown_rx.clone())),
+    ];
     // Changes by other processes (CLI, other nodes) reach the trust store within a second, and
     // sessions of devices revoked meanwhile are ended.
     {
@@ -423,6 +432,7 @@ pub async fn start(config: Config) -> Result<Running> {
         ingest: ingest_task,
         event_writer,
         background,
+        storage_thread,
     })
 }
 
@@ -466,7 +476,12 @@ impl Running {
         for task in self.background {
             task.abort();
         }
+        if let Err(e) = self.registry.flush_sightings().await {
+            tracing::warn!(error = %e, "could not record the last connections' bookkeeping");
+        }
         self.registry.close().await;
+        // Last: the writers that ran there have finished or timed out above.
+        drop(self.storage_thread);
     }
 }
 
@@ -481,6 +496,26 @@ pub(crate) async fn apply_trust_change(
     trust.reload(registry).await?;
     close_revoked(trust, hub);
     Ok(())
+}
+
+/// How often the bookkeeping of reconnections admitted from the registry's directory is written.
+const SIGHTINGS_EVERY: Duration = Duration::from_millis(500);
+
+/// Writes reconnections' bookkeeping (last seen, connection count, peer, TLS) in bulk, on the
+/// storage thread; a failed write is kept and retried on the next tick.
+async fn flush_sightings(registry: Registry, mut stop: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(SIGHTINGS_EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if let Err(e) = registry.flush_sightings().await {
+                    tracing::warn!(error = %e, "could not record reconnections' bookkeeping; retrying");
+                }
+            }
+            _ = stop.changed() => break,
+        }
+    }
 }
 
 pub(crate) fn close_revoked(trust: &TrustState, hub: &Hub) {

@@ -38,7 +38,13 @@ impl TrustState {
     /// Rebuilds the snapshot from the registry (serialized: one reload at a time).
     pub async fn reload(&self, registry: &Registry) -> Result<Arc<TrustSnapshot>, RegistryError> {
         let _one_at_a_time = self.reloads.lock().await;
+        let previous = self.snapshot().generation;
         let generation = registry.trust_generation().await?;
+        if generation != previous {
+            // Known devices whose status changed (here or in another process) are admitted by a
+            // transaction again on their next connect.
+            registry.forget_changes_since(previous).await?;
+        }
         let store = Arc::new(registry.trust_store().await?);
         let revoked_devices = registry
             .device_ids_with_status(DeviceStatus::Revoked)

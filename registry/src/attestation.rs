@@ -391,6 +391,9 @@ impl Registry {
             }
         }
         tx.commit().await?;
+        if status_changed.is_some() {
+            self.directory.forget(a.device_id);
+        }
         Ok(AppraisalEffect {
             integrity,
             status: new_status,

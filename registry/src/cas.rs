@@ -207,6 +207,7 @@ impl Registry {
             .detail(serde_json::json!({ "devices_revoked": devices }));
         events::insert(&mut tx, &event, now_ms).await?;
         tx.commit().await?;
+        self.directory.forget_all();
         Ok(devices)
     }
 

@@ -2,7 +2,7 @@
 
 use crate::events::{self, NewEvent};
 use crate::sql::SqlBuilder;
-use crate::{Registry, RegistryError, Result};
+use crate::{Registry, RegistryError, Result, WriteTx};
 use serde::Serialize;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
@@ -207,18 +207,16 @@ impl Registry {
     /// `device.registered` event when it is new, then records the sighting. Concurrent first
     /// connections of one device produce exactly one row and one event (the database decides).
     pub async fn register_or_touch(&self, s: &Sighting<'_>, auto_activate: bool, now_ms: i64) -> Result<Registration> {
-        let status = if auto_activate {
-            DeviceStatus::Active
-        } else {
-            DeviceStatus::Pending
-        };
-        // The key algorithm, for the weak-key audit (the chain was validated, so it parses).
-        let cert_key = verifier::x509::describe_certificate(s.cert_der).ok().map(|i| i.key);
+        let status = initial_status(auto_activate);
+        let cert_key = cert_key_of(s);
         let mut tx = self.begin_write().await?;
+        // A new device's row is written whole, with this connection's sighting: a registration is
+        // two statements and a commit (it was five: the reads and the update below only matter
+        // for a device that already exists).
         let created = sqlx::query(
             "INSERT INTO devices (id, ca_id, cert_der, cert_sha256, cert_serial, cert_not_after, status, status_changed_at, \
-             first_seen, last_seen, integrity, connections, cert_key) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, 'unknown', 0, $9) ON CONFLICT (id) DO NOTHING",
+             first_seen, last_seen, integrity, connections, cert_key, last_peer, tls_version, tls_suite) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $8, 'unknown', 1, $9, $10, $11, $12) ON CONFLICT (id) DO NOTHING",
         )
         .bind(s.device_id)
         .bind(s.ca_id)
@@ -229,6 +227,9 @@ impl Registry {
         .bind(status.as_str().to_owned())
         .bind(now_ms)
         .bind(cert_key.clone())
+        .bind(s.peer)
+        .bind(s.tls_version)
+        .bind(s.tls_suite)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -239,44 +240,14 @@ impl Registry {
                 .ca(s.ca_id)
                 .detail(serde_json::json!({ "status": status, "serial": s.cert_serial, "peer": s.peer }));
             events::insert(&mut tx, &event, now_ms).await?;
+            tx.commit().await?;
+            return Ok(Registration {
+                device: new_device_record(s, status, cert_key, now_ms),
+                created: true,
+                certificate_changed: false,
+            });
         }
-        let previous_cert: String = sqlx::query_scalar("SELECT cert_sha256 FROM devices WHERE id = $1")
-            .bind(s.device_id)
-            .fetch_one(&mut *tx)
-            .await?;
-        let certificate_changed = previous_cert != s.cert_sha256;
-        if certificate_changed {
-            let event = NewEvent::new("device.certificate_changed", "gateway")
-                .device(s.device_id)
-                .ca(s.ca_id)
-                .detail(serde_json::json!({ "previous_sha256": previous_cert, "sha256": s.cert_sha256, "serial": s.cert_serial }));
-            events::insert(&mut tx, &event, now_ms).await?;
-        }
-        sqlx::query(
-            "UPDATE devices SET last_seen = $2, connections = connections + 1, last_peer = $3, tls_version = $4, \
-             tls_suite = $5, ca_id = $6, cert_der = $7, cert_sha256 = $8, cert_serial = $9, cert_not_after = $10, \
-             cert_key = $11 WHERE id = $1",
-        )
-        .bind(s.device_id)
-        .bind(now_ms)
-        .bind(s.peer)
-        .bind(s.tls_version)
-        .bind(s.tls_suite)
-        .bind(s.ca_id)
-        .bind(s.cert_der)
-        .bind(s.cert_sha256)
-        .bind(s.cert_serial)
-        .bind(s.cert_not_after_ms)
-        .bind(cert_key)
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
-        )))
-        .bind(s.device_id)
-        .fetch_one(&mut *tx)
-        .await?;
-        let device = device_from_row(&row)?;
+        let (device, certificate_changed) = touch_existing(&mut tx, s, cert_key, now_ms).await?;
         tx.commit().await?;
         Ok(Registration {
             device,
@@ -293,7 +264,12 @@ impl Registry {
         .fetch_optional(self.pool())
         .await?
         .ok_or_else(|| RegistryError::not_found("device", id))?;
-        device_from_row(&row)
+        let mut device = device_from_row(&row)?;
+        // Connections admitted from the directory whose bookkeeping is not written yet.
+        if let Some(p) = self.directory.pending_of(id) {
+            p.apply_to(&mut device);
+        }
+        Ok(device)
     }
 
     /// Moves a device through its lifecycle, with a `device.status` event (who, why, from, to).
@@ -344,6 +320,7 @@ impl Registry {
             .detail(serde_json::json!({ "from": from, "to": to }));
         events::insert(&mut tx, &event, now_ms).await?;
         tx.commit().await?;
+        self.directory.forget(id);
         self.device(id).await
     }
 
@@ -608,30 +585,140 @@ impl Registry {
     /// serials, CRLs, device status): the newest such event's id. Gateways poll it to learn of
     /// changes made by other processes.
     pub async fn trust_generation(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(
-            "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE kind IN \
-             ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')",
-        )
+        Ok(sqlx::query_scalar(concat!(
+            "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE kind IN ",
+            trust_event_kinds!()
+        ))
         .fetch_one(self.pool())
         .await?)
     }
 }
 
 impl Registry {
-    /// Moves devices' `last_seen` forward (never back), in one transaction: the gateway reports
-    /// traffic here every few seconds rather than per message.
+    /// Moves devices' `last_seen` forward (never back): the gateway reports traffic here every
+    /// few seconds rather than per message. One statement per [`LAST_SEEN_ROWS`] devices (a
+    /// statement per device held SQLite's write lock ~30 ms for 1,000 devices, and a
+    /// registration waited behind it); when an interactive write waits, what is done so far
+    /// commits and the lock passes on. Moving forward only, a retry after an error is harmless.
     pub async fn touch_last_seen(&self, seen: &[(String, i64)]) -> Result<()> {
-        if seen.is_empty() {
-            return Ok(());
+        let mut rest = seen;
+        while !rest.is_empty() {
+            let mut tx = self.begin_bulk_write().await?;
+            loop {
+                let (chunk, tail) = rest.split_at(rest.len().min(LAST_SEEN_ROWS));
+                let mut q = SqlBuilder::new(self.backend(), "WITH seen (id, at) AS (VALUES ");
+                for (i, (id, at)) in chunk.iter().enumerate() {
+                    q.push(if i == 0 { "(" } else { ", (" });
+                    q.bind(id.clone()).push(", ");
+                    q.bind(*at).push(")");
+                }
+                q.push(
+                    ") UPDATE devices SET last_seen = seen.at FROM seen \
+                     WHERE devices.id = seen.id AND devices.last_seen < seen.at",
+                );
+                q.build()?.persistent(false).execute(&mut *tx).await?;
+                rest = tail;
+                if rest.is_empty() || self.interactive_write_waiting() {
+                    break;
+                }
+            }
+            tx.commit().await?;
         }
-        let mut tx = self.begin_bulk_write().await?;
-        for (id, at) in seen {
-            sqlx::query("UPDATE devices SET last_seen = $2 WHERE id = $1 AND last_seen < $2")
-                .bind(id)
-                .bind(*at)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await
+        Ok(())
     }
+}
+
+/// Devices per `last_seen` statement (two parameters each).
+const LAST_SEEN_ROWS: usize = 500;
+
+/// The device key's algorithm, for the weak-key audit (the chain was validated, so it parses).
+pub(crate) fn cert_key_of(s: &Sighting<'_>) -> Option<String> {
+    verifier::x509::describe_certificate(s.cert_der).ok().map(|i| i.key)
+}
+
+/// The status a new device starts in.
+pub(crate) fn initial_status(auto_activate: bool) -> DeviceStatus {
+    if auto_activate {
+        DeviceStatus::Active
+    } else {
+        DeviceStatus::Pending
+    }
+}
+
+/// The row a registration writes for a new device, as [`device_from_row`] would read it back.
+pub(crate) fn new_device_record(
+    s: &Sighting<'_>,
+    status: DeviceStatus,
+    cert_key: Option<String>,
+    now_ms: i64,
+) -> DeviceRecord {
+    DeviceRecord {
+        id: s.device_id.to_owned(),
+        ca_id: s.ca_id.to_owned(),
+        cert_der: s.cert_der.to_vec(),
+        cert_sha256: s.cert_sha256.to_owned(),
+        cert_serial: s.cert_serial.to_owned(),
+        cert_not_after_ms: s.cert_not_after_ms,
+        cert_key,
+        status,
+        status_changed_at_ms: now_ms,
+        first_seen_ms: now_ms,
+        last_seen_ms: now_ms,
+        last_peer: s.peer.map(str::to_owned),
+        tls_version: s.tls_version.map(str::to_owned),
+        tls_suite: s.tls_suite.map(str::to_owned),
+        firmware_version: None,
+        firmware_digest: None,
+        integrity: Integrity::Unknown,
+        integrity_at_ms: None,
+        integrity_reason: None,
+        connections: 1,
+    }
+}
+
+/// Records a connection of a device that exists: a certificate change (with an event), the
+/// sighting; returns the row and whether the certificate changed.
+pub(crate) async fn touch_existing(
+    tx: &mut WriteTx,
+    s: &Sighting<'_>,
+    cert_key: Option<String>,
+    now_ms: i64,
+) -> Result<(DeviceRecord, bool)> {
+    let previous_cert: String = sqlx::query_scalar("SELECT cert_sha256 FROM devices WHERE id = $1")
+        .bind(s.device_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    let certificate_changed = previous_cert != s.cert_sha256;
+    if certificate_changed {
+        let event = NewEvent::new("device.certificate_changed", "gateway")
+            .device(s.device_id)
+            .ca(s.ca_id)
+            .detail(serde_json::json!({ "previous_sha256": previous_cert, "sha256": s.cert_sha256, "serial": s.cert_serial }));
+        events::insert(tx, &event, now_ms).await?;
+    }
+    sqlx::query(
+        "UPDATE devices SET last_seen = $2, connections = connections + 1, last_peer = $3, tls_version = $4, \
+         tls_suite = $5, ca_id = $6, cert_der = $7, cert_sha256 = $8, cert_serial = $9, cert_not_after = $10, \
+         cert_key = $11 WHERE id = $1",
+    )
+    .bind(s.device_id)
+    .bind(now_ms)
+    .bind(s.peer)
+    .bind(s.tls_version)
+    .bind(s.tls_suite)
+    .bind(s.ca_id)
+    .bind(s.cert_der)
+    .bind(s.cert_sha256)
+    .bind(s.cert_serial)
+    .bind(s.cert_not_after_ms)
+    .bind(cert_key)
+    .execute(&mut **tx)
+    .await?;
+    let row = sqlx::query(AssertSqlSafe(format!(
+        "SELECT {DEVICE_COLUMNS} FROM devices WHERE id = $1"
+    )))
+    .bind(s.device_id)
+    .fetch_one(&mut **tx)
+    .await?;
+    Ok((device_from_row(&row)?, certificate_changed))
 }

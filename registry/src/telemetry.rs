@@ -96,6 +96,10 @@ pub(crate) struct Retention {
 /// PostgreSQL's 65,535 bind limits.
 const ROWS_PER_STATEMENT: usize = 500;
 
+/// Rows per statement when a batch may yield SQLite's write lock between statements: one such
+/// statement is the longest an interactive write waits for the telemetry writer.
+pub(crate) const YIELD_ROWS: usize = 100;
+
 impl Registry {
     /// Stores a batch in one transaction: when this returns `Ok`, every message is durable
     /// (SQLite `synchronous=FULL` / PostgreSQL commit). All or nothing.
@@ -199,15 +203,47 @@ impl Registry {
         Ok(ids)
     }
 
+    /// Stores a prefix of `batch` in one transaction and returns its ids, in order: all of it,
+    /// unless an interactive write (a device's registration, an operator's action) starts
+    /// waiting for SQLite's write lock, in which case the rows inserted so far (at least one
+    /// statement's, [`YIELD_ROWS`] or the whole batch if smaller) commit and the lock passes on. A registration then waits for one
+    /// statement and a commit, not for a whole batch (measured: 6–13 ms behind 500-message
+    /// batches under a 50k msg/s flood). All or nothing for the prefix it reports; the caller
+    /// stores the rest with the next call.
+    pub async fn store_telemetry_prefix(&self, batch: &[TelemetryMessage]) -> Result<Vec<i64>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut tx = self.begin_bulk_write().await?;
+        let ids = self
+            .insert_telemetry_until(&mut tx, batch, YIELD_ROWS, || self.interactive_write_waiting())
+            .await?;
+        tx.commit().await?;
+        Ok(ids)
+    }
+
     /// Inserts telemetry inside the caller's transaction; the ids in the batch's order.
+    pub(crate) async fn insert_telemetry(&self, tx: &mut WriteTx, batch: &[TelemetryMessage]) -> Result<Vec<i64>> {
+        self.insert_telemetry_until(tx, batch, ROWS_PER_STATEMENT, || false)
+            .await
+    }
+
+    /// Inserts `batch` in statements of `rows`, stopping after a statement when `stop()` says
+    /// so; the ids of the rows inserted (a prefix of the batch), in order.
     ///
     /// On SQLite no row comes back in the common case: sqlx hands each returned row from its
     /// worker thread to the caller through a channel, a thread wake-up per row, which measured as
     /// the largest cost of a batch (perf, 10,000-row batches). The writer holds SQLite's only
     /// write lock, and an AUTOINCREMENT table gives new rows ids above every id it ever gave,
-    /// so when `MAX(id)` grew by exactly the batch's size, the batch holds those ids, in VALUES
-    /// order. Otherwise (older rows pruned to empty, say) the ids are read back.
-    pub(crate) async fn insert_telemetry(&self, tx: &mut WriteTx, batch: &[TelemetryMessage]) -> Result<Vec<i64>> {
+    /// so when `MAX(id)` grew by exactly the number of rows inserted, those rows hold those ids,
+    /// in VALUES order. Otherwise (older rows pruned to empty, say) the ids are read back.
+    async fn insert_telemetry_until(
+        &self,
+        tx: &mut WriteTx,
+        batch: &[TelemetryMessage],
+        rows: usize,
+        stop: impl Fn() -> bool,
+    ) -> Result<Vec<i64>> {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
@@ -218,7 +254,8 @@ impl Registry {
             None
         };
         let mut ids = Vec::with_capacity(batch.len());
-        for chunk in batch.chunks(ROWS_PER_STATEMENT) {
+        let mut inserted = 0;
+        for chunk in batch.chunks(rows.clamp(1, ROWS_PER_STATEMENT)) {
             let mut q = SqlBuilder::new(
                 self.backend(),
                 "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ",
@@ -232,23 +269,27 @@ impl Registry {
                 q.bind(m.source.as_str().to_owned()).push(", ");
                 q.bind(m.received_at_ms).push(")");
             }
+            inserted += chunk.len();
             if sqlite {
                 q.build()?.execute(&mut **tx).await?;
-                continue;
+            } else {
+                q.push(" RETURNING id");
+                let rows = q.build()?.fetch_all(&mut **tx).await?;
+                let mut chunk_ids = rows
+                    .iter()
+                    .map(|r| r.try_get::<i64, _>(0))
+                    .collect::<std::result::Result<Vec<_>, _>>()?;
+                // Both engines assign ids in VALUES order within one statement; sorting makes
+                // the pairing independent of the order RETURNING reports them in.
+                chunk_ids.sort_unstable();
+                ids.extend(chunk_ids);
             }
-            q.push(" RETURNING id");
-            let rows = q.build()?.fetch_all(&mut **tx).await?;
-            let mut chunk_ids = rows
-                .iter()
-                .map(|r| r.try_get::<i64, _>(0))
-                .collect::<std::result::Result<Vec<_>, _>>()?;
-            // Both engines assign ids in VALUES order within one statement; sorting makes the
-            // pairing independent of the order RETURNING reports them in.
-            chunk_ids.sort_unstable();
-            ids.extend(chunk_ids);
+            if stop() {
+                break;
+            }
         }
         if let Some(before) = before {
-            ids = new_telemetry_ids(tx, before, batch.len()).await?;
+            ids = new_telemetry_ids(tx, before, inserted).await?;
         }
         Ok(ids)
     }
@@ -309,4 +350,88 @@ fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredMessage> {
         })?,
         received_at_ms: r.try_get("received_at")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::CHECKPOINT_EVERY;
+    use crate::seal::{Kek, Keyring};
+    use std::sync::atomic::Ordering;
+
+    fn message(n: usize) -> TelemetryMessage {
+        TelemetryMessage {
+            device_id: format!("dev-{}", n % 7),
+            topic: "devices/x/telemetry".into(),
+            payload: n.to_be_bytes().to_vec(),
+            qos: 1,
+            source: Source::Mqtt,
+            received_at_ms: 1_700_000_000_000 + n as i64,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_waiting_registration_cuts_a_batch_short_and_the_rest_follows() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyring::new(Kek::generate("t").unwrap());
+        let r = Registry::open(&Registry::sqlite_url(dir.path()), keys).await.unwrap();
+        let batch: Vec<_> = (0..250).map(message).collect();
+
+        // Nobody waiting: the whole batch in one transaction.
+        let all = r.store_telemetry_prefix(&batch).await.unwrap();
+        assert_eq!(all.len(), 250);
+
+        // An interactive writer starts waiting while the batch waits for its turn (another
+        // bulk write holds it): once the batch has the lock, one statement's rows commit.
+        let queue = r.write_queue.clone().unwrap();
+        let turn = queue.lock.clone().lock_owned().await;
+        let store = tokio::spawn({
+            let (r, batch) = (r.clone(), batch.clone());
+            async move { r.store_telemetry_prefix(&batch).await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        queue.interactive_waiting.fetch_add(1, Ordering::AcqRel);
+        drop(turn);
+        let head = store.await.unwrap().unwrap();
+        queue.interactive_waiting.fetch_sub(1, Ordering::AcqRel);
+        assert_eq!(head.len(), YIELD_ROWS, "stopped after one statement");
+        // The batch order is the id order, and the rest continues after it.
+        let rest = r.store_telemetry_prefix(&batch[head.len()..]).await.unwrap();
+        assert_eq!(rest.len(), 250 - YIELD_ROWS);
+        let ids: Vec<i64> = head.iter().chain(&rest).copied().collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]));
+        assert!(ids[0] > all[249]);
+        let stored = r.telemetry_after(all[249], 1_000).await.unwrap();
+        assert_eq!(stored.len(), 250);
+        for (m, id) in stored.iter().zip(&ids) {
+            assert_eq!(m.id, *id);
+        }
+        for (m, original) in stored.iter().zip(&batch) {
+            assert_eq!(m.payload, original.payload, "each id names its own message");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_background_checkpoint_copies_the_wal_into_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = Keyring::new(Kek::generate("t").unwrap());
+        let r = Registry::open(&Registry::sqlite_url(dir.path()), keys).await.unwrap();
+        let db = dir.path().join("fleetward.db");
+        // Let the checkpoint of the migrations pass, then write.
+        tokio::time::sleep(CHECKPOINT_EVERY * 2).await;
+        let before = std::fs::metadata(&db).unwrap().len();
+        let batch: Vec<_> = (0..2_000).map(message).collect();
+        r.store_telemetry(&batch).await.unwrap();
+        assert_eq!(
+            std::fs::metadata(&db).unwrap().len(),
+            before,
+            "commits write the WAL only (no automatic checkpoint)"
+        );
+        tokio::time::sleep(CHECKPOINT_EVERY * 3).await;
+        assert!(
+            std::fs::metadata(&db).unwrap().len() > before,
+            "the checkpointer copied the new pages into the database file"
+        );
+        r.close().await;
+    }
 }

@@ -40,6 +40,8 @@ both!(
     gateway_helpers,
     operator_queries,
     audit_findings,
+    directory_admits_known_devices_without_a_transaction,
+    grouped_registrations_answer_as_one_by_one_would,
 );
 
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
@@ -294,6 +296,13 @@ async fn device_lifecycle_and_events(db: &TestDb) {
     let reg = connect(r, &dev.der, NOW).await;
     assert!(reg.created);
     assert_eq!(reg.device.status, DeviceStatus::Pending);
+    // A registration answers with the row it wrote, field for field.
+    assert_eq!(reg.device, r.device("thermo-1").await.unwrap());
+    assert_eq!(reg.device.connections, 1);
+    let again = connect(r, &dev.der, NOW + 1).await;
+    assert!(!again.created);
+    assert_eq!(again.device, r.device("thermo-1").await.unwrap());
+    assert_eq!((again.device.connections, again.device.last_seen_ms), (2, NOW + 1));
     assert_eq!(reg.device.tls_suite.as_deref(), Some("ECDHE-ECDSA-AES128-GCM-SHA256"));
 
     let d = r
@@ -360,7 +369,7 @@ async fn device_lifecycle_and_events(db: &TestDb) {
     let renewed = root.issue_device(KeyKind::P256, "thermo-1");
     let reg = connect(r, &renewed.der, NOW + 60).await;
     assert!(reg.certificate_changed && !reg.created);
-    assert_eq!(reg.device.connections, 2);
+    assert_eq!(reg.device.connections, 3);
 
     r.set_integrity(
         "thermo-1",
@@ -1330,6 +1339,30 @@ async fn gateway_helpers(db: &TestDb) {
         NOW + 50_000,
         "never moves back"
     );
+    // Many devices at once: statements of 500, the known device in the third one.
+    let mut many: Vec<(String, i64)> = (0..1_100).map(|n| (format!("nobody-{n}"), NOW + 60_000)).collect();
+    many.push((reg.device.id.clone(), NOW + 70_000));
+    r.touch_last_seen(&many).await.unwrap();
+    assert_eq!(r.device(&reg.device.id).await.unwrap().last_seen_ms, NOW + 70_000);
+
+    // The batcher's entry point: with nobody waiting for the write lock, the whole batch.
+    let batch: Vec<_> = (0..250u32)
+        .map(|n| TelemetryMessage {
+            device_id: "c".into(),
+            topic: "devices/c/telemetry".into(),
+            payload: n.to_be_bytes().to_vec(),
+            qos: 1,
+            source: Source::Mqtt,
+            received_at_ms: NOW + i64::from(n),
+        })
+        .collect();
+    let before = r.telemetry_head().await.unwrap();
+    let ids = r.store_telemetry_prefix(&batch).await.unwrap();
+    assert_eq!(ids.len(), 250);
+    assert!(ids.windows(2).all(|w| w[0] < w[1]));
+    let stored = r.telemetry_after(before, 1_000).await.unwrap();
+    assert_eq!(stored.iter().map(|m| m.id).collect::<Vec<_>>(), ids);
+    assert!(stored.iter().zip(&batch).all(|(m, b)| m.payload == b.payload));
     let _ = record;
 }
 
@@ -2024,4 +2057,241 @@ async fn sigfox_callbacks_and_downlinks(db: &TestDb) {
         r.queue_sigfox_downlink("00000A11", &[0; 8], "api:t", NOW).await,
         Err(RegistryError::Conflict { .. })
     ));
+}
+
+/// A verified device's facts, owned (a `Sighting` borrows them).
+#[derive(Clone)]
+struct Verified {
+    id: String,
+    ca: String,
+    der: Vec<u8>,
+    sha256: String,
+    serial: String,
+    not_after_ms: i64,
+}
+
+async fn verified(r: &Registry, der: &[u8]) -> Verified {
+    let v = r
+        .trust_store()
+        .await
+        .unwrap()
+        .verify_device(der, &[], Timestamp::from_unix(NOW / 1000))
+        .unwrap();
+    Verified {
+        id: v.device_id.as_str().to_owned(),
+        ca: v.ca.sha256.clone(),
+        der: der.to_vec(),
+        sha256: v.certificate.sha256.clone(),
+        serial: v.certificate.serial.clone(),
+        not_after_ms: v.certificate.not_after.unix() * 1000,
+    }
+}
+
+impl Verified {
+    fn sighting<'a>(&'a self, peer: &'a str) -> Sighting<'a> {
+        Sighting {
+            device_id: &self.id,
+            ca_id: &self.ca,
+            cert_der: &self.der,
+            cert_sha256: &self.sha256,
+            cert_serial: &self.serial,
+            cert_not_after_ms: self.not_after_ms,
+            peer: Some(peer),
+            tls_version: Some("TLSv1.3"),
+            tls_suite: Some("TLS13_AES_128_GCM_SHA256"),
+        }
+    }
+}
+
+/// The device directory: a known device reconnects from memory, its bookkeeping is written in
+/// bulk, and a status change (by this process or another) sends it back through a transaction.
+async fn directory_admits_known_devices_without_a_transaction(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Directory CA");
+    r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    let dev = verified(r, &root.issue_device(KeyKind::P256, "dir-1").der).await;
+
+    let first = r.admit(&dev.sighting("10.0.0.1:1"), true, NOW).await.unwrap();
+    assert!(first.created && !first.from_directory);
+    assert_eq!(first.status, DeviceStatus::Active);
+    for (i, peer) in ["10.0.0.2:2", "10.0.0.3:3"].iter().enumerate() {
+        let again = r.admit_known(&dev.sighting(peer), NOW + 10 + i as i64).unwrap();
+        assert!(again.from_directory && !again.created && !again.certificate_changed);
+        assert_eq!(again.status, DeviceStatus::Active);
+    }
+    // Not written yet, but the device's record already shows it.
+    assert_eq!(r.directory_size(), (1, 1));
+    let stored: i64 = db
+        .raw_scalar("SELECT connections FROM devices WHERE id = 'dir-1'")
+        .await;
+    assert_eq!(stored, 1);
+    let d = r.device("dir-1").await.unwrap();
+    assert_eq!((d.connections, d.last_seen_ms), (3, NOW + 11));
+    assert_eq!(d.last_peer.as_deref(), Some("10.0.0.3:3"));
+    assert_eq!(r.flush_sightings().await.unwrap(), 1);
+    assert_eq!(r.flush_sightings().await.unwrap(), 0);
+    assert_eq!(r.directory_size(), (1, 0));
+    let d = r.device("dir-1").await.unwrap();
+    assert_eq!((d.connections, d.last_seen_ms), (3, NOW + 11));
+    assert_eq!(d.last_peer.as_deref(), Some("10.0.0.3:3"));
+    assert_eq!(d.tls_suite.as_deref(), Some("TLS13_AES_128_GCM_SHA256"));
+    // last_seen never moves back (traffic may have moved it further meanwhile).
+    r.touch_last_seen(&[("dir-1".into(), NOW + 5_000)]).await.unwrap();
+    r.admit_known(&dev.sighting("10.0.0.4:4"), NOW + 20).unwrap();
+    r.flush_sightings().await.unwrap();
+    let d = r.device("dir-1").await.unwrap();
+    assert_eq!((d.connections, d.last_seen_ms), (4, NOW + 5_000));
+    assert_eq!(d.last_peer.as_deref(), Some("10.0.0.4:4"));
+
+    // Another certificate under the same name misses: a transaction records the change.
+    let renewed = verified(r, &root.issue_device(KeyKind::P256, "dir-1").der).await;
+    assert!(r.admit_known(&renewed.sighting("10.0.0.5:5"), NOW + 30).is_none());
+    let changed = r.admit(&renewed.sighting("10.0.0.5:5"), true, NOW + 30).await.unwrap();
+    assert!(changed.certificate_changed && !changed.from_directory);
+    assert!(
+        r.admit_known(&dev.sighting("10.0.0.1:1"), NOW + 31).is_none(),
+        "the old certificate no longer passes"
+    );
+    assert!(r.admit_known(&renewed.sighting("10.0.0.5:5"), NOW + 32).is_some());
+
+    // A status change in this process is seen by the very next connection.
+    r.set_device_status("dir-1", DeviceStatus::Quarantined, "api:op", "check", NOW + 40)
+        .await
+        .unwrap();
+    assert!(r.admit_known(&renewed.sighting("10.0.0.5:5"), NOW + 41).is_none());
+    let q = r.admit(&renewed.sighting("10.0.0.5:5"), true, NOW + 41).await.unwrap();
+    assert_eq!((q.status, q.from_directory), (DeviceStatus::Quarantined, false));
+    assert_eq!(
+        r.admit_known(&renewed.sighting("10.0.0.5:5"), NOW + 42)
+            .map(|a| a.status),
+        Some(DeviceStatus::Quarantined)
+    );
+
+    // A change by another process (the CLI, another node) is seen once the gateway's poll
+    // reports the trust generation it last saw.
+    let other = db.reopen(common::keyring()).await;
+    let seen = r.trust_generation().await.unwrap();
+    other
+        .set_device_status("dir-1", DeviceStatus::Active, "cli", "released", NOW + 50)
+        .await
+        .unwrap();
+    assert_eq!(
+        r.admit_known(&renewed.sighting("10.0.0.5:5"), NOW + 51)
+            .map(|a| a.status),
+        Some(DeviceStatus::Quarantined),
+        "stale until the poll"
+    );
+    r.forget_changes_since(seen).await.unwrap();
+    assert!(r.admit_known(&renewed.sighting("10.0.0.5:5"), NOW + 52).is_none());
+    let a = r.admit(&renewed.sighting("10.0.0.5:5"), true, NOW + 52).await.unwrap();
+    assert_eq!(a.status, DeviceStatus::Active);
+
+    // Revoking the CA forgets every device.
+    let seen = r.trust_generation().await.unwrap();
+    r.revoke_ca(&dev.ca, "api:admin", "compromised", NOW + 60)
+        .await
+        .unwrap();
+    assert_eq!(r.directory_size().0, 0);
+    assert!(r.trust_generation().await.unwrap() > seen);
+    r.flush_sightings().await.unwrap();
+    let d = r.device("dir-1").await.unwrap();
+    assert_eq!(d.connections, 10, "every connection counted once: {d:?}");
+    other.close().await;
+}
+
+/// Registrations committed together: each gets the answer `register_or_touch` would give, with
+/// the same rows and events, also for duplicates within a batch, known devices, a renewed
+/// certificate, and a registration that cannot be written (it fails alone).
+async fn grouped_registrations_answer_as_one_by_one_would(db: &TestDb) {
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Group CA");
+    r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    let known = verified(r, &root.issue_device(KeyKind::P256, "known-1").der).await;
+    r.register_or_touch(&known.sighting("10.0.0.1:1"), true, NOW)
+        .await
+        .unwrap();
+    let renewed = verified(r, &root.issue_device(KeyKind::P256, "known-1").der).await;
+
+    let mut devices = Vec::new();
+    for i in 0..150 {
+        devices.push(verified(r, &root.issue_device(KeyKind::P256, &format!("group-{i}")).der).await);
+    }
+    let twin = verified(r, &root.issue_device(KeyKind::P256, "twin").der).await;
+    // A CA id that is not registered: its row breaks the batch's foreign key.
+    let mut orphan = verified(r, &root.issue_device(KeyKind::P256, "orphan").der).await;
+    orphan.ca = "00".repeat(32);
+
+    let mut work: Vec<(&Verified, &str)> = devices.iter().map(|d| (d, "10.1.0.1:1")).collect();
+    work.extend([(&twin, "10.2.0.1:1"), (&twin, "10.2.0.2:2"), (&twin, "10.2.0.3:3")]);
+    work.push((&known, "10.0.0.2:2"));
+    work.push((&orphan, "10.3.0.1:1"));
+    work.push((&renewed, "10.0.0.3:3"));
+    // All at once, as connections arriving together would.
+    let tasks: Vec<_> = work
+        .iter()
+        .map(|(d, peer)| {
+            let (r, d, peer) = (r.clone(), (*d).clone(), peer.to_string());
+            tokio::spawn(async move { r.register_grouped(&d.sighting(&peer), true, NOW + 100).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for t in tasks {
+        answers.push(t.await.unwrap());
+    }
+
+    let mut created = std::collections::HashMap::<String, usize>::new();
+    for ((d, _), answer) in work.iter().zip(&answers) {
+        if d.id == "orphan" {
+            assert!(answer.is_err(), "the orphan cannot be written: {answer:?}");
+            continue;
+        }
+        let reg = answer.as_ref().unwrap();
+        assert_eq!(reg.device.id, d.id);
+        assert_eq!(reg.device.status, DeviceStatus::Active);
+        *created.entry(d.id.clone()).or_default() += usize::from(reg.created);
+        if reg.created {
+            assert_eq!(reg.device.connections, 1);
+            assert_eq!(reg.device.cert_sha256, d.sha256);
+        }
+    }
+    assert!(
+        devices.iter().all(|d| created[&d.id] == 1),
+        "every new device created once"
+    );
+    assert_eq!(
+        created["twin"], 1,
+        "three first connections of one device: one creates it"
+    );
+    assert_eq!(created["known-1"], 0);
+    let renewal = answers.last().unwrap().as_ref().unwrap();
+    assert!(renewal.certificate_changed && !renewal.created);
+
+    // What was stored is what was answered.
+    for d in devices.iter().take(5) {
+        let stored = r.device(&d.id).await.unwrap();
+        assert_eq!(stored.connections, 1);
+        assert_eq!(stored.last_peer.as_deref(), Some("10.1.0.1:1"));
+        assert_eq!(stored.cert_key.as_deref(), Some("ECDSA P-256"));
+    }
+    assert_eq!(r.device("twin").await.unwrap().connections, 3);
+    assert_eq!(r.device("known-1").await.unwrap().connections, 3);
+    assert!(matches!(r.device("orphan").await, Err(RegistryError::NotFound { .. })));
+    let events = |kind: &str| EventFilter {
+        kind: Some(kind.into()),
+        ..Default::default()
+    };
+    let registered = r.events(&events("device.registered"), 1000).await.unwrap();
+    assert_eq!(registered.len(), 1 + 150 + 1, "one event per device created");
+    let e = registered
+        .iter()
+        .find(|e| e.device_id.as_deref() == Some("group-7"))
+        .unwrap();
+    assert_eq!(e.actor, "jitr");
+    assert_eq!(e.detail.as_ref().unwrap()["status"], "active");
+    assert_eq!(e.detail.as_ref().unwrap()["peer"], "10.1.0.1:1");
+    assert_eq!(
+        r.events(&events("device.certificate_changed"), 10).await.unwrap().len(),
+        1
+    );
+    assert_eq!(count(db, "devices").await, 1 + 150 + 1);
 }

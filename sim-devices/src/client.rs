@@ -62,6 +62,18 @@ impl ClientError {
             _ => false,
         }
     }
+
+    /// A stable label for counting errors by kind.
+    pub fn kind(&self) -> String {
+        match self {
+            ClientError::Tls(m) => format!("tls: {m}"),
+            ClientError::Io(e) if self.is_tls_rejection() => format!("tls: {e}"),
+            ClientError::Io(e) => format!("i/o: {:?}", e.kind()),
+            ClientError::Closed => "closed by the server".into(),
+            ClientError::Protocol(m) => format!("protocol: {m}"),
+            ClientError::Timeout(what) => format!("timed out waiting for {what}"),
+        }
+    }
 }
 
 /// A packet from the server.
@@ -122,7 +134,7 @@ fn tls_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, ClientError>
         .with_protocol_versions(versions)
         .map_err(|e| ClientError::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    let config = match &tls.identity {
+    let mut config = match &tls.identity {
         Some((chain, key)) => builder
             .with_client_auth_cert(
                 chain.iter().map(|c| CertificateDer::from(c.clone())).collect(),
@@ -131,7 +143,60 @@ fn tls_config(tls: &ClientTls) -> Result<Arc<rustls::ClientConfig>, ClientError>
             .map_err(|e| ClientError::Tls(e.to_string()))?,
         None => builder.with_no_client_auth(),
     };
+    // A device keeps no session tickets: every connection is a full handshake (what the load
+    // tests and handshake benchmarks must measure).
+    config.resumption = rustls::client::Resumption::disabled();
     Ok(Arc::new(config))
+}
+
+/// A device's TLS settings, parsed once and used for every connection it opens.
+#[derive(Clone)]
+pub struct Connector {
+    config: Arc<rustls::ClientConfig>,
+    name: ServerName<'static>,
+    bind: Option<std::net::IpAddr>,
+}
+
+impl std::fmt::Debug for Connector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connector")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Connector {
+    pub fn new(tls: &ClientTls) -> Result<Self, ClientError> {
+        Ok(Connector {
+            config: tls_config(tls)?,
+            name: ServerName::try_from(tls.server_name.clone()).map_err(|e| ClientError::Tls(e.to_string()))?,
+            bind: tls.bind,
+        })
+    }
+
+    /// TCP + a full TLS handshake.
+    pub async fn connect(&self, addr: SocketAddr) -> Result<Client, ClientError> {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        if let Some(ip) = self.bind {
+            socket.bind(SocketAddr::new(ip, 0))?;
+        }
+        let tcp = socket.connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let stream = TlsConnector::from(self.config.clone())
+            .connect(self.name.clone(), tcp)
+            .await
+            .map_err(|e| ClientError::Tls(e.to_string()))?;
+        Ok(Client {
+            stream,
+            rbuf: BytesMut::with_capacity(1024),
+            inbox: VecDeque::new(),
+            next_pkid: 1,
+        })
+    }
 }
 
 /// A connected client.
@@ -146,28 +211,7 @@ pub struct Client {
 impl Client {
     /// TCP + TLS handshake.
     pub async fn connect(addr: SocketAddr, tls: &ClientTls) -> Result<Client, ClientError> {
-        let config = tls_config(tls)?;
-        let socket = if addr.is_ipv4() {
-            TcpSocket::new_v4()?
-        } else {
-            TcpSocket::new_v6()?
-        };
-        if let Some(ip) = tls.bind {
-            socket.bind(SocketAddr::new(ip, 0))?;
-        }
-        let tcp = socket.connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::try_from(tls.server_name.clone()).map_err(|e| ClientError::Tls(e.to_string()))?;
-        let stream = TlsConnector::from(config)
-            .connect(name, tcp)
-            .await
-            .map_err(|e| ClientError::Tls(e.to_string()))?;
-        Ok(Client {
-            stream,
-            rbuf: BytesMut::with_capacity(1024),
-            inbox: VecDeque::new(),
-            next_pkid: 1,
-        })
+        Connector::new(tls)?.connect(addr).await
     }
 
     /// The negotiated TLS version and suite (e.g. `TLSv1_2`, `TLS13_AES_128_GCM_SHA256`).
@@ -179,6 +223,11 @@ impl Client {
                 .map(|s| format!("{:?}", s.suite()))
                 .unwrap_or_default(),
         )
+    }
+
+    /// Whether the TLS session was resumed (devices here never resume: see [`Connector`]).
+    pub fn resumed(&self) -> bool {
+        self.stream.get_ref().1.handshake_kind() == Some(rustls::HandshakeKind::Resumed)
     }
 
     /// Sends CONNECT and returns the CONNACK return code (0 = accepted).
@@ -294,6 +343,15 @@ impl Client {
         self.next_packet(timeout, "a packet").await
     }
 
+    /// The next packet from the server, however long it takes: for loops that have their own
+    /// timers (a timeout here would arm one more timer per packet).
+    pub async fn recv_untimed(&mut self) -> Result<ServerPacket, ClientError> {
+        if let Some(p) = self.inbox.pop_front() {
+            return Ok(p);
+        }
+        self.read_one().await
+    }
+
     /// Sends DISCONNECT and closes.
     pub async fn disconnect(mut self) -> Result<(), ClientError> {
         self.send(0xE0, &[]).await?;
@@ -339,19 +397,21 @@ impl Client {
     }
 
     async fn read_packet(&mut self, timeout: Duration, what: &'static str) -> Result<ServerPacket, ClientError> {
-        let read = async {
-            loop {
-                if let Some(p) = decode(&mut self.rbuf)? {
-                    return Ok(p);
-                }
-                if self.stream.read_buf(&mut self.rbuf).await? == 0 {
-                    return Err(ClientError::Closed);
-                }
-            }
-        };
-        tokio::time::timeout(timeout, read)
+        tokio::time::timeout(timeout, self.read_one())
             .await
             .map_err(|_| ClientError::Timeout(what))?
+    }
+
+    /// The next packet off the wire (cancel-safe: bytes read stay in `rbuf`).
+    async fn read_one(&mut self) -> Result<ServerPacket, ClientError> {
+        loop {
+            if let Some(p) = decode(&mut self.rbuf)? {
+                return Ok(p);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
     }
 }
 

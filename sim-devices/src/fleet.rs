@@ -67,7 +67,7 @@ fn describe(e: &ClientError) -> String {
 }
 
 /// Waits for a PUBLISH on `topic` (acknowledging QoS 1 ones on the way).
-async fn wait_publish(c: &mut Client, topic: &str) -> Result<bytes::Bytes, ClientError> {
+pub(crate) async fn wait_publish(c: &mut Client, topic: &str) -> Result<bytes::Bytes, ClientError> {
     loop {
         match c.recv(std::time::Duration::from_secs(10)).await? {
             ServerPacket::Publish {

@@ -12,16 +12,26 @@
 //! - [`fleet`]: the demo fleet and its attacks;
 //! - [`lorawan`]: LoRaWAN devices (OTAA and ABP, 1.0.x and 1.1) behind a simulated Semtech UDP
 //!   packet forwarder; [`lorawan_fleet`]: the demo's LoRaWAN devices and radio-side attacks;
-//! - [`sigfox`]: Sigfox devices whose secure element authenticates each uplink with the NAK.
+//! - [`sigfox`]: Sigfox devices whose secure element authenticates each uplink with the NAK;
+//! - [`run`]: `sim-devices run`, the fleet as a rehearsal and a load tester ([`report`]: its
+//!   HDR-histogram report; [`procstat`]: the gateway's CPU and memory; [`lpwan`]: LoRaWAN and
+//!   Sigfox devices in the run, provisioned through [`api`]);
+//! - [`attack`]: `sim-devices attack`, the security regression suite.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod attack;
 pub mod attest;
 pub mod client;
 pub mod fleet;
 pub mod lorawan;
 pub mod lorawan_fleet;
+pub mod lpwan;
 pub mod pki;
 pub mod pki_dir;
+pub mod procstat;
+pub mod report;
+pub mod run;
 pub mod sigfox;
 
 pub use verifier;

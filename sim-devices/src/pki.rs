@@ -17,8 +17,7 @@ pub struct PkiError(#[from] rcgen::Error);
 /// A provisioning CA and its key.
 pub struct ProvisioningCa {
     pub der: Vec<u8>,
-    key: KeyPair,
-    params: CertificateParams,
+    issuer: Issuer<'static, KeyPair>,
     /// For an intermediate: itself and the intermediates above it, nearest first (what its
     /// devices send after their own certificate). Empty for a root.
     chain_der: Vec<Vec<u8>>,
@@ -76,14 +75,26 @@ impl ProvisioningCa {
         let der = params.self_signed(&key)?.der().to_vec();
         Ok(ProvisioningCa {
             der,
-            key,
-            params,
+            issuer: Issuer::new(params, key),
             chain_der: Vec::new(),
         })
     }
 
     pub fn pem(&self) -> String {
         pem("CERTIFICATE", &self.der)
+    }
+
+    /// A CA from its certificate and PKCS#8 key, both PEM (a `sim-devices pki init` directory's
+    /// `ca.pem`/`ca.key`, or an intermediate's with `chain_der` = itself and what is above it).
+    pub fn from_pem(cert_pem: &str, key_pem: &str, chain_der: Vec<Vec<u8>>) -> Result<Self, PkiError> {
+        let key = KeyPair::from_pem(key_pem)?;
+        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
+        let der = verifier::x509::certificates_from_pem_or_der(cert_pem.as_bytes())
+            .ok()
+            .and_then(|c| c.into_iter().next())
+            .map(|c| c.to_vec())
+            .ok_or(PkiError(rcgen::Error::CouldNotParseCertificate))?;
+        Ok(ProvisioningCa { der, issuer, chain_der })
     }
 
     /// An intermediate CA under this one (P-256, a critical basicConstraints CA:TRUE), as a
@@ -99,14 +110,12 @@ impl ProvisioningCa {
         let mut bc = CustomExtension::from_oid_content(&[2, 5, 29, 19], BASIC_CONSTRAINTS_CA_TRUE.to_vec());
         bc.set_criticality(true);
         params.custom_extensions.push(bc);
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let der = params.signed_by(&key, &issuer)?.der().to_vec();
+        let der = params.signed_by(&key, &self.issuer)?.der().to_vec();
         let mut chain = vec![der.clone()];
         chain.extend(self.chain_der.iter().cloned());
         Ok(ProvisioningCa {
             der,
-            key,
-            params,
+            issuer: Issuer::new(params, key),
             chain_der: chain,
         })
     }
@@ -114,7 +123,7 @@ impl ProvisioningCa {
     /// The CA's private key (PKCS#8 PEM): what proves possession when the CA is registered
     /// (`fleetward ca register --key`).
     pub fn key_pem(&self) -> String {
-        pem("PRIVATE KEY", &self.key.serialize_der())
+        pem("PRIVATE KEY", &self.issuer.key().serialize_der())
     }
 
     /// A device certificate in the STSAFE-A profile, valid `not_before..not_after`.
@@ -140,8 +149,7 @@ impl ProvisioningCa {
             serial.insert(0, 0);
         }
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        let issuer = Issuer::from_params(&self.params, &self.key);
-        let der = params.signed_by(&key, &issuer)?.der().to_vec();
+        let der = params.signed_by(&key, &self.issuer)?.der().to_vec();
         Ok(DeviceIdentity {
             id,
             cert_der: der,

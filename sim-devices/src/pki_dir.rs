@@ -174,6 +174,40 @@ pub fn load(dir: &Path) -> Result<Vec<DeviceIdentity>, PkiDirError> {
     Ok(out)
 }
 
+/// The CA that issues the directory's devices (the intermediate when there is one), when its
+/// key is there: attack scenarios use it to make certificates a real factory never would
+/// (expired ones) and attackers' own devices.
+pub fn load_issuer(dir: &Path) -> Result<Option<ProvisioningCa>, PkiDirError> {
+    let (cert, key) = if dir.join("intermediate.pem").exists() {
+        (dir.join("intermediate.pem"), dir.join("intermediate.key"))
+    } else {
+        (dir.join("ca.pem"), dir.join("ca.key"))
+    };
+    if !key.exists() {
+        return Ok(None);
+    }
+    let cert_pem = std::fs::read_to_string(&cert).map_err(io(&cert))?;
+    let key_pem = std::fs::read_to_string(&key).map_err(io(&key))?;
+    let chain = if cert.ends_with("intermediate.pem") {
+        verifier::x509::certificates_from_pem_or_der(cert_pem.as_bytes())
+            .map_err(|e| PkiDirError::Invalid {
+                path: cert.clone(),
+                detail: e.to_string(),
+            })?
+            .iter()
+            .map(|c| c.to_vec())
+            .collect()
+    } else {
+        Vec::new()
+    };
+    ProvisioningCa::from_pem(&cert_pem, &key_pem, chain)
+        .map(Some)
+        .map_err(|e| PkiDirError::Invalid {
+            path: key,
+            detail: e.to_string(),
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -201,6 +235,13 @@ mod tests {
             assert_eq!(a.chain_der.len(), 1, "the intermediate travels with the device");
         }
         assert_ne!(made[0].id, made[1].id);
+        // The loaded issuer makes devices that chain like the others.
+        let issuer = load_issuer(&dir).unwrap().unwrap();
+        let now = OffsetDateTime::now_utc();
+        let extra = issuer
+            .issue("eval3", &[0x02, 0x09, 1, 2, 3], now, now + time::Duration::days(1))
+            .unwrap();
+        assert_eq!(extra.chain_der, made[0].chain_der);
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -53,7 +53,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut conn: Conn<S>,
     connect: Connect,
     device: Arc<VerifiedDevice>,
-    tls: TlsFacts,
+    mut tls: TlsFacts,
 ) -> Outcome {
     let id = device.device_id.as_str().to_owned();
     let peer = tls.peer;
@@ -74,18 +74,56 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let snapshot = ctx.trust.snapshot();
     let ca_id = device.ca.sha256.clone();
     let auto_activate = snapshot.auto_activate.get(&ca_id).copied().unwrap_or(false);
-    let sighting = Sighting {
-        device_id: &id,
-        ca_id: &ca_id,
-        cert_der: &tls.leaf_der,
-        cert_sha256: &device.certificate.sha256,
-        cert_serial: &device.certificate.serial,
-        cert_not_after_ms: device.certificate.not_after.unix().saturating_mul(1000),
-        peer: Some(&peer.to_string()),
-        tls_version: tls.version.as_deref(),
-        tls_suite: tls.suite.as_deref(),
+    // A device this process already admitted reconnects from the registry's directory (no
+    // transaction; its bookkeeping is written in bulk). Otherwise the registration runs on the
+    // storage thread (see `crate::storage`): one wake-up here instead of one per statement. The
+    // certificate and TLS facts move there (the session keeps no use for them).
+    let peer_text = peer.to_string();
+    let cert_not_after_ms = device.certificate.not_after.unix().saturating_mul(1000);
+    let known = ctx.registry.admit_known(
+        &Sighting {
+            device_id: &id,
+            ca_id: &ca_id,
+            cert_der: &[],
+            cert_sha256: &device.certificate.sha256,
+            cert_serial: &device.certificate.serial,
+            cert_not_after_ms,
+            peer: Some(&peer_text),
+            tls_version: tls.version.as_deref(),
+            tls_suite: tls.suite.as_deref(),
+        },
+        now_ms(),
+    );
+    let registration = match known {
+        Some(admission) => Ok(admission),
+        None => {
+            let registry = ctx.registry.clone();
+            let (device_id, ca_id) = (id.clone(), ca_id.clone());
+            let (cert_sha256, cert_serial) = (device.certificate.sha256.clone(), device.certificate.serial.clone());
+            let (leaf_der, tls_version, tls_suite) =
+                (std::mem::take(&mut tls.leaf_der), tls.version.take(), tls.suite.take());
+            let work = async move {
+                let sighting = Sighting {
+                    device_id: &device_id,
+                    ca_id: &ca_id,
+                    cert_der: &leaf_der,
+                    cert_sha256: &cert_sha256,
+                    cert_serial: &cert_serial,
+                    cert_not_after_ms,
+                    peer: Some(&peer_text),
+                    tls_version: tls_version.as_deref(),
+                    tls_suite: tls_suite.as_deref(),
+                };
+                registry.register_and_remember(&sighting, auto_activate, now_ms()).await
+            };
+            match ctx.storage.run(work).await {
+                Ok(Ok(r)) => Ok(r),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(stopped) => Err(stopped.to_string()),
+            }
+        }
     };
-    let registration = match Box::pin(ctx.registry.register_or_touch(&sighting, auto_activate, now_ms())).await {
+    let registration = match registration {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(device = %id, error = %e, "registry unavailable during connect");
@@ -99,7 +137,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // The session keeps only what it uses: a long-lived idle session should not hold the
     // certificate, the verdict or the trust snapshot.
     let cert_sha256 = device.certificate.sha256.clone();
-    let status = registration.device.status;
+    let status = registration.status;
     if registration.created {
         inc(&ctx.stats.devices_registered);
         tracing::info!(device = %id, status = status.as_str(), "device registered just in time");

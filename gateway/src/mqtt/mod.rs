@@ -71,6 +71,8 @@ pub struct Ctx {
     pub registry: Registry,
     pub hub: Arc<hub::Hub>,
     pub ingest: Ingest,
+    /// Where registry writes run (see [`crate::storage`]).
+    pub storage: crate::storage::Storage,
     pub events: EventSink,
     pub stats: Arc<Stats>,
     pub trust: Arc<TrustState>,
