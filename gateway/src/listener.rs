@@ -8,6 +8,7 @@ use crate::mqtt::conn::Conn;
 use crate::mqtt::{Ctx, backend, device};
 use crate::stats::inc;
 use crate::tls::client_auth::DeviceCertVerifier;
+use futures_util::FutureExt;
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -162,6 +163,9 @@ pub async fn run(
     }
 }
 
+/// One connection: the opening (handshake, certificate verdict, CONNECT) and then the session.
+/// Each phase is its own boxed future, freed when it ends: this task's own state is then a few
+/// pointers, not the largest state of every phase (that cost ~2 KiB per idle device).
 async fn handle(
     tcp: TcpStream,
     peer: SocketAddr,
@@ -170,6 +174,58 @@ async fn handle(
     ctx: Arc<Ctx>,
     handshake_timeout: Duration,
 ) {
+    let session = Box::pin(open(tcp, peer, acceptor, verifier, ctx, handshake_timeout)).await;
+    if let Some(session) = session {
+        session.await;
+    }
+}
+
+/// The session's future, boxed: what the opening found moves into the box.
+fn start_session(ctx: Arc<Ctx>, opened: Opened, peer: SocketAddr) -> SessionFuture {
+    // `map` rather than an `async move` block: a block would keep its own copy of the arguments
+    // beside the session's.
+    match opened {
+        Opened::Device {
+            conn,
+            first,
+            device,
+            facts,
+        } => Box::pin(device::serve(ctx, conn, first, device, facts).map(|outcome| {
+            tracing::debug!(?outcome, "device session ended");
+        })),
+        Opened::Backend { conn, first } => Box::pin(backend::serve(ctx, conn, first, peer).map(|reason| {
+            tracing::debug!(reason, "backend session ended");
+        })),
+    }
+}
+
+type SessionFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
+type TlsConn = Conn<tokio_rustls::server::TlsStream<TcpStream>>;
+
+/// A connection whose CONNECT arrived, and who sent it.
+enum Opened {
+    Device {
+        conn: TlsConn,
+        first: crate::mqtt::codec::Connect,
+        device: Arc<verifier::x509::VerifiedDevice>,
+        facts: device::TlsFacts,
+    },
+    Backend {
+        conn: TlsConn,
+        first: crate::mqtt::codec::Connect,
+    },
+}
+
+/// The TLS handshake, the certificate's verdict and the first packet, then the session to run;
+/// `None` when the connection ended (and was counted) before a session could start.
+async fn open(
+    tcp: TcpStream,
+    peer: SocketAddr,
+    acceptor: TlsAcceptor,
+    verifier: Arc<DeviceCertVerifier>,
+    ctx: Arc<Ctx>,
+    handshake_timeout: Duration,
+) -> Option<SessionFuture> {
     // The accept future owns the socket: on a timeout it is dropped (the connection closed) only
     // after the counter moved, so whoever sees the close also sees it counted. It lives in this
     // block only: kept for the session, the finished future cost ~2 KiB per idle device.
@@ -181,14 +237,14 @@ async fn handle(
                 Err(e) => {
                     inc(&ctx.stats.handshakes_failed);
                     tracing::debug!(error = %e, "TLS handshake failed");
-                    return;
+                    return None;
                 }
             },
             () = tokio::time::sleep(handshake_timeout) => {
                 inc(&ctx.stats.handshakes_timed_out);
                 tracing::debug!("TLS handshake timed out");
                 drop(accept);
-                return;
+                return None;
             }
         }
     };
@@ -217,7 +273,7 @@ async fn handle(
                         Ok(d) => Some(Arc::new(d)),
                         Err(refusal) => {
                             verifier.report(&refusal, Some(peer));
-                            return;
+                            return None;
                         }
                     }
                 }
@@ -229,10 +285,10 @@ async fn handle(
     let mut conn = Conn::new(tls, ctx.settings.max_packet, ctx.settings.write_timeout);
     let first = match tokio::time::timeout(ctx.settings.connect_timeout, conn.read_packet()).await {
         Ok(Ok(Some(Incoming::Connect(c)))) => *c,
-        Ok(Ok(None)) => return,
+        Ok(Ok(None)) => return None,
         Ok(Ok(Some(_))) => {
             inc(&ctx.stats.protocol_errors);
-            return;
+            return None;
         }
         Ok(Err(e)) => {
             inc(&ctx.stats.protocol_errors);
@@ -243,14 +299,14 @@ async fn handle(
                 Box::pin(conn.close()).await;
                 tracing::debug!(level, "unsupported MQTT protocol level");
             }
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!("no CONNECT in time");
-            return;
+            return None;
         }
     };
-    match (device, chain) {
+    let opened = match (device, chain) {
         (Some(device), Some(chain)) => {
             let leaf_der = chain.into_iter().next().unwrap_or_default();
             let facts = device::TlsFacts {
@@ -259,15 +315,16 @@ async fn handle(
                 suite,
                 leaf_der,
             };
-            // Boxed so this task's future is the session's size, not the sum of every state.
-            let outcome = Box::pin(device::serve(ctx, conn, first, device, facts)).await;
-            tracing::debug!(?outcome, "device session ended");
+            Opened::Device {
+                conn,
+                first,
+                device,
+                facts,
+            }
         }
-        _ => {
-            let reason = Box::pin(backend::serve(ctx.clone(), conn, first, peer)).await;
-            tracing::debug!(reason, "backend session ended");
-        }
-    }
+        _ => Opened::Backend { conn, first },
+    };
+    Some(start_session(ctx, opened, peer))
 }
 
 #[cfg(test)]

@@ -116,7 +116,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                 };
                 registry.register_and_remember(&sighting, auto_activate, now_ms()).await
             };
-            match ctx.storage.run(work).await {
+            // Boxed: the registration's state (~1.7 KiB) would otherwise size the session future
+            // for as long as the device stays connected.
+            match Box::pin(ctx.storage.run(work)).await {
                 Ok(Ok(r)) => Ok(r),
                 Ok(Err(e)) => Err(e.to_string()),
                 Err(stopped) => Err(stopped.to_string()),
@@ -517,7 +519,8 @@ impl Session {
             return Ok(Some("topic trespass"));
         }
         if self.is_evidence_topic(&p.topic) {
-            return self.evidence(p, conn).await;
+            // Boxed: evidence is rare, and inline it would add ~0.8 KiB to every session.
+            return Box::pin(self.evidence(p, conn)).await;
         }
         let item = IngestItem {
             msg: TelemetryMessage {
