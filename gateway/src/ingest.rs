@@ -96,14 +96,13 @@ async fn writer(
             acks.push(item.ack);
         }
         // Stored prefix by prefix: the store commits early when a registration waits for the
-        // write lock. Each prefix is acknowledged and fanned out right after its commit, as
-        // whole batches were: backend sessions expect stored ids in increasing order, and an
-        // LPWAN uplink committing between two prefixes gets the id after the first. (Right
-        // after, not under the write turn: the order holds because the fan-out takes
-        // microseconds and the next writer's commit longer — not a guarantee.) A failed commit
-        // is retried for what is not stored yet (nothing of it was acknowledged).
+        // write lock. Each prefix is committed, acknowledged and fanned out under the hub's
+        // store turn, so backend sessions see stored ids in increasing order even when an
+        // LPWAN uplink commits between two prefixes. A failed commit is retried for what is not
+        // stored yet (nothing of it was acknowledged), outside the turn.
         let mut backoff = Duration::from_millis(20);
         while !batch.is_empty() {
+            let turn = hub.store_turn().await;
             let ids = match registry.store_telemetry_prefix(&batch).await {
                 Ok(ids) if !ids.is_empty() && ids.len() <= batch.len() => {
                     backoff = Duration::from_millis(20);
@@ -121,6 +120,7 @@ async fn writer(
                     break;
                 }
                 Err(e) => {
+                    drop(turn);
                     inc(&stats.store_failures);
                     tracing::warn!(error = %e, messages = batch.len(), retry_in = ?backoff, "telemetry commit failed; retrying (nothing acknowledged)");
                     tokio::time::sleep(backoff).await;
@@ -145,6 +145,7 @@ async fn writer(
                 *at = (*at).max(m.received_at_ms);
             }
             hub.fan_out(&stored);
+            drop(turn);
         }
         if crate::clock::monotonic().saturating_duration_since(last_flush) >= LAST_SEEN_EVERY || seen.len() > 100_000 {
             flush_last_seen(&registry, &mut seen).await;

@@ -220,6 +220,8 @@ pub(crate) async fn store_in_sequence(
             Err(e) => return Ok(Judged::Behind(e)),
         };
         let detail = detail(lost);
+        // Committed and fanned out under the hub's store turn (backends see ids in order).
+        let turn = state.hub.store_turn().await;
         let stored = state
             .registry
             .store_sigfox_uplink(
@@ -238,6 +240,7 @@ pub(crate) async fn store_in_sequence(
             )
             .await?;
         let Some(stored) = stored else {
+            drop(turn);
             if let Some(time) = m.sigfox_time
                 && let Some(before) = state
                     .registry
@@ -249,6 +252,10 @@ pub(crate) async fn store_in_sequence(
             last = state.registry.sigfox_device_info(m.device_id).await?.last_seq;
             continue;
         };
+        if let Some(message) = &stored.telemetry {
+            state.hub.fan_out(&[Arc::new(message.clone())]);
+        }
+        drop(turn);
         if lost > 0 {
             add(&state.stats.sigfox_messages_lost, u64::from(lost));
             state.events.emit(
@@ -263,9 +270,6 @@ pub(crate) async fn store_in_sequence(
                         "source": m.source }),
                     ),
             );
-        }
-        if let Some(message) = &stored.telemetry {
-            state.hub.fan_out(&[Arc::new(message.clone())]);
         }
         return Ok(Judged::Stored { stored, lost });
     }

@@ -51,6 +51,7 @@ counters! {
     store_failures: "telemetry batch commits that failed (retried; never acknowledged)",
     backend_delivered: "messages delivered to backend subscribers",
     backend_overflows: "times a backend subscriber's live queue was full (it then catches up from the store)",
+    fan_out_out_of_order: "stored messages handed to backends after a later id (a writer outside the store turn; should stay 0)",
     commands_queued: "commands accepted from backend applications",
     commands_delivered: "commands delivered to devices",
     events_dropped: "events not recorded because the event writer was saturated",

@@ -478,3 +478,157 @@ async fn callbacks_over_https() {
         "plain HTTP is not served"
     );
 }
+
+/// Telemetry from MQTT devices and from Sigfox callbacks, stored at the same time by different
+/// writers, reaches a subscribed backend application once each. A backend session's cursor is
+/// the highest stored id it has seen, so a message fanned out after a later id would be skipped
+/// live: every writer commits and fans out under the hub's store turn.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_stored_concurrently_by_mqtt_and_sigfox_reaches_a_backend_once_each() {
+    telemetry_from_concurrent_writers_reaches_a_backend_once_each(None).await;
+}
+
+/// The same on PostgreSQL, where ids come from a sequence at insert time and commits of
+/// concurrent writers can land in any order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_stored_concurrently_reaches_a_backend_once_each_on_postgresql_too() {
+    let admin = std::env::var("FLEETWARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+    let name = format!("fw_gw_order_{}", std::process::id());
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test (.ci/run starts it): {e}"));
+    for statement in [
+        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+        format!("CREATE DATABASE {name}"),
+    ] {
+        sqlx::query(sqlx::AssertSqlSafe(statement))
+            .execute(&mut conn)
+            .await
+            .unwrap();
+    }
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    let url = format!("{base}/{name}");
+    telemetry_from_concurrent_writers_reaches_a_backend_once_each(Some(url)).await;
+    sqlx::query(sqlx::AssertSqlSafe(format!(
+        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
+    )))
+    .execute(&mut conn)
+    .await
+    .unwrap();
+}
+
+async fn telemetry_from_concurrent_writers_reaches_a_backend_once_each(database_url: Option<String>) {
+    use sim_devices::client::{Client, ConnectOptions, ServerPacket, TlsProfile};
+    const DEVICES: usize = 4;
+    const PER_DEVICE: usize = 100;
+    const SIGFOX_DEVICES: u16 = 8;
+    const PER_SIGFOX: u16 = 30;
+    let expected = DEVICES * PER_DEVICE + usize::from(SIGFOX_DEVICES * PER_SIGFOX);
+
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("sigfox-callback.secret");
+    std::fs::write(&file, format!("{SECRET}\n")).unwrap();
+    let ca = fleetward_test_support::TestCa::stsafe_root("STM STSAFE-A TEST CA 01");
+    let server = std::sync::Arc::new(
+        common::start_with(&[&ca], |c| {
+            c.sigfox.callback_secret_file = Some(file);
+            c.database_url = database_url;
+        })
+        .await,
+    );
+    let token = server
+        .running
+        .registry
+        .create_token(registry::Role::Operator, Some("app"), "test", 1)
+        .await
+        .unwrap();
+    let mut app = Client::connect(server.addr(), &server.tls(None, TlsProfile::Tls13))
+        .await
+        .unwrap();
+    let login = ConnectOptions {
+        username: Some("token".into()),
+        password: Some(token.secret.to_string()),
+        ..common::options("ops-app")
+    };
+    assert_eq!(app.mqtt_connect(&login).await.unwrap().1, 0);
+    assert_eq!(app.subscribe(&[("devices/+/telemetry", 1)]).await.unwrap(), vec![1]);
+
+    let mut writers = tokio::task::JoinSet::new();
+    for d in 0..DEVICES {
+        let device = ca.issue_stsafe_device("order", &[0x70, d as u8]);
+        let server = server.clone();
+        writers.spawn(async move {
+            let id = common::id_of(&device);
+            let (mut c, code) = server.connect(&device, &id, TlsProfile::Stm32Tls12).await.unwrap();
+            assert_eq!(code, 0);
+            for i in 0..PER_DEVICE {
+                c.publish(
+                    &format!("devices/{id}/telemetry"),
+                    format!("mqtt-{d}-{i}").as_bytes(),
+                    1,
+                )
+                .await
+                .unwrap();
+            }
+        });
+    }
+    for s in 0..SIGFOX_DEVICES {
+        let server = server.clone();
+        writers.spawn(async move {
+            for seq in 1..=PER_SIGFOX {
+                let body = message(
+                    &format!("5A{s:04X}"),
+                    seq,
+                    1_764_590_000 + i64::from(seq),
+                    &format!("{s:02x}{seq:04x}"),
+                    false,
+                );
+                assert_eq!(post_json(&server, Some(SECRET), &body).await.0, 204);
+            }
+        });
+    }
+
+    // The application reads (and acknowledges) while the writers write.
+    let mut got = std::collections::HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while got.len() < expected && tokio::time::Instant::now() < deadline {
+        match app.recv(Duration::from_secs(10)).await {
+            Ok(ServerPacket::Publish {
+                topic,
+                payload,
+                qos,
+                pkid,
+            }) => {
+                if qos == 1 {
+                    app.puback(pkid).await.unwrap();
+                }
+                *got.entry((topic, payload.to_vec())).or_insert(0u32) += 1;
+            }
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the application stopped receiving after {} of {expected}: {e}",
+                got.len()
+            ),
+        }
+    }
+    writers.join_all().await;
+    let stored = server.running.registry.telemetry_after(0, 10_000).await.unwrap().len();
+    assert_eq!(stored, expected, "every message stored once");
+    assert_eq!(got.len(), expected, "every stored message reached the application");
+    assert!(got.values().all(|n| *n == 1), "none twice");
+    assert_eq!(
+        server
+            .running
+            .stats
+            .fan_out_out_of_order
+            .load(std::sync::atomic::Ordering::Relaxed),
+        0,
+        "stored messages were fanned out in id order"
+    );
+    match std::sync::Arc::try_unwrap(server) {
+        Ok(server) => server.running.shutdown().await,
+        Err(_) => panic!("the writers still hold the server"),
+    }
+}

@@ -503,10 +503,18 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>) {
             })
             .collect();
         let mut backoff = Duration::from_millis(20);
-        let stored = loop {
+        // Committed and fanned out under the hub's store turn (backends see ids in order).
+        let (telemetry, outcomes) = loop {
+            let turn = ctx.hub.store_turn().await;
             match ctx.registry.store_lorawan_uplinks(&rows, now).await {
-                Ok(o) => break o,
+                Ok(o) => {
+                    let telemetry: Vec<Arc<registry::StoredMessage>> = o.telemetry.into_iter().map(Arc::new).collect();
+                    ctx.hub.fan_out(&telemetry);
+                    drop(turn);
+                    break (telemetry, o.outcomes);
+                }
                 Err(e) => {
+                    drop(turn);
                     inc(&ctx.stats.store_failures);
                     tracing::warn!(error = %e, uplinks = rows.len(), retry_in = ?backoff, "LoRaWAN uplink commit failed; retrying (nothing published)");
                     tokio::time::sleep(backoff).await;
@@ -524,13 +532,11 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>) {
                 tracing::warn!(error = %e, "could not record a further LoRaWAN reception");
             }
         }
-        let published = stored.telemetry.len() as u64;
+        let published = telemetry.len() as u64;
         add(&ctx.stats.lorawan_uplinks_accepted, published);
         add(&ctx.stats.messages_stored, published);
         jobs.clear();
-        let telemetry: Vec<Arc<registry::StoredMessage>> = stored.telemetry.into_iter().map(Arc::new).collect();
-        ctx.hub.fan_out(&telemetry);
-        for ((a, g), outcome) in accepted.into_iter().zip(stored.outcomes) {
+        for ((a, g), outcome) in accepted.into_iter().zip(outcomes) {
             match outcome {
                 UplinkOutcome::Stored => {}
                 UplinkOutcome::Duplicate => inc(&ctx.stats.lorawan_uplinks_duplicate),

@@ -90,6 +90,10 @@ pub struct Hub {
     /// Every stored message, for in-process consumers (dashboards). Lossy by design: a lagging
     /// receiver skips ahead; backend applications get the lossless path above.
     live: tokio::sync::broadcast::Sender<Arc<StoredMessage>>,
+    /// See [`Hub::store_turn`].
+    store_turn: tokio::sync::Mutex<()>,
+    /// The highest stored id fanned out so far (to detect a writer outside the store turn).
+    last_fanned_out: std::sync::atomic::AtomicI64,
 }
 
 impl Hub {
@@ -104,6 +108,8 @@ impl Hub {
             next_conn: AtomicU64::new(1),
             clone_window,
             live: tokio::sync::broadcast::channel(1024).0,
+            store_turn: tokio::sync::Mutex::new(()),
+            last_fanned_out: std::sync::atomic::AtomicI64::new(0),
         }
     }
 
@@ -242,14 +248,33 @@ impl Hub {
         sessions.insert(client_id.to_owned(), state);
     }
 
-    /// Hands stored messages to every backend subscriber whose filters match. Never waits: a
-    /// full queue marks the subscriber lagging, and it re-reads what it missed from the store.
     /// Stored messages as they are committed (in-process consumers; may skip when lagging).
     pub fn subscribe_stored(&self) -> tokio::sync::broadcast::Receiver<Arc<StoredMessage>> {
         self.live.subscribe()
     }
 
+    /// The turn under which telemetry is stored and then fanned out. Every writer (the MQTT
+    /// batcher, LoRaWAN, Sigfox) commits and calls [`Hub::fan_out`] while holding it, so ids
+    /// reach backend sessions in increasing order, and a backend's catch-up read never passes
+    /// an id this process has yet to commit. Backend sessions rely on both: their cursor is the
+    /// highest id seen. Held for one commit; nothing else is awaited under it.
+    pub async fn store_turn(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.store_turn.lock().await
+    }
+
+    /// Hands stored messages to every backend subscriber whose filters match. Never waits: a
+    /// full queue marks the subscriber lagging, and it re-reads what it missed from the store.
+    /// Call it under [`Hub::store_turn`], with the messages that turn committed.
     pub fn fan_out(&self, messages: &[Arc<StoredMessage>]) {
+        for m in messages {
+            let before = self.last_fanned_out.fetch_max(m.id, Ordering::AcqRel);
+            if m.id <= before {
+                // A writer outside the store turn: a backend would skip this message live
+                // (it is still in the store).
+                inc(&self.stats.fan_out_out_of_order);
+                tracing::warn!(id = m.id, after = before, "stored message fanned out after a later one");
+            }
+        }
         if self.live.receiver_count() > 0 {
             for m in messages {
                 let _ = self.live.send(m.clone());
