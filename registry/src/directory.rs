@@ -253,8 +253,7 @@ impl Registry {
     }
 
     /// Admits a connecting device: from the directory if possible, else by just-in-time
-    /// registration ([`Registry::register_grouped`] on PostgreSQL, [`Registry::register_or_touch`]
-    /// on SQLite), whose answer is remembered.
+    /// registration ([`Registry::register_grouped`]), whose answer is remembered.
     pub async fn admit(&self, s: &Sighting<'_>, auto_activate: bool, now_ms: i64) -> Result<Admission> {
         match self.admit_known(s, now_ms) {
             Some(known) => Ok(known),
@@ -266,14 +265,8 @@ impl Registry {
     /// [`Registry::admit_known`] (the gateway does, before handing this to its storage thread).
     pub async fn register_and_remember(&self, s: &Sighting<'_>, auto_activate: bool, now_ms: i64) -> Result<Admission> {
         let epoch = self.directory.epoch();
-        // PostgreSQL: registrations waiting together commit together (benchmark 2: 881 -> 1,637
-        // registrations/s). SQLite: one transaction each for now; batching measured 1,209/s
-        // there (from 588), but the gateway's idle memory rose to 20.2-21.3 KiB per device
-        // against the load test's bound of 20 (docs/BENCHMARKS.md, benchmark 2).
-        let r = match self.backend() {
-            crate::Backend::Postgres => self.register_grouped(s, auto_activate, now_ms).await?,
-            crate::Backend::Sqlite => self.register_or_touch(s, auto_activate, now_ms).await?,
-        };
+        // Registrations waiting together commit together (benchmark 2 in docs/BENCHMARKS.md).
+        let r = self.register_grouped(s, auto_activate, now_ms).await?;
         self.directory.supersede_facts(s.device_id);
         self.directory.remember(epoch, s, r.device.status);
         Ok(Admission {
