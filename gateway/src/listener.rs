@@ -150,7 +150,13 @@ pub async fn run(
         let span = tracing::debug_span!("conn", peer = %peer);
         tasks.spawn(
             async move {
-                handle(tcp, peer, acceptor, verifier, ctx, timeout).await;
+                // Two boxed phases, each freed when it ends: this task's own state is then a
+                // few pointers, not the largest state of every phase (that cost ~2 KiB per idle
+                // device).
+                let opened = Box::pin(open_session(tcp, peer, acceptor, verifier, ctx, timeout)).await;
+                if let Some(session) = opened {
+                    session.await;
+                }
                 drop(permit);
             }
             .instrument(span),
@@ -163,62 +169,11 @@ pub async fn run(
     }
 }
 
-/// One connection: the opening (handshake, certificate verdict, CONNECT) and then the session.
-/// Each phase is its own boxed future, freed when it ends: this task's own state is then a few
-/// pointers, not the largest state of every phase (that cost ~2 KiB per idle device).
-async fn handle(
-    tcp: TcpStream,
-    peer: SocketAddr,
-    acceptor: TlsAcceptor,
-    verifier: Arc<DeviceCertVerifier>,
-    ctx: Arc<Ctx>,
-    handshake_timeout: Duration,
-) {
-    let session = Box::pin(open(tcp, peer, acceptor, verifier, ctx, handshake_timeout)).await;
-    if let Some(session) = session {
-        session.await;
-    }
-}
-
-/// The session's future, boxed: what the opening found moves into the box.
-fn start_session(ctx: Arc<Ctx>, opened: Opened, peer: SocketAddr) -> SessionFuture {
-    // `map` rather than an `async move` block: a block would keep its own copy of the arguments
-    // beside the session's.
-    match opened {
-        Opened::Device {
-            conn,
-            first,
-            device,
-            facts,
-        } => Box::pin(device::serve(ctx, conn, first, device, facts).map(|outcome| {
-            tracing::debug!(?outcome, "device session ended");
-        })),
-        Opened::Backend { conn, first } => Box::pin(backend::serve(ctx, conn, first, peer).map(|reason| {
-            tracing::debug!(reason, "backend session ended");
-        })),
-    }
-}
-
 type SessionFuture = std::pin::Pin<Box<dyn Future<Output = ()> + Send>>;
-type TlsConn = Conn<tokio_rustls::server::TlsStream<TcpStream>>;
-
-/// A connection whose CONNECT arrived, and who sent it.
-enum Opened {
-    Device {
-        conn: TlsConn,
-        first: crate::mqtt::codec::Connect,
-        device: Arc<verifier::x509::VerifiedDevice>,
-        facts: device::TlsFacts,
-    },
-    Backend {
-        conn: TlsConn,
-        first: crate::mqtt::codec::Connect,
-    },
-}
 
 /// The TLS handshake, the certificate's verdict and the first packet, then the session to run;
 /// `None` when the connection ended (and was counted) before a session could start.
-async fn open(
+async fn open_session(
     tcp: TcpStream,
     peer: SocketAddr,
     acceptor: TlsAcceptor,
@@ -306,7 +261,9 @@ async fn open(
             return None;
         }
     };
-    let opened = match (device, chain) {
+    // The session's future, boxed: what the opening found moves into the box. `map` rather than
+    // an `async move` block: a block would keep its own copy of the arguments beside the session's.
+    let session: SessionFuture = match (device, chain) {
         (Some(device), Some(chain)) => {
             let leaf_der = chain.into_iter().next().unwrap_or_default();
             let facts = device::TlsFacts {
@@ -315,16 +272,15 @@ async fn open(
                 suite,
                 leaf_der,
             };
-            Opened::Device {
-                conn,
-                first,
-                device,
-                facts,
-            }
+            Box::pin(device::serve(ctx, conn, first, device, facts).map(|outcome| {
+                tracing::debug!(?outcome, "device session ended");
+            }))
         }
-        _ => Opened::Backend { conn, first },
+        _ => Box::pin(backend::serve(ctx, conn, first, peer).map(|reason| {
+            tracing::debug!(reason, "backend session ended");
+        })),
     };
-    Some(start_session(ctx, opened, peer))
+    Some(session)
 }
 
 #[cfg(test)]
