@@ -345,7 +345,19 @@ impl Attestor {
             } else {
                 DeviceScope::AttestationOnly
             };
-            self.hub.signal_device(&device.id, DeviceSignal::Scope(scope));
+            if !self.hub.signal_device(&device.id, DeviceSignal::Scope(scope))
+                && let Some(bus) = self.hub.bus()
+            {
+                // The session may be on another node (evidence sent through this node's API).
+                bus.registry_changed(
+                    vec![crate::bus::DeviceChange {
+                        id: device.id.clone(),
+                        status: to,
+                        scope_only: true,
+                    }],
+                    false,
+                );
+            }
         }
         Ok(verdict(&record, &effect))
     }

@@ -17,6 +17,12 @@ pub struct Config {
     pub kek_file: Option<PathBuf>,
     /// Provisioning CAs (PEM files) registered at start if new: auto-activate, CN identity.
     pub trust_ca: Vec<PathBuf>,
+    /// NATS with JetStream (`nats://host:4222`): the scale-out bus. Empty: a single node.
+    pub nats_url: Option<String>,
+    /// This node's name among the gateways sharing a database and NATS. Empty: the host name
+    /// and a random suffix.
+    pub node_name: Option<String>,
+    pub nats: NatsConfig,
     pub mqtt: MqttConfig,
     pub tls: TlsConfig,
     pub http: HttpConfig,
@@ -24,6 +30,34 @@ pub struct Config {
     pub attestation: AttestationConfig,
     pub lorawan: LorawanConfig,
     pub sigfox: SigfoxConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsConfig {
+    /// JetStream stream holding `fleetward.telemetry.>` (created if missing).
+    pub telemetry_stream: String,
+    /// Stored messages that may wait for JetStream (NATS away); past it they are counted as
+    /// dropped from the bus, with an event naming their stored ids.
+    pub telemetry_buffer: usize,
+    /// The stream keeps messages this long (0: until telemetry_max_bytes).
+    pub telemetry_max_age_secs: u64,
+    /// The stream's size limit in bytes (-1: none).
+    pub telemetry_max_bytes: i64,
+    /// Stream replicas: 1 on one NATS server, 3 on a NATS cluster.
+    pub telemetry_replicas: usize,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            telemetry_stream: "FLEETWARD_TELEMETRY".into(),
+            telemetry_buffer: 100_000,
+            telemetry_max_age_secs: 7 * 86_400,
+            telemetry_max_bytes: -1,
+            telemetry_replicas: 1,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -207,6 +241,9 @@ impl Default for Config {
             database_url: None,
             kek_file: None,
             trust_ca: Vec::new(),
+            nats_url: None,
+            node_name: None,
+            nats: NatsConfig::default(),
             mqtt: MqttConfig::default(),
             tls: TlsConfig::default(),
             http: HttpConfig::default(),
@@ -281,6 +318,23 @@ data_dir = "./fleetward-data"
 # kek_file = "/etc/fleetward/kek"
 # Provisioning CAs registered at start if new (auto-activate, identity from the subject CN).
 trust_ca = []
+# NATS with JetStream: set it to run several gateways as one (with a shared PostgreSQL).
+# Telemetry goes to JetStream (fleetward.telemetry.{device}); commands, registry changes and
+# device presence cross the nodes. Unset: a single node.
+# nats_url = "nats://127.0.0.1:4222"
+# This node's name among the gateways. Unset: the host name and a random suffix.
+# node_name = "gw-1"
+
+[nats]
+# The JetStream stream for telemetry (created if missing), with its limits.
+telemetry_stream = "FLEETWARD_TELEMETRY"
+# Stored messages that may wait while NATS is away; past it they are counted as dropped from
+# the bus (bus_telemetry_dropped) and an event names their stored ids (they stay in the store).
+telemetry_buffer = 100000
+telemetry_max_age_secs = 604800
+telemetry_max_bytes = -1
+# 1 on one NATS server; 3 on a NATS cluster.
+telemetry_replicas = 1
 
 [mqtt]
 # MQTT over mutual TLS.
@@ -452,6 +506,40 @@ impl Config {
         }
         if self.attestation.sweep_interval_secs == 0 {
             problems.push("attestation.sweep_interval_secs must be positive".into());
+        }
+        if let Some(url) = &self.nats_url
+            && !(url.starts_with("nats://")
+                || url.starts_with("tls://")
+                || url.starts_with("ws://")
+                || url.starts_with("wss://"))
+        {
+            problems.push(format!(
+                "nats_url `{url}` is not a nats://, tls://, ws:// or wss:// URL"
+            ));
+        }
+        if let Some(node) = &self.node_name
+            && (node.is_empty()
+                || node.len() > 64
+                || !node.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        {
+            problems.push(format!(
+                "node_name `{node}` must be 1-64 letters, digits, `-` or `_` (it is a NATS subject token)"
+            ));
+        }
+        if self.nats.telemetry_buffer == 0 {
+            problems.push("nats.telemetry_buffer must be positive".into());
+        }
+        if self.nats.telemetry_stream.is_empty()
+            || !self
+                .nats
+                .telemetry_stream
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        {
+            problems.push(format!(
+                "nats.telemetry_stream `{}` must be letters, digits, `-` or `_`",
+                self.nats.telemetry_stream
+            ));
         }
         if self.telemetry.batch_size == 0 || self.telemetry.ingest_queue == 0 {
             problems.push("telemetry.batch_size and telemetry.ingest_queue must be positive".into());

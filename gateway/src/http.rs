@@ -37,6 +37,8 @@ pub struct AppState {
     pub lorawan_sessions: Arc<crate::lorawan::uplink::Sessions>,
     /// How Sigfox backend callbacks are authenticated and judged.
     pub sigfox: Arc<crate::sigfox::CallbackSettings>,
+    /// How long a command waits for its device unless the request says otherwise.
+    pub command_ttl_secs: u64,
 }
 
 /// Event streams open at once, per node.
@@ -49,6 +51,9 @@ impl AppState {
         if let Err(e) = crate::server::apply_trust_change(&self.trust, &self.registry, &self.hub).await {
             // The 1-second poller retries; the change is in the registry already.
             tracing::warn!(error = %e, "trust store reload failed; the poller will retry");
+        }
+        if let Some(bus) = self.hub.bus() {
+            bus.registry_changed(Vec::new(), true);
         }
     }
 }
@@ -80,6 +85,20 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP fleetward_devices_online MQTT device sessions open now");
     let _ = writeln!(out, "# TYPE fleetward_devices_online gauge");
     let _ = writeln!(out, "fleetward_devices_online {}", state.hub.online_devices());
+    if let Some(bus) = state.hub.bus() {
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_bus_connected 1 while the connection to NATS is up"
+        );
+        let _ = writeln!(out, "# TYPE fleetward_bus_connected gauge");
+        let _ = writeln!(out, "fleetward_bus_connected {}", u8::from(bus.connected()));
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_bus_telemetry_backlog stored messages waiting for JetStream"
+        );
+        let _ = writeln!(out, "# TYPE fleetward_bus_telemetry_backlog gauge");
+        let _ = writeln!(out, "fleetward_bus_telemetry_backlog {}", bus.telemetry_backlog());
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }
 

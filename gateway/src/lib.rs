@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod attestation;
+pub mod bus;
 pub mod cli;
 pub mod clock;
 pub mod config;

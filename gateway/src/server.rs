@@ -29,6 +29,8 @@ use verifier::x509::IdentitySource;
 /// A running server.
 #[derive(Debug)]
 pub struct Running {
+    /// This node's name (among gateways sharing a database and NATS).
+    pub node: String,
     pub mqtt_addr: SocketAddr,
     pub http_addr: SocketAddr,
     /// The LoRaWAN packet-forwarder (Semtech UDP) listener.
@@ -50,6 +52,7 @@ pub struct Running {
     pub lorawan_sessions: Arc<crate::lorawan::uplink::Sessions>,
     /// Sigfox callback settings (the secret file's path is shown to the operator).
     pub sigfox: Arc<crate::sigfox::CallbackSettings>,
+    command_ttl_secs: u64,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -87,6 +90,20 @@ pub async fn open_registry(config: &Config) -> Result<Registry> {
         }
         other => anyhow::Error::new(other).context("cannot open the fleet registry"),
     })
+}
+
+/// The configured node name, or the host name with a random suffix (two replicas of one
+/// image on one host still differ).
+fn node_name(config: &Config) -> String {
+    if let Some(n) = &config.node_name {
+        return n.clone();
+    }
+    let mut b = [0u8; 3];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    let host = server_cert::host_name()
+        .map(|h| h.replace('.', "-"))
+        .unwrap_or_else(|| "fleetward".into());
+    format!("{host}-{}", hex::encode(b))
 }
 
 fn redact(url: &str) -> String {
@@ -261,6 +278,47 @@ pub async fn start(config: Config) -> Result<Running> {
         },
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
+    // The bus joins the hub before the first device is accepted, so every session is announced.
+    let mut background = Vec::new();
+    let node = node_name(&config);
+    if let Some(url) = &config.nats_url {
+        let instance = registry
+            .instance_id(|| {
+                let mut b = [0u8; 8];
+                let _ = aws_lc_rs::rand::fill(&mut b);
+                hex::encode(b)
+            })
+            .await
+            .context("cannot read the registry's instance id")?;
+        let (bus, tasks) = crate::bus::Bus::start(
+            crate::bus::BusSettings {
+                url: url.clone(),
+                node: node.clone(),
+                telemetry: crate::bus::telemetry::RelaySettings {
+                    stream: config.nats.telemetry_stream.clone(),
+                    buffer: config.nats.telemetry_buffer,
+                    max_age: Duration::from_secs(config.nats.telemetry_max_age_secs),
+                    max_bytes: config.nats.telemetry_max_bytes,
+                    replicas: config.nats.telemetry_replicas,
+                    instance,
+                    node: node.clone(),
+                },
+            },
+            crate::bus::BusCtx {
+                hub: hub.clone(),
+                trust: trust.clone(),
+                registry: registry.clone(),
+                events: events.clone(),
+                stats: stats.clone(),
+                clone_policy: config.mqtt.clone_policy,
+            },
+            shutdown_rx.clone(),
+        )
+        .await?;
+        hub.set_bus(bus);
+        background.extend(tasks);
+        tracing::info!(node = %node, nats = %redact(url), "joined the scale-out bus");
+    }
     let listener = tokio::spawn(listener::run(
         mqtt_listener,
         tokio_rustls::TlsAcceptor::from(tls),
@@ -275,10 +333,10 @@ pub async fn start(config: Config) -> Result<Running> {
         shutdown_rx.clone(),
     ));
 
-    let mut background = vec![
+    background.push(
         ctx.storage
             .spawn(flush_sightings(registry.clone(), shutdown_rx.clone())),
-    ];
+    );
     // Changes by other processes (CLI, other nodes) reach the trust store within a second, and
     // sessions of devices revoked meanwhile are ended.
     {
@@ -402,13 +460,15 @@ pub async fn start(config: Config) -> Result<Running> {
             join_server: join_server.clone(),
             lorawan_sessions: lorawan_sessions.clone(),
             sigfox: sigfox.clone(),
+            command_ttl_secs: config.mqtt.command_ttl_secs,
         },
         http_tls,
         shutdown_rx,
     )));
 
-    tracing::info!(%mqtt_addr, %http_addr, %lorawan_udp_addr, data_dir = %config.data_dir.display(), "fleetward serving");
+    tracing::info!(%mqtt_addr, %http_addr, %lorawan_udp_addr, data_dir = %config.data_dir.display(), node = %node, "fleetward serving");
     Ok(Running {
+        node,
         mqtt_addr,
         http_addr,
         lorawan_udp_addr,
@@ -426,6 +486,7 @@ pub async fn start(config: Config) -> Result<Running> {
         join_server,
         lorawan_sessions,
         sigfox,
+        command_ttl_secs: config.mqtt.command_ttl_secs,
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -452,6 +513,7 @@ impl Running {
             join_server: self.join_server.clone(),
             lorawan_sessions: self.lorawan_sessions.clone(),
             sigfox: self.sigfox.clone(),
+            command_ttl_secs: self.command_ttl_secs,
         }
     }
 

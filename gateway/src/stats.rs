@@ -81,6 +81,15 @@ counters! {
     sigfox_callbacks_rejected: "Sigfox backend callbacks refused (secret, source address, malformed body, unknown device, replayed sequence number)",
     sigfox_callbacks_duplicate: "Sigfox backend callbacks for a message already stored (the backend's retries, other base stations' copies)",
     sigfox_downlinks_sent: "Sigfox downlinks answered to callbacks that asked for one",
+    bus_telemetry_published: "stored messages published to JetStream and acknowledged by it",
+    bus_telemetry_duplicates: "JetStream publishes its de-duplication window recognised as already stored (a retry)",
+    bus_telemetry_dropped: "stored messages not published to JetStream because its buffer was full (each range reported by an event)",
+    bus_publish_retries: "JetStream publishes retried after a failure or a missing acknowledgement",
+    bus_commands_relayed: "command wake-ups sent to other nodes because the device is not connected here",
+    bus_remote_commands: "command wake-ups from other nodes for a device connected here",
+    bus_changes_sent: "registry changes announced to other nodes",
+    bus_changes_received: "registry changes announced by other nodes and applied here",
+    bus_remote_takeovers: "sessions here ended because the device connected to another node",
 }
 
 /// Adds one.

@@ -351,6 +351,12 @@ impl Registry {
         Ok(())
     }
 
+    /// Forgets what this process remembers of a device (another node changed it): its next
+    /// connection is admitted by a transaction again.
+    pub fn forget_device(&self, device_id: &str) {
+        self.directory.forget(device_id);
+    }
+
     /// Devices the directory remembers, and devices whose bookkeeping waits (metrics, tests).
     pub fn directory_size(&self) -> (usize, usize) {
         (self.directory.known_len(), self.directory.pending_len())

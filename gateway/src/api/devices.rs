@@ -222,6 +222,17 @@ pub async fn set_status(
         }
         DeviceStatus::Active => {}
     }
+    if let Some(bus) = state.hub.bus() {
+        // A session of the device on another node ends there too.
+        bus.registry_changed(
+            vec![crate::bus::DeviceChange {
+                id: id.to_owned(),
+                status: to,
+                scope_only: false,
+            }],
+            to == DeviceStatus::Revoked,
+        );
+    }
     Ok(Device::from_record(&d, state.hub.device_online(id)))
 }
 

@@ -8,6 +8,7 @@
 
 pub(crate) mod attestation;
 pub(crate) mod cas;
+pub mod commands;
 pub mod devices;
 pub mod events;
 pub mod fleet;
@@ -72,6 +73,7 @@ pub fn router() -> Router<AppState> {
         .route("/devices/{id}/quarantine", post(devices::quarantine))
         .route("/devices/{id}/revoke", post(devices::revoke))
         .route("/devices/{id}/labels", put(devices::put_labels))
+        .route("/devices/{id}/commands", get(commands::pending).post(commands::queue))
         .route("/events", get(events::list))
         .route("/events/stream", get(events::stream))
         .route("/fleet/summary", get(fleet::summary))

@@ -1,6 +1,6 @@
 //! The OpenAPI 3 document, derived from the handlers' annotations and the model types.
 
-use super::{attestation, cas, devices, events, fleet, lorawan, model, sigfox, tokens};
+use super::{attestation, cas, commands, devices, events, fleet, lorawan, model, sigfox, tokens};
 use axum::response::IntoResponse;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -17,6 +17,7 @@ use utoipa::{Modify, OpenApi};
     paths(
         cas::registration_code, cas::register, cas::list, cas::get_one, cas::revoke, cas::upload_crl,
         devices::list, devices::get_one, devices::activate, devices::quarantine, devices::revoke, devices::put_labels,
+        commands::queue, commands::pending,
         events::list, events::stream,
         fleet::summary, fleet::audit,
         tokens::create, tokens::list, tokens::revoke,
@@ -38,6 +39,7 @@ use utoipa::{Modify, OpenApi};
         lorawan::LorawanUplinkItem, lorawan::LorawanUplinkList, sigfox::NewSigfoxDevice, sigfox::SigfoxDevice,
         sigfox::SigfoxDeviceList, sigfox::SigfoxUplinkItem, sigfox::SigfoxUplinkList, sigfox::FrameSubmission,
         sigfox::FrameVerdict, sigfox::NewSigfoxDownlink, sigfox::SigfoxDownlinkItem, sigfox::SigfoxDownlinkList,
+        commands::NewCommand, commands::Command, commands::CommandList,
     )),
     modifiers(&BearerAuth),
     tags(

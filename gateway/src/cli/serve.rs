@@ -19,6 +19,12 @@ pub struct ServeArgs {
     /// PostgreSQL or SQLite URL (default: SQLite in the data directory).
     #[arg(long, env = "FLEETWARD_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// NATS with JetStream (nats://host:4222): run as one of several gateway nodes.
+    #[arg(long, env = "FLEETWARD_NATS_URL", value_name = "URL")]
+    pub nats_url: Option<String>,
+    /// This node's name among the gateways (default: host name and a random suffix).
+    #[arg(long, env = "FLEETWARD_NODE_NAME", value_name = "NAME")]
+    pub node_name: Option<String>,
     /// MQTT over mutual TLS listens here.
     #[arg(long, env = "FLEETWARD_MQTT_LISTEN", value_name = "ADDR")]
     pub mqtt_listen: Option<String>,
@@ -67,6 +73,12 @@ impl ServeArgs {
         }
         if let Some(u) = &self.database_url {
             config.database_url = Some(u.clone());
+        }
+        if let Some(u) = &self.nats_url {
+            config.nats_url = Some(u.clone());
+        }
+        if let Some(n) = &self.node_name {
+            config.node_name = Some(n.clone());
         }
         if let Some(a) = &self.mqtt_listen {
             config.mqtt.listen = a.clone();
@@ -128,6 +140,9 @@ pub(super) fn serve(args: ServeArgs, out: &mut dyn Write) -> Result<Outcome> {
         )?;
         if let Some(ca) = &running.server_ca {
             writeln!(out, "  devices trust the server through {}", ca.display())?;
+        }
+        if running.hub.bus().is_some() {
+            writeln!(out, "  node      {} (scale-out bus: NATS JetStream)", running.node)?;
         }
         writeln!(out, "  dashboard http://{}/", running.http_addr)?;
         if let Some(token) = &running.initial_admin_token {

@@ -11,7 +11,7 @@
 use super::Ctx;
 use super::codec::{Connect, ConnectCode, DisconnectReason, Incoming, Qos};
 use super::conn::{Conn, ConnError};
-use super::hub::{BackendFeed, BackendState, DeviceSignal};
+use super::hub::{BackendFeed, BackendState};
 use super::topic::{backend_may_subscribe, command_target};
 use crate::clock::now_ms;
 use crate::stats::inc;
@@ -329,12 +329,12 @@ impl Backend {
                         .registry
                         .enqueue_command(&device_id, &p.topic, &p.payload, p.qos as u8, ttl, now_ms());
                 match Box::pin(queued).await {
-                    Ok(_) => {
+                    Ok(command_id) => {
                         inc(&self.ctx.stats.commands_queued);
                         if p.qos == Qos::AtLeastOnce {
                             enc.puback(p.pkid, &mut conn.out);
                         }
-                        self.ctx.hub.signal_device(&device_id, DeviceSignal::CommandsPending);
+                        self.ctx.hub.command_queued(&device_id, command_id);
                     }
                     Err(e) => {
                         // Not acknowledged: the application resends on reconnect.

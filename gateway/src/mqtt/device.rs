@@ -189,7 +189,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
 
     // Clone detection and session takeover.
     let now = monotonic();
-    if let Some(evidence) = ctx.hub.clone_evidence(&id, peer, now) {
+    let evidence = ctx.hub.clone_evidence(&id, peer, now);
+    let judged = evidence.is_some();
+    if let Some(evidence) = evidence {
         inc(&ctx.stats.clones_suspected);
         let (other, detail) = match &evidence {
             CloneEvidence::ConcurrentElsewhere { other } => {
@@ -230,7 +232,19 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                         "clone suspected",
                         now_ms(),
                     );
-                    let _ = Box::pin(quarantine).await;
+                    if Box::pin(quarantine).await.is_ok()
+                        && let Some(bus) = ctx.hub.bus()
+                    {
+                        // The session elsewhere ends; the device comes back attestation-only.
+                        bus.registry_changed(
+                            vec![crate::bus::DeviceChange {
+                                id: id.clone(),
+                                status: DeviceStatus::Quarantined,
+                                scope_only: false,
+                            }],
+                            false,
+                        );
+                    }
                 }
                 scope = DeviceScope::AttestationOnly;
             }
@@ -241,9 +255,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let handle = DeviceHandle {
         conn_id,
         peer,
+        since_ms: now_ms(),
         signal: signal_tx,
     };
-    if let Some(previous) = ctx.hub.attach_device(&id, handle) {
+    if let Some(previous) = ctx.hub.attach_device(&id, handle, judged) {
         inc(&ctx.stats.sessions_taken_over);
         let _ = previous
             .signal

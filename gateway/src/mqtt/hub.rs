@@ -34,7 +34,20 @@ pub enum DeviceSignal {
 pub struct DeviceHandle {
     pub conn_id: u64,
     pub peer: SocketAddr,
+    /// When the session opened (unix ms): of two sessions on two nodes, the older one yields.
+    pub since_ms: i64,
     pub signal: mpsc::Sender<DeviceSignal>,
+}
+
+/// A device session another node announced (see [`crate::bus::presence`]).
+#[derive(Clone, Debug)]
+struct Remote {
+    node: String,
+    conn: u64,
+    peer: SocketAddr,
+    online: bool,
+    /// When it was announced up, or down.
+    at: Instant,
 }
 
 /// Why a connection looks like a second copy of a device's certificate.
@@ -94,7 +107,17 @@ pub struct Hub {
     store_turn: tokio::sync::Mutex<()>,
     /// The highest stored id fanned out so far (to detect a writer outside the store turn).
     last_fanned_out: std::sync::atomic::AtomicI64,
+    /// The scale-out bus, when NATS is configured.
+    bus: std::sync::OnceLock<Arc<crate::bus::Bus>>,
+    /// Device sessions on other nodes (announced over the bus).
+    remote: Mutex<HashMap<String, Remote>>,
+    /// Other nodes, and when each was last heard from.
+    nodes: Mutex<HashMap<String, Instant>>,
 }
+
+/// A node not heard from for this long is taken to be gone (killed): its sessions count as
+/// ended when it was last heard from.
+pub const NODE_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl Hub {
     pub fn new(stats: Arc<Stats>, clone_window: Duration) -> Self {
@@ -110,14 +133,27 @@ impl Hub {
             live: tokio::sync::broadcast::channel(1024).0,
             store_turn: tokio::sync::Mutex::new(()),
             last_fanned_out: std::sync::atomic::AtomicI64::new(0),
+            bus: std::sync::OnceLock::new(),
+            remote: Mutex::default(),
+            nodes: Mutex::default(),
         }
+    }
+
+    /// Joins the hub to the scale-out bus (once, at start).
+    pub fn set_bus(&self, bus: Arc<crate::bus::Bus>) {
+        let _ = self.bus.set(bus);
+    }
+
+    pub fn bus(&self) -> Option<&Arc<crate::bus::Bus>> {
+        self.bus.get()
     }
 
     pub fn next_conn_id(&self) -> u64 {
         self.next_conn.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Does a connection of `device_id` from `peer` look like a clone?
+    /// Does a connection of `device_id` from `peer` look like a clone? Judged against this
+    /// node's sessions and, with the bus, against the sessions other nodes announced.
     pub fn clone_evidence(&self, device_id: &str, peer: SocketAddr, now: Instant) -> Option<CloneEvidence> {
         if let Some(h) = lock(&self.devices).get(device_id) {
             if h.peer.ip() != peer.ip() {
@@ -125,20 +161,47 @@ impl Hub {
             }
             return None;
         }
-        let mut recent = lock(&self.recent);
-        if let Some((ip, at)) = recent.get(device_id).copied() {
-            let ago = now.saturating_duration_since(at);
-            if ago > self.clone_window {
-                recent.remove(device_id);
-            } else if ip != peer.ip() {
-                return Some(CloneEvidence::RecentlyElsewhere { other: ip, ago });
+        {
+            let mut recent = lock(&self.recent);
+            if let Some((ip, at)) = recent.get(device_id).copied() {
+                let ago = now.saturating_duration_since(at);
+                if ago > self.clone_window {
+                    recent.remove(device_id);
+                } else if ip != peer.ip() {
+                    return Some(CloneEvidence::RecentlyElsewhere { other: ip, ago });
+                }
             }
         }
-        None
+        // Sessions on other nodes are known only through the bus.
+        self.bus.get()?;
+        let remote = lock(&self.remote).get(device_id).cloned()?;
+        if remote.peer.ip() == peer.ip() {
+            return None;
+        }
+        let last_heard = lock(&self.nodes).get(&remote.node).copied();
+        let node_alive = last_heard.is_some_and(|t| now.saturating_duration_since(t) <= NODE_TIMEOUT);
+        if remote.online && node_alive {
+            return Some(CloneEvidence::ConcurrentElsewhere { other: remote.peer });
+        }
+        let ended = if remote.online {
+            last_heard.unwrap_or(remote.at).max(remote.at)
+        } else {
+            remote.at
+        };
+        let ago = now.saturating_duration_since(ended);
+        (ago <= self.clone_window).then_some(CloneEvidence::RecentlyElsewhere {
+            other: remote.peer.ip(),
+            ago,
+        })
     }
 
-    /// Registers an online session; returns the one it replaces.
-    pub fn attach_device(&self, device_id: &str, handle: DeviceHandle) -> Option<DeviceHandle> {
+    /// Registers an online session; returns the one it replaces. With the bus, the session is
+    /// announced to the other nodes (`judged`: this connection was already judged for cloning
+    /// against a session elsewhere).
+    pub fn attach_device(&self, device_id: &str, handle: DeviceHandle, judged: bool) -> Option<DeviceHandle> {
+        if let Some(bus) = self.bus.get() {
+            bus.session_up(device_id, handle.conn_id, handle.peer, handle.since_ms, judged);
+        }
         lock(&self.devices).insert(device_id.to_owned(), handle)
     }
 
@@ -148,12 +211,101 @@ impl Hub {
         if devices.get(device_id).is_some_and(|h| h.conn_id == conn_id) {
             devices.remove(device_id);
             drop(devices);
+            if let Some(bus) = self.bus.get() {
+                bus.session_down(device_id, conn_id, peer);
+            }
             let mut recent = lock(&self.recent);
             if recent.len() > 100_000 {
                 let window = self.clone_window;
                 recent.retain(|_, (_, at)| now.saturating_duration_since(*at) <= window);
             }
             recent.insert(device_id.to_owned(), (peer.ip(), now));
+        }
+    }
+
+    /// The session of `device_id` open here, if any.
+    pub fn device_handle(&self, device_id: &str) -> Option<DeviceHandle> {
+        lock(&self.devices).get(device_id).cloned()
+    }
+
+    /// Another node is alive (a heartbeat or any announcement).
+    pub fn node_alive(&self, node: &str, now: Instant) {
+        let mut nodes = lock(&self.nodes);
+        match nodes.get_mut(node) {
+            Some(t) => *t = now,
+            None => {
+                nodes.insert(node.to_owned(), now);
+            }
+        }
+    }
+
+    /// Another node stopped: its sessions ended now.
+    pub fn node_gone(&self, node: &str, now: Instant) {
+        lock(&self.nodes).remove(node);
+        for r in lock(&self.remote).values_mut() {
+            if r.online && r.node == node {
+                r.online = false;
+                r.at = now;
+            }
+        }
+    }
+
+    /// Another node opened a session of `device_id`.
+    pub fn remote_up(&self, device_id: &str, node: &str, conn: u64, peer: SocketAddr, now: Instant) {
+        self.node_alive(node, now);
+        let mut remote = lock(&self.remote);
+        if remote.len() > 1_000_000 {
+            let window = self.clone_window;
+            remote.retain(|_, r| r.online || now.saturating_duration_since(r.at) <= window);
+        }
+        remote.insert(
+            device_id.to_owned(),
+            Remote {
+                node: node.to_owned(),
+                conn,
+                peer,
+                online: true,
+                at: now,
+            },
+        );
+    }
+
+    /// Another node's session of `device_id` ended (ignored if a newer one replaced it).
+    pub fn remote_down(&self, device_id: &str, node: &str, conn: u64, now: Instant) {
+        if let Some(r) = lock(&self.remote).get_mut(device_id)
+            && r.node == node
+            && r.conn == conn
+        {
+            r.online = false;
+            r.at = now;
+        }
+    }
+
+    /// Queues a command wake-up for `device_id`: its session here, or (with the bus) the node
+    /// holding it. The command itself waits in the registry.
+    pub fn command_queued(&self, device_id: &str, command_id: i64) {
+        if self.signal_device(device_id, DeviceSignal::CommandsPending) {
+            return;
+        }
+        if let Some(bus) = self.bus.get() {
+            bus.command_queued(device_id, command_id);
+        }
+    }
+
+    /// Tells one particular session something (not a newer session of the same device).
+    pub fn signal_conn(&self, device_id: &str, conn_id: u64, signal: DeviceSignal) -> bool {
+        let handle = lock(&self.devices)
+            .get(device_id)
+            .filter(|h| h.conn_id == conn_id)
+            .cloned();
+        match handle {
+            Some(h) => {
+                tokio::spawn(async move {
+                    let _ = h.signal.send(signal).await;
+                });
+                true
+            }
+            None => false,
         }
     }
 
@@ -279,6 +431,9 @@ impl Hub {
             for m in messages {
                 let _ = self.live.send(m.clone());
             }
+        }
+        if let Some(bus) = self.bus.get() {
+            bus.offer_telemetry(messages);
         }
         let backends: Vec<Arc<BackendFeed>> = crate::locks::read(&self.backends).clone();
         for feed in &backends {

@@ -47,7 +47,7 @@ pub fn default_names(extra: &[String]) -> Vec<String> {
     names
 }
 
-fn host_name() -> Option<String> {
+pub(crate) fn host_name() -> Option<String> {
     let name = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .or_else(|| std::env::var("HOSTNAME").ok())?;

@@ -1,0 +1,231 @@
+//! NATS goes away under a running gateway: devices are still served (connect, register, publish,
+//! PUBACK after the registry's commit), and no stored message is silently lost from the bus.
+//! Each one either reaches JetStream once when NATS is back, or is counted as dropped (buffer
+//! full) and named by a `bus.telemetry_dropped` event.
+//!
+//! The test runs its own `nats-server` (JetStream, store in a temporary directory) on a free
+//! loopback port, kills it with SIGKILL and starts it again on the same port and store: the
+//! machine's shared NATS is not touched.
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::print_stderr,
+    clippy::disallowed_methods
+)]
+
+mod common;
+
+use fleetward_test_support::TestCa;
+use futures_util::StreamExt;
+use sim_devices::client::TlsProfile;
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const STREAM: &str = "FW_BUS_FAULTS";
+
+struct NatsServer {
+    child: Child,
+}
+
+impl NatsServer {
+    fn start(port: u16, store: &Path) -> NatsServer {
+        let binary = std::env::var("FLEETWARD_TEST_NATS_SERVER").unwrap_or_else(|_| "/usr/sbin/nats-server".into());
+        let child = Command::new(&binary)
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(store)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{binary} is required for this test (.ci/run installs nats-server): {e}"));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        NatsServer { child }
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within {within:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let nats = NatsServer::start(port, store.path());
+
+    let ca = TestCa::stsafe_root("STM STSAFE-A BUS FAULT CA");
+    let server = common::start_with(&[&ca], |c| {
+        c.nats_url = Some(url.clone());
+        c.node_name = Some("faulty".into());
+        c.nats.telemetry_stream = STREAM.into();
+        // Small, so that an outage overflows it.
+        c.nats.telemetry_buffer = 50;
+    })
+    .await;
+    let stats = server.running.stats.clone();
+    let bus = server.running.hub.bus().cloned().expect("the bus is configured");
+
+    // NATS up: every message reaches JetStream.
+    let device = ca.issue_stsafe_device("bus", &[0x01]);
+    let id = common::id_of(&device);
+    let topic = format!("devices/{id}/telemetry");
+    let (mut c, code) = server.connect(&device, &id, TlsProfile::Tls13).await.unwrap();
+    assert_eq!(code, 0);
+    let mut sent = 0usize;
+    for _ in 0..20 {
+        c.publish(&topic, sent.to_string().as_bytes(), 1).await.unwrap();
+        sent += 1;
+    }
+    wait_for("20 messages in JetStream", Duration::from_secs(10), || {
+        stats.snapshot().bus_telemetry_published == 20
+    })
+    .await;
+
+    // NATS killed: devices are still served, and every QoS 1 message is still acknowledged
+    // (after the registry's commit).
+    nats.kill();
+    wait_for("the gateway notices NATS is gone", Duration::from_secs(10), || {
+        !bus.connected()
+    })
+    .await;
+    for _ in 0..400 {
+        c.publish(&topic, sent.to_string().as_bytes(), 1).await.unwrap();
+        sent += 1;
+    }
+    let newcomer = ca.issue_stsafe_device("bus", &[0x02]);
+    let newcomer_id = common::id_of(&newcomer);
+    let (mut n, code) = server
+        .connect(&newcomer, &newcomer_id, TlsProfile::Stm32Tls12)
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "a new device registers while NATS is down");
+    n.publish(&format!("devices/{newcomer_id}/telemetry"), b"newcomer", 1)
+        .await
+        .unwrap();
+    let stored = server.running.registry.telemetry_after(0, 10_000).await.unwrap().len();
+    assert_eq!(stored, sent + 1, "everything acknowledged is in the telemetry store");
+    wait_for("the overflow is counted", Duration::from_secs(10), || {
+        stats.snapshot().bus_telemetry_dropped > 0
+    })
+    .await;
+
+    // NATS back on the same port and store: what waited is published.
+    let _nats = NatsServer::start(port, store.path());
+    wait_for("the gateway reconnects", Duration::from_secs(20), || bus.connected()).await;
+    let total = sent + 1;
+    wait_for("the backlog is published", Duration::from_secs(30), || {
+        let s = stats.snapshot();
+        s.bus_telemetry_published + s.bus_telemetry_dropped >= total as u64
+    })
+    .await;
+    let s = stats.snapshot();
+    eprintln!(
+        "published {} (de-duplicated retries {}), dropped {} of {total}; retries {}",
+        s.bus_telemetry_published, s.bus_telemetry_duplicates, s.bus_telemetry_dropped, s.bus_publish_retries
+    );
+    assert_eq!(s.bus_telemetry_published + s.bus_telemetry_dropped, total as u64);
+
+    // The stream holds each published message once; the dropped ones are named by events.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let stream = js.get_stream(STREAM).await.unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::Config {
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let mut messages = consumer.messages().await.unwrap();
+    let mut ids = BTreeSet::new();
+    let mut duplicates = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(1), messages.next()).await {
+        let m = m.unwrap();
+        let stored_id: i64 = m
+            .headers
+            .as_ref()
+            .and_then(|h| h.get("Fleetward-Stored-Id"))
+            .expect("stored id header")
+            .as_str()
+            .parse()
+            .unwrap();
+        if !ids.insert(stored_id) {
+            duplicates += 1;
+        }
+    }
+    assert_eq!(duplicates, 0, "a stored message twice in JetStream");
+    assert_eq!(ids.len() as u64, s.bus_telemetry_published - s.bus_telemetry_duplicates);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (reported, named) = loop {
+        let mut reported = 0u64;
+        let mut named = BTreeSet::new();
+        for e in server
+            .running
+            .registry
+            .events(
+                &registry::EventFilter {
+                    kind: Some("bus.telemetry_dropped".into()),
+                    ..Default::default()
+                },
+                1000,
+            )
+            .await
+            .unwrap()
+        {
+            let d = e.detail.unwrap();
+            reported += d["messages"].as_u64().unwrap();
+            named.insert((
+                d["first_stored_id"].as_i64().unwrap(),
+                d["last_stored_id"].as_i64().unwrap(),
+            ));
+        }
+        if reported >= s.bus_telemetry_dropped || Instant::now() > deadline {
+            break (reported, named);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        reported, s.bus_telemetry_dropped,
+        "every dropped message is in a reported range"
+    );
+    // Every stored id is either in the stream or inside a reported range.
+    let all = server.running.registry.telemetry_after(0, 10_000).await.unwrap();
+    for m in &all {
+        assert!(
+            ids.contains(&m.id) || named.iter().any(|(a, b)| (*a..=*b).contains(&m.id)),
+            "stored message {} neither in JetStream nor reported dropped",
+            m.id
+        );
+    }
+    server.running.shutdown().await;
+}
