@@ -75,6 +75,8 @@ pub struct MqttConfig {
     pub clone_window_secs: u64,
     pub command_ttl_secs: u64,
     pub backend_queue: usize,
+    /// At shutdown, MQTT sessions are ended spread over this many seconds (0: at once).
+    pub drain_secs: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -270,6 +272,7 @@ impl Default for MqttConfig {
             clone_window_secs: 60,
             command_ttl_secs: 86_400,
             backend_queue: 4096,
+            drain_secs: 0,
         }
     }
 }
@@ -362,6 +365,10 @@ clone_window_secs = 60
 command_ttl_secs = 86400
 # Messages queued per backend subscriber before it catches up from the store instead.
 backend_queue = 4096
+# At shutdown (SIGTERM), end device sessions spread over this many seconds, so that they
+# reconnect to the other replicas without a storm (0: all at once). Set it below the
+# orchestrator's grace period (Kubernetes: terminationGracePeriodSeconds).
+drain_secs = 0
 
 [tls]
 # Server certificate chain and key (PEM). Unset: generated under a local server CA whose
@@ -525,6 +532,9 @@ impl Config {
             problems.push(format!(
                 "node_name `{node}` must be 1-64 letters, digits, `-` or `_` (it is a NATS subject token)"
             ));
+        }
+        if self.mqtt.drain_secs > 600 {
+            problems.push("mqtt.drain_secs must be at most 600".into());
         }
         if self.nats.telemetry_buffer == 0 {
             problems.push("nats.telemetry_buffer must be positive".into());

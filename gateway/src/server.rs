@@ -53,6 +53,8 @@ pub struct Running {
     /// Sigfox callback settings (the secret file's path is shown to the operator).
     pub sigfox: Arc<crate::sigfox::CallbackSettings>,
     command_ttl_secs: u64,
+    /// How long shutdown spreads the ending of MQTT sessions over.
+    drain: Duration,
     shutdown: watch::Sender<bool>,
     ctx: Option<Arc<Ctx>>,
     listener: JoinHandle<()>,
@@ -487,6 +489,7 @@ pub async fn start(config: Config) -> Result<Running> {
         lorawan_sessions,
         sigfox,
         command_ttl_secs: config.mqtt.command_ttl_secs,
+        drain: Duration::from_secs(config.mqtt.drain_secs),
         shutdown,
         ctx: Some(ctx),
         listener,
@@ -527,7 +530,7 @@ impl Running {
     /// what it holds (every acknowledged message is already stored), then close the registry.
     pub async fn shutdown(mut self) {
         let _ = self.shutdown.send(true);
-        self.hub.close_all(DisconnectReason::ServerShuttingDown);
+        self.hub.drain(DisconnectReason::ServerShuttingDown, self.drain).await;
         let _ = (&mut self.listener).await;
         // Sessions hold the pipeline's sender through the context; with all of them gone the
         // writer drains and stops.

@@ -202,3 +202,63 @@ async fn operator_cli_against_a_running_server() {
     let o = api(&["device", "show", "ghost"]).await;
     assert!(text(&o).contains("404 not_found"), "{}", text(&o));
 }
+
+/// `fleetward health` (the container image's health check) and `fleetward config check`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_probe_and_config_check() {
+    let server = start(&[]).await;
+    let url = format!("http://{}", server.running.http_addr);
+    let o = fleetward(vec!["health".into(), "--url".into(), url.clone()]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("/healthz: ok"), "{}", text(&o));
+    let o = fleetward(vec!["health".into(), "--ready".into(), "--url".into(), url]).await;
+    assert!(o.status.success(), "{}", text(&o));
+    // Nobody there: exit 1, and the message says what to check.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}", closed.local_addr().unwrap());
+    drop(closed);
+    let o = fleetward(vec!["health".into(), "--url".into(), dead]).await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("is fleetward serving there?"), "{}", text(&o));
+
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "nats_url = \"nats://127.0.0.1:4222\"\n[mqtt]\ndrain_secs = 20\n").unwrap();
+    let o = fleetward(vec![
+        "config".into(),
+        "check".into(),
+        "--config".into(),
+        good.display().to_string(),
+    ])
+    .await;
+    assert!(o.status.success(), "{}", text(&o));
+    // Every problem at once, by name.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "node_name = \"a b\"\n[mqtt]\nlisten = \"nowhere\"\ndrain_secs = 9999\n",
+    )
+    .unwrap();
+    let o = fleetward(vec![
+        "config".into(),
+        "check".into(),
+        "--config".into(),
+        bad.display().to_string(),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    for problem in ["node_name", "mqtt.listen", "mqtt.drain_secs"] {
+        assert!(text(&o).contains(problem), "{problem}: {}", text(&o));
+    }
+    // An unknown key is named.
+    std::fs::write(&bad, "[nats]\ntelemetry_bufer = 5\n").unwrap();
+    let o = fleetward(vec![
+        "config".into(),
+        "check".into(),
+        "--config".into(),
+        bad.display().to_string(),
+    ])
+    .await;
+    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+    assert!(text(&o).contains("telemetry_bufer"), "{}", text(&o));
+}

@@ -57,6 +57,9 @@ pub enum Command {
     Firmware(FirmwareCommand),
     /// Fleet audit findings, through the API.
     Audit(AuditArgs),
+    /// Probe a running server's /healthz (or /readyz): exit 0 when it answers 200. For container
+    /// health checks in images without a shell or curl.
+    Health(serve::HealthArgs),
 }
 
 /// How a command ended; the process exit code.
@@ -77,6 +80,7 @@ pub fn run(cli: Cli, out: &mut dyn Write) -> anyhow::Result<Outcome> {
         Command::Serve(args) => serve::serve(args, out),
         Command::Demo(args) => serve::demo(args, out),
         Command::Config(cmd) => serve::config(cmd, out),
+        Command::Health(args) => serve::health(args, out),
         Command::Verify(cmd) => verify::run(cmd, out),
         Command::Migrate(db) => db::migrate(db, out),
         Command::Keys(cmd) => db::keys(cmd, out),

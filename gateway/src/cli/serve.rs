@@ -25,6 +25,9 @@ pub struct ServeArgs {
     /// This node's name among the gateways (default: host name and a random suffix).
     #[arg(long, env = "FLEETWARD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// At shutdown, end MQTT sessions spread over this many seconds (0: at once).
+    #[arg(long, env = "FLEETWARD_DRAIN_SECS", value_name = "SECS")]
+    pub drain_secs: Option<u64>,
     /// MQTT over mutual TLS listens here.
     #[arg(long, env = "FLEETWARD_MQTT_LISTEN", value_name = "ADDR")]
     pub mqtt_listen: Option<String>,
@@ -80,6 +83,9 @@ impl ServeArgs {
         if let Some(n) = &self.node_name {
             config.node_name = Some(n.clone());
         }
+        if let Some(d) = self.drain_secs {
+            config.mqtt.drain_secs = d;
+        }
         if let Some(a) = &self.mqtt_listen {
             config.mqtt.listen = a.clone();
         }
@@ -113,15 +119,76 @@ impl ServeArgs {
     }
 }
 
+/// Flags of `health`.
+#[derive(Debug, Args)]
+pub struct HealthArgs {
+    /// The server's HTTP address.
+    #[arg(long, env = "FLEETWARD_HEALTH_URL", default_value = "http://127.0.0.1:8080")]
+    pub url: String,
+    /// Probe readiness (`/readyz`: the registry answers) instead of liveness (`/healthz`).
+    #[arg(long)]
+    pub ready: bool,
+    /// Give up after this many seconds.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
+}
+
+pub(super) fn health(args: HealthArgs, out: &mut dyn Write) -> Result<Outcome> {
+    let path = if args.ready { "readyz" } else { "healthz" };
+    let url = format!("{}/{path}", args.url.trim_end_matches('/'));
+    // reqwest's rustls is built without a provider: ours (aws-lc-rs) serves https:// URLs.
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let answer = super::db::runtime()?.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(args.timeout_secs.max(1)))
+            .build()?;
+        let r = client.get(&url).send().await?;
+        Ok::<_, reqwest::Error>((r.status(), r.text().await.unwrap_or_default()))
+    });
+    match answer {
+        Ok((status, body)) if status.is_success() => {
+            write!(out, "{url}: {}", body)?;
+            Ok(Outcome::Valid)
+        }
+        Ok((status, body)) => {
+            writeln!(out, "{url}: {status} {}", body.trim())?;
+            Ok(Outcome::Rejected)
+        }
+        Err(e) => {
+            writeln!(out, "{url}: no answer ({e}); is fleetward serving there?")?;
+            Ok(Outcome::Rejected)
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum ConfigCommand {
     /// Print the commented default configuration (save it as fleetward.toml and edit).
     Print,
+    /// Check a configuration (file, FLEETWARD_* environment and flags, as `serve` would take
+    /// them) and report every problem at once; exit 1 if there is any.
+    Check(ServeArgs),
 }
 
 pub(super) fn config(cmd: ConfigCommand, out: &mut dyn Write) -> Result<Outcome> {
     match cmd {
         ConfigCommand::Print => out.write_all(DEFAULT_TOML.as_bytes())?,
+        ConfigCommand::Check(args) => {
+            let config = match args.config() {
+                Ok(c) => c,
+                Err(e) => {
+                    writeln!(out, "{e:#}")?;
+                    return Ok(Outcome::Rejected);
+                }
+            };
+            match config.validate() {
+                Ok(()) => writeln!(out, "configuration ok")?,
+                Err(problems) => {
+                    writeln!(out, "invalid configuration:\n  - {}", problems.join("\n  - "))?;
+                    return Ok(Outcome::Rejected);
+                }
+            }
+        }
     }
     Ok(Outcome::Valid)
 }

@@ -365,6 +365,25 @@ impl Hub {
         }
     }
 
+    /// Ends every device session spread over `over` (in 20 steps), so that devices reconnect to
+    /// the other replicas without a storm; then ends what is left, backends included. A few
+    /// sessions (100 or fewer) are ended at once.
+    pub async fn drain(&self, reason: DisconnectReason, over: Duration) {
+        let devices: Vec<DeviceHandle> = lock(&self.devices).values().cloned().collect();
+        if !over.is_zero() && devices.len() > 100 {
+            const STEPS: u32 = 20;
+            let per_step = devices.len().div_ceil(STEPS as usize);
+            tracing::info!(sessions = devices.len(), over = ?over, "draining MQTT sessions");
+            for chunk in devices.chunks(per_step) {
+                for h in chunk {
+                    let _ = h.signal.try_send(DeviceSignal::Close(reason));
+                }
+                tokio::time::sleep(over / STEPS).await;
+            }
+        }
+        self.close_all(reason);
+    }
+
     /// Registers a backend subscriber's feed; ends an older connection with the same client id.
     pub fn attach_backend(&self, feed: Arc<BackendFeed>) {
         let mut backends = crate::locks::write(&self.backends);
