@@ -167,7 +167,7 @@ pub enum ConfigCommand {
     Print,
     /// Check a configuration (file, FLEETWARD_* environment and flags, as `serve` would take
     /// them) and report every problem at once; exit 1 if there is any.
-    Check(ServeArgs),
+    Check(Box<ServeArgs>),
 }
 
 pub(super) fn config(cmd: ConfigCommand, out: &mut dyn Write) -> Result<Outcome> {
