@@ -17,14 +17,15 @@
     clippy::disallowed_methods
 )]
 
+mod common;
+
+use common::id_of;
+use common::process::{Database, ServeProcess};
 use fleetward_test_support::{TestCa, TestDevice};
 use futures_util::StreamExt;
 use sim_devices::client::{Client, ClientError, ClientTls, ConnectOptions, ServerPacket, TlsProfile};
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const STREAM: &str = "FLEETWARD_TELEMETRY";
@@ -33,131 +34,38 @@ fn nats_url() -> String {
     std::env::var("FLEETWARD_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".into())
 }
 
-/// A fresh PostgreSQL database for this test; dropped by [`Database::drop_now`].
-struct Database {
-    admin: String,
-    name: String,
-    url: String,
-}
-
-impl Database {
-    async fn create(prefix: &str) -> Database {
-        let admin = std::env::var("FLEETWARD_TEST_POSTGRES")
-            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-        let name = format!("{prefix}_{}", std::process::id());
-        sqlx::any::install_default_drivers();
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-            .await
-            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test (.ci/run starts it): {e}"));
-        for statement in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            sqlx::query(sqlx::AssertSqlSafe(statement))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-        }
-        let (base, _) = admin.rsplit_once('/').unwrap();
-        let url = format!("{base}/{name}");
-        Database { admin, name, url }
+/// A node of the two: `fleetward serve` on the shared database and NATS.
+fn node(name: &str, data: &Path, db: &str, kek: &Path, ca: &Path, tls_from: Option<&Path>) -> ServeProcess {
+    let mut args: Vec<String> = [
+        "--data-dir",
+        data.to_str().unwrap(),
+        "--database-url",
+        db,
+        "--nats-url",
+        &nats_url(),
+        "--node-name",
+        name,
+        "--trust-ca",
+        ca.to_str().unwrap(),
+        "--kek-file",
+        kek.to_str().unwrap(),
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .collect();
+    if let Some(dir) = tls_from {
+        // Both nodes present one server certificate (as behind one load balancer).
+        args.extend([
+            "--tls-cert".into(),
+            dir.join("tls/server.pem").display().to_string(),
+            "--tls-key".into(),
+            dir.join("tls/server.key").display().to_string(),
+        ]);
     }
-
-    async fn drop_now(&self) {
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin)
-            .await
-            .unwrap();
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
-            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-            self.name
-        )))
-        .execute(&mut conn)
-        .await;
-    }
+    ServeProcess::start(name, &args)
 }
 
-/// A `fleetward serve` child process; killed when dropped.
-struct Node {
-    child: Child,
-    mqtt: SocketAddr,
-    http: String,
-    /// The first start against a fresh database prints an admin token.
-    token: Option<String>,
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Node {
-    fn start(name: &str, data: &Path, db: &str, kek: &Path, ca: &Path, tls_from: Option<&Path>) -> Node {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward"));
-        cmd.arg("serve")
-            .args(["--data-dir", data.to_str().unwrap()])
-            .args(["--database-url", db])
-            .args(["--nats-url", &nats_url()])
-            .args(["--node-name", name])
-            .args(["--mqtt-listen", "127.0.0.1:0"])
-            .args(["--http-listen", "127.0.0.1:0"])
-            .args(["--lorawan-udp-listen", "127.0.0.1:0"])
-            .args(["--trust-ca", ca.to_str().unwrap()])
-            .args(["--kek-file", kek.to_str().unwrap()])
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        for var in [
-            "FLEETWARD_CONFIG",
-            "FLEETWARD_DATABASE_URL",
-            "FLEETWARD_NATS_URL",
-            "FLEETWARD_TOKEN",
-        ] {
-            cmd.env_remove(var);
-        }
-        if let Some(dir) = tls_from {
-            // Both nodes present one server certificate (as behind one load balancer).
-            cmd.args(["--tls-cert", dir.join("tls/server.pem").to_str().unwrap()])
-                .args(["--tls-key", dir.join("tls/server.key").to_str().unwrap()]);
-        }
-        let mut child = cmd.spawn().expect("fleetward serve starts");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let (mut mqtt, mut http, mut token) = (None, None, None);
-            let mut token_next = false;
-            for line in lines.by_ref() {
-                let Ok(line) = line else { break };
-                let t = line.trim();
-                if let Some(a) = t.strip_prefix("MQTT/TLS") {
-                    mqtt = Some(a.trim().to_owned());
-                } else if let Some(a) = t.strip_prefix("HTTP") {
-                    http = Some(a.trim().to_owned());
-                } else if token_next {
-                    token = Some(t.to_owned());
-                    token_next = false;
-                } else if t.starts_with("first start: an admin API token") {
-                    token_next = true;
-                } else if t.starts_with("stop with Ctrl-C") {
-                    let _ = tx.send((mqtt.take(), http.take(), token.take()));
-                }
-            }
-            // Keep draining so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let (mqtt, http, token) = rx
-            .recv_timeout(Duration::from_secs(60))
-            .unwrap_or_else(|_| panic!("node {name} did not start within 60 s"));
-        Node {
-            child,
-            mqtt: mqtt.expect("MQTT address printed").parse().unwrap(),
-            http: http.expect("HTTP address printed"),
-            token,
-        }
-    }
-}
+type Node = ServeProcess;
 
 struct Fleet {
     a: Node,
@@ -230,16 +138,6 @@ impl Fleet {
     }
 }
 
-fn id_of(device: &TestDevice) -> String {
-    verifier::x509::describe_certificate(&device.der)
-        .unwrap()
-        .subject
-        .split(',')
-        .find_map(|rdn| rdn.strip_prefix("CN="))
-        .unwrap()
-        .to_owned()
-}
-
 /// Waits until the server ends the session (DISCONNECT or EOF); how long it took.
 async fn until_closed(c: &mut Client, within: Duration) -> Result<Duration, String> {
     let started = Instant::now();
@@ -287,8 +185,8 @@ async fn two_gateways_on_postgresql_and_nats_act_as_one() {
     std::fs::write(&kek, format!("test-1 {}\n", "42".repeat(32))).unwrap();
     let (data_a, data_b): (PathBuf, PathBuf) = (dir.path().join("a"), dir.path().join("b"));
 
-    let a = Node::start("node-a", &data_a, &db.url, &kek, &ca_pem, None);
-    let b = Node::start("node-b", &data_b, &db.url, &kek, &ca_pem, Some(&data_a));
+    let a = node("node-a", &data_a, &db.url, &kek, &ca_pem, None);
+    let b = node("node-b", &data_b, &db.url, &kek, &ca_pem, Some(&data_a));
     assert!(
         b.token.is_none(),
         "the second node finds the first node's admin token in the database"

@@ -1,6 +1,8 @@
 //! A real server on loopback port 0 with a temporary data directory, and real TLS clients.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, unreachable_pub)]
 
+pub mod process;
+
 use fleetward_test_support::{TestCa, TestDevice};
 use gateway::{Config, Running};
 use registry::{Event, EventFilter};

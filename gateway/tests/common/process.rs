@@ -1,0 +1,132 @@
+//! `fleetward serve` as a child process (for what only a real process shows: two nodes, kill -9),
+//! and fresh PostgreSQL databases.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// A fresh PostgreSQL database; dropped by [`Database::drop_now`].
+pub struct Database {
+    admin: String,
+    name: String,
+    pub url: String,
+}
+
+impl Database {
+    pub async fn create(prefix: &str) -> Database {
+        let admin = std::env::var("FLEETWARD_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("{prefix}_{}", std::process::id());
+        sqlx::any::install_default_drivers();
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+            .await
+            .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test (.ci/run starts it): {e}"));
+        for statement in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            sqlx::query(sqlx::AssertSqlSafe(statement))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+        let (base, _) = admin.rsplit_once('/').unwrap();
+        let url = format!("{base}/{name}");
+        Database { admin, name, url }
+    }
+
+    pub async fn drop_now(&self) {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin)
+            .await
+            .unwrap();
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        )))
+        .execute(&mut conn)
+        .await;
+    }
+}
+
+/// A `fleetward serve` child process on loopback port 0; killed (SIGKILL) when dropped.
+pub struct ServeProcess {
+    pub child: Child,
+    pub mqtt: SocketAddr,
+    /// `http://127.0.0.1:PORT`
+    pub http: String,
+    /// The first start against a fresh database prints an admin token.
+    pub token: Option<String>,
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl ServeProcess {
+    /// `fleetward serve` with `args` after the loopback listeners; returns once it serves.
+    pub fn start(label: &str, args: &[String]) -> ServeProcess {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward"));
+        cmd.arg("serve")
+            .args(["--mqtt-listen", "127.0.0.1:0"])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .args(["--lorawan-udp-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit());
+        for var in [
+            "FLEETWARD_CONFIG",
+            "FLEETWARD_DATABASE_URL",
+            "FLEETWARD_NATS_URL",
+            "FLEETWARD_TOKEN",
+            "FLEETWARD_DATA_DIR",
+        ] {
+            cmd.env_remove(var);
+        }
+        let mut child = cmd.spawn().expect("fleetward serve starts");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let (mut mqtt, mut http, mut token) = (None, None, None);
+            let mut token_next = false;
+            for line in lines.by_ref() {
+                let Ok(line) = line else { break };
+                let t = line.trim();
+                if let Some(a) = t.strip_prefix("MQTT/TLS") {
+                    mqtt = Some(a.trim().to_owned());
+                } else if let Some(a) = t.strip_prefix("HTTP") {
+                    http = Some(a.trim().to_owned());
+                } else if token_next {
+                    token = Some(t.to_owned());
+                    token_next = false;
+                } else if t.starts_with("first start: an admin API token") {
+                    token_next = true;
+                } else if t.starts_with("stop with Ctrl-C") {
+                    let _ = tx.send((mqtt.take(), http.take(), token.take()));
+                }
+            }
+            // Keep draining so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let (mqtt, http, token) = rx
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap_or_else(|_| panic!("{label} did not start within 60 s"));
+        ServeProcess {
+            child,
+            mqtt: mqtt.expect("MQTT address printed").parse().unwrap(),
+            http: http.expect("HTTP address printed"),
+            token,
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs.
+    pub fn kill_9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
