@@ -15,6 +15,9 @@ pub struct Config {
     pub database_url: Option<String>,
     /// File of key-encryption keys (`ID HEX` lines); empty: one generated in the data directory.
     pub kek_file: Option<PathBuf>,
+    /// While the database is unreachable, devices this node already knows keep connecting from
+    /// its cache for at most this many seconds after the database last answered (0: never).
+    pub cache_max_staleness_secs: u64,
     /// Provisioning CAs (PEM files) registered at start if new: auto-activate, CN identity.
     pub trust_ca: Vec<PathBuf>,
     /// NATS with JetStream (`nats://host:4222`): the scale-out bus. Empty: a single node.
@@ -242,6 +245,7 @@ impl Default for Config {
             data_dir: PathBuf::from("./fleetward-data"),
             database_url: None,
             kek_file: None,
+            cache_max_staleness_secs: 300,
             trust_ca: Vec::new(),
             nats_url: None,
             node_name: None,
@@ -319,6 +323,10 @@ data_dir = "./fleetward-data"
 # database_url = "postgres://postgres@127.0.0.1:5432/fleetward"
 # Key-encryption keys for sealed LPWAN keys (`ID HEX` lines). Unset: generated in data_dir.
 # kek_file = "/etc/fleetward/kek"
+# Database unreachable: devices this node already knows (same certificate, known status) keep
+# connecting from its cache for at most this many seconds after the database last answered;
+# then, and for new devices at once, CONNACK "server unavailable" (retryable). 0: never.
+cache_max_staleness_secs = 300
 # Provisioning CAs registered at start if new (auto-activate, identity from the subject CN).
 trust_ca = []
 # NATS with JetStream: set it to run several gateways as one (with a shared PostgreSQL).
@@ -567,6 +575,15 @@ mod tests {
         let parsed = Config::from_toml(DEFAULT_TOML).expect("default template parses");
         assert_eq!(parsed, Config::default());
         assert!(Config::default().validate().is_ok());
+    }
+
+    #[test]
+    fn the_operations_guide_shows_the_whole_default_configuration() {
+        let guide = include_str!("../../docs/operations.md");
+        assert!(
+            guide.contains(&format!("```toml\n{DEFAULT_TOML}```")),
+            "docs/operations.md's configuration reference differs from DEFAULT_TOML: copy it again"
+        );
     }
 
     #[test]

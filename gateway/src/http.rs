@@ -60,18 +60,44 @@ impl AppState {
 
 pub fn router(state: AppState) -> Router {
     Router::new()
+        .merge(crate::api::router())
+        .merge(crate::dashboard::router())
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), registry_outage))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .merge(crate::api::router())
-        .merge(crate::dashboard::router())
         .with_state(state)
 }
 
+/// While the registry's database is unreachable (its probe says so), every route that needs it
+/// answers 503 at once instead of waiting for the pool's timeout.
+async fn registry_outage(
+    State(state): State<AppState>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if state.registry.unreachable() {
+        let mut response = crate::api::ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the fleet registry's database is unreachable; retry later",
+        )
+        .into_response();
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, axum::http::HeaderValue::from_static("5"));
+        return response;
+    }
+    next.run(request).await
+}
+
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
-    match state.registry.ping().await {
-        Ok(()) => (StatusCode::OK, "ready\n"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n"),
+    if state.registry.unreachable() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n");
+    }
+    match tokio::time::timeout(std::time::Duration::from_secs(2), state.registry.ping()).await {
+        Ok(Ok(())) => (StatusCode::OK, "ready\n"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "registry unavailable\n"),
     }
 }
 

@@ -277,6 +277,7 @@ pub async fn start(config: Config) -> Result<Running> {
             command_ttl: Duration::from_secs(config.mqtt.command_ttl_secs),
             clone_policy: config.mqtt.clone_policy,
             backend_queue: config.mqtt.backend_queue,
+            cache_max_staleness: Duration::from_secs(config.cache_max_staleness_secs),
         },
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
@@ -354,6 +355,21 @@ pub async fn start(config: Config) -> Result<Running> {
                             Err(e) => tracing::warn!(error = %e, "trust store refresh failed; keeping the current one"),
                         }
                     }
+                    _ = stop.changed() => break,
+                }
+            }
+        }));
+    }
+    // Is the database reachable? A connection of its own, every second: during an outage new
+    // registrations and API calls fail at once (retryable) instead of waiting for the pool.
+    {
+        let (mut probe, mut stop) = (registry.probe(), shutdown_rx.clone());
+        background.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => { probe.check(Duration::from_secs(1)).await; }
                     _ = stop.changed() => break,
                 }
             }

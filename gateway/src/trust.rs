@@ -28,6 +28,8 @@ pub struct TrustSnapshot {
 pub struct TrustState {
     current: RwLock<Arc<TrustSnapshot>>,
     reloads: tokio::sync::Mutex<()>,
+    /// When the registry last answered a trust check (the snapshot is known current as of then).
+    confirmed_at: RwLock<Option<std::time::Instant>>,
 }
 
 impl TrustState {
@@ -64,6 +66,7 @@ impl TrustState {
             generation,
         });
         *crate::locks::write(&self.current) = snapshot.clone();
+        self.confirmed();
         tracing::debug!(generation, cas = snapshot.store.cas().len(), "trust store reloaded");
         Ok(snapshot)
     }
@@ -75,7 +78,19 @@ impl TrustState {
             self.reload(registry).await?;
             return Ok(true);
         }
+        self.confirmed();
         Ok(false)
+    }
+
+    fn confirmed(&self) {
+        *crate::locks::write(&self.confirmed_at) = Some(crate::clock::monotonic());
+    }
+
+    /// How long since the registry last confirmed the snapshot (`None`: never). While the
+    /// registry is unreachable this grows; what the gateway remembers of devices is trusted only
+    /// up to `cache_max_staleness_secs`.
+    pub fn staleness(&self, now: std::time::Instant) -> Option<std::time::Duration> {
+        crate::locks::read(&self.confirmed_at).map(|at| now.saturating_duration_since(at))
     }
 
     /// Marks a device revoked in the current snapshot at once (the registry write already

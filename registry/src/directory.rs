@@ -264,6 +264,8 @@ impl Registry {
     /// The registration half of [`Registry::admit`], for a caller that already asked
     /// [`Registry::admit_known`] (the gateway does, before handing this to its storage thread).
     pub async fn register_and_remember(&self, s: &Sighting<'_>, auto_activate: bool, now_ms: i64) -> Result<Admission> {
+        // An outage answers at once: the device retries (CONNACK "server unavailable").
+        self.fail_fast()?;
         let epoch = self.directory.epoch();
         // Registrations waiting together commit together (benchmark 2 in docs/BENCHMARKS.md).
         let r = self.register_grouped(s, auto_activate, now_ms).await?;

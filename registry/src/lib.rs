@@ -32,6 +32,7 @@ mod devices;
 mod directory;
 mod error;
 mod events;
+mod health;
 mod lorawan_uplinks;
 mod lpwan;
 mod registrar;
@@ -53,6 +54,7 @@ pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integr
 pub use directory::Admission;
 pub use error::RegistryError;
 pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
+pub use health::Probe;
 pub use lorawan_uplinks::{LorawanUplink, NewLorawanUplink, StoredUplinks, UplinkOutcome};
 pub use lpwan::{
     LorawanDeviceInfo, LorawanRootKeys, LorawanSession, NewAbpDevice, NewLorawanDevice, SESSION_KEYS_LEN,
@@ -109,6 +111,10 @@ pub struct Registry {
     directory: Arc<directory::Directory>,
     /// Registrations waiting to be committed together (see [`registrar`]).
     registrar: Arc<registrar::Registrar>,
+    /// The URL it was opened with (for [`health::Probe`]'s own connection).
+    url: Arc<str>,
+    /// Whether the database answers (see [`health`]).
+    health: Arc<health::Health>,
 }
 
 /// SQLite writers of this process, first come first served — except that bulk writes (the
@@ -245,6 +251,8 @@ impl Registry {
             write_queue: (backend == Backend::Sqlite).then(|| Arc::new(WriteQueue::default())),
             directory: Arc::default(),
             registrar: Arc::default(),
+            url: Arc::from(url),
+            health: Arc::default(),
         })
     }
 

@@ -80,20 +80,30 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // certificate and TLS facts move there (the session keeps no use for them).
     let peer_text = peer.to_string();
     let cert_not_after_ms = device.certificate.not_after.unix().saturating_mul(1000);
-    let known = ctx.registry.admit_known(
-        &Sighting {
-            device_id: &id,
-            ca_id: &ca_id,
-            cert_der: &[],
-            cert_sha256: &device.certificate.sha256,
-            cert_serial: &device.certificate.serial,
-            cert_not_after_ms,
-            peer: Some(&peer_text),
-            tls_version: tls.version.as_deref(),
-            tls_suite: tls.suite.as_deref(),
-        },
-        now_ms(),
-    );
+    // The cache is trusted only while the registry confirmed the trust snapshot recently: a
+    // revocation made elsewhere during a long database outage is not missed for longer.
+    let cache_fresh = ctx
+        .trust
+        .staleness(monotonic())
+        .is_some_and(|age| age <= ctx.settings.cache_max_staleness);
+    let known = if cache_fresh {
+        ctx.registry.admit_known(
+            &Sighting {
+                device_id: &id,
+                ca_id: &ca_id,
+                cert_der: &[],
+                cert_sha256: &device.certificate.sha256,
+                cert_serial: &device.certificate.serial,
+                cert_not_after_ms,
+                peer: Some(&peer_text),
+                tls_version: tls.version.as_deref(),
+                tls_suite: tls.suite.as_deref(),
+            },
+            now_ms(),
+        )
+    } else {
+        None
+    };
     let registration = match known {
         Some(admission) => Ok(admission),
         None => {
@@ -118,10 +128,16 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             };
             // Boxed: the registration's state (~1.7 KiB) would otherwise size the session future
             // for as long as the device stays connected.
-            match Box::pin(ctx.storage.run(work)).await {
-                Ok(Ok(r)) => Ok(r),
-                Ok(Err(e)) => Err(e.to_string()),
-                Err(stopped) => Err(stopped.to_string()),
+            // A registration caught waiting on the pool when the database goes away is refused
+            // as soon as the probe says so (the device retries), not at the pool's timeout.
+            let outage = ctx.registry.clone();
+            tokio::select! {
+                done = Box::pin(ctx.storage.run(work)) => match done {
+                    Ok(Ok(r)) => Ok(r),
+                    Ok(Err(e)) => Err(e.to_string()),
+                    Err(stopped) => Err(stopped.to_string()),
+                },
+                _ = Box::pin(async move { outage.until_unreachable().await }) => Err("database unreachable".to_owned()),
             }
         }
     };

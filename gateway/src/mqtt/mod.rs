@@ -49,6 +49,9 @@ pub struct SessionSettings {
     pub clone_policy: ClonePolicy,
     /// Messages a backend subscriber may have queued before it catches up from the store.
     pub backend_queue: usize,
+    /// Devices are admitted from this node's cache only while the registry confirmed the trust
+    /// snapshot within this long.
+    pub cache_max_staleness: Duration,
 }
 
 impl Default for SessionSettings {
@@ -61,6 +64,7 @@ impl Default for SessionSettings {
             command_ttl: Duration::from_secs(24 * 3600),
             clone_policy: ClonePolicy::Allow,
             backend_queue: 4096,
+            cache_max_staleness: Duration::from_secs(300),
         }
     }
 }
