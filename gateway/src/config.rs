@@ -33,6 +33,40 @@ pub struct Config {
     pub attestation: AttestationConfig,
     pub lorawan: LorawanConfig,
     pub sigfox: SigfoxConfig,
+    pub observability: ObservabilityConfig,
+}
+
+/// How logs are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    /// One JSON object per line (for log collectors).
+    Json,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ObservabilityConfig {
+    pub log_format: LogFormat,
+    /// OTLP/HTTP endpoint (`http://collector:4318`) for traces and metrics. Unset: the standard
+    /// `OTEL_EXPORTER_OTLP_ENDPOINT`, else nothing is exported.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of what is exported.
+    pub service_name: String,
+    /// How often metrics are exported over OTLP.
+    pub metrics_interval_secs: u64,
+}
+
+impl Default for ObservabilityConfig {
+    fn default() -> Self {
+        ObservabilityConfig {
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
+            service_name: "fleetward".into(),
+            metrics_interval_secs: 15,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -257,6 +291,7 @@ impl Default for Config {
             attestation: AttestationConfig::default(),
             lorawan: LorawanConfig::default(),
             sigfox: SigfoxConfig::default(),
+            observability: ObservabilityConfig::default(),
         }
     }
 }
@@ -446,6 +481,15 @@ callback_allow = []
 unknown_devices = "register"
 # A sequence number must be 1 to max_seq_gap steps after the last one (12-bit, rolling over).
 max_seq_gap = 2048
+
+[observability]
+# Logs on stderr: "text" or "json" (one object per line). RUST_LOG filters them.
+log_format = "text"
+# OTLP/HTTP collector for traces (a span per connection, handshake, registration, uplink, API
+# request) and metrics. Unset: OTEL_EXPORTER_OTLP_ENDPOINT if set, else nothing is exported.
+# otlp_endpoint = "http://127.0.0.1:4318"
+service_name = "fleetward"
+metrics_interval_secs = 15
 "#;
 
 impl Config {
@@ -540,6 +584,16 @@ impl Config {
             problems.push(format!(
                 "node_name `{node}` must be 1-64 letters, digits, `-` or `_` (it is a NATS subject token)"
             ));
+        }
+        if let Some(e) = &self.observability.otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            problems.push(format!(
+                "observability.otlp_endpoint `{e}` is not an http:// or https:// URL"
+            ));
+        }
+        if self.observability.metrics_interval_secs == 0 {
+            problems.push("observability.metrics_interval_secs must be positive".into());
         }
         if self.mqtt.drain_secs > 600 {
             problems.push("mqtt.drain_secs must be at most 600".into());

@@ -63,10 +63,32 @@ pub fn router(state: AppState) -> Router {
         .merge(crate::api::router())
         .merge(crate::dashboard::router())
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), registry_outage))
+        .route_layer(axum::middleware::from_fn(trace_request))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .with_state(state)
+}
+
+/// One span per request, exported as a trace when OTLP is configured: method, route, status
+/// (and the device, where a handler names one).
+async fn trace_request(request: axum::extract::Request, next: axum::middleware::Next) -> axum::response::Response {
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |p| p.as_str())
+        .to_owned();
+    let span = tracing::info_span!(
+        target: crate::observability::SPANS,
+        "http.request",
+        http.request.method = %request.method(),
+        http.route = %route,
+        http.response.status_code = tracing::field::Empty,
+        device = tracing::field::Empty,
+    );
+    let response = tracing::Instrument::instrument(next.run(request), span.clone()).await;
+    span.record("http.response.status_code", response.status().as_u16());
+    response
 }
 
 /// While the registry's database is unreachable (its probe says so), every route that needs it
@@ -111,6 +133,36 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP fleetward_devices_online MQTT device sessions open now");
     let _ = writeln!(out, "# TYPE fleetward_devices_online gauge");
     let _ = writeln!(out, "fleetward_devices_online {}", state.hub.online_devices());
+    let _ = writeln!(
+        out,
+        "# HELP fleetward_rejections_total refusals (handshakes, CONNACKs, uplinks, callbacks) by the check that failed"
+    );
+    let _ = writeln!(out, "# TYPE fleetward_rejections_total counter");
+    for (reason, n) in state.stats.rejections() {
+        let _ = writeln!(
+            out,
+            "fleetward_rejections_total{{reason=\"{}\"}} {n}",
+            reason.escape_default()
+        );
+    }
+    if let Some(d) = state.registry.probe_latency() {
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_db_probe_seconds round trip of the database probe (SELECT 1 on its own connection)"
+        );
+        let _ = writeln!(out, "# TYPE fleetward_db_probe_seconds gauge");
+        let _ = writeln!(out, "fleetward_db_probe_seconds {:.6}", d.as_secs_f64());
+    }
+    let _ = writeln!(
+        out,
+        "# HELP fleetward_db_reachable 1 while the database probe gets answers"
+    );
+    let _ = writeln!(out, "# TYPE fleetward_db_reachable gauge");
+    let _ = writeln!(
+        out,
+        "fleetward_db_reachable {}",
+        u8::from(!state.registry.unreachable())
+    );
     if let Some(bus) = state.hub.bus() {
         let _ = writeln!(
             out,

@@ -24,6 +24,7 @@ pub mod listener;
 mod locks;
 pub mod lorawan;
 pub mod mqtt;
+pub mod observability;
 mod secret_file;
 pub mod server;
 pub mod sigfox;

@@ -147,7 +147,14 @@ pub async fn run(
         let verifier = verifier.clone();
         let ctx = ctx.clone();
         let timeout = settings.handshake_timeout;
-        let span = tracing::debug_span!("conn", peer = %peer);
+        // Exported as a trace when OTLP is configured (see `crate::observability`); the device
+        // id is recorded once the certificate names it.
+        let span = tracing::info_span!(
+            target: crate::observability::SPANS,
+            "mqtt.connection",
+            peer = %peer,
+            device = tracing::field::Empty,
+        );
         tasks.spawn(
             async move {
                 // Two boxed phases, each freed when it ends: this task's own state is then a
@@ -185,7 +192,11 @@ async fn open_session(
     // after the counter moved, so whoever sees the close also sees it counted. It lives in this
     // block only: kept for the session, the finished future cost ~2 KiB per idle device.
     let tls = {
-        let mut accept = Box::pin(acceptor.accept(tcp));
+        let mut accept = Box::pin(
+            acceptor
+                .accept(tcp)
+                .instrument(tracing::info_span!(target: crate::observability::SPANS, "tls.handshake")),
+        );
         tokio::select! {
             r = &mut accept => match r {
                 Ok(tls) => tls,

@@ -1,4 +1,5 @@
-//! `fleetward`: parses flags, installs logging, hands over to the library.
+//! `fleetward`: parses flags, installs logging (and, when configured, the OpenTelemetry
+//! exporters), hands over to the library.
 
 use clap::Parser;
 use std::process::ExitCode;
@@ -12,12 +13,24 @@ fn main() -> ExitCode {
         gateway::cli::Command::Demo(_) => "warn",
         _ => "warn,gateway=info",
     };
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    // `serve` reads its configuration first: the log format and the OTLP endpoint are in it.
+    let (observability, node) = match &cli.command {
+        gateway::cli::Command::Serve(args) => match args.config() {
+            Ok(c) => (c.observability.clone(), c.node_name.clone()),
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                return ExitCode::from(gateway::cli::Outcome::UsageError as u8);
+            }
+        },
+        _ => (gateway::config::ObservabilityConfig::default(), None),
+    };
+    let _telemetry = match gateway::observability::init(&observability, default, node.as_deref()) {
+        Ok(guard) => guard,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(gateway::cli::Outcome::UsageError as u8);
+        }
+    };
     let mut stdout = std::io::stdout().lock();
     match gateway::cli::run(cli, &mut stdout) {
         Ok(outcome) => ExitCode::from(outcome as u8),

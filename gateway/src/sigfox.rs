@@ -291,6 +291,7 @@ async fn handle_callback(state: &AppState, request: Request) -> Result<Response,
     let peer = request.extensions().get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
     let refuse = |status: StatusCode, check: &str, reason: String, cb: Option<&Callback>| {
         inc(&state.stats.sigfox_callbacks_rejected);
+        state.stats.rejected(check);
         let mut event = NewEvent::new("sigfox.callback_rejected", "sigfox-callback")
             .reason(reason.clone())
             .detail(serde_json::json!({ "check": check, "peer": peer.map(|p| p.to_string()),
@@ -365,6 +366,8 @@ async fn handle_callback(state: &AppState, request: Request) -> Result<Response,
         Ok(cb) => cb,
         Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, e.check(), e.to_string(), None)),
     };
+    // The request's span (an uplink through the Sigfox cloud) names the device.
+    tracing::Span::current().record("device", cb.device_id.as_str());
 
     let (last, payload_encrypted) = match state.registry.sigfox_device_info(&cb.device_id).await {
         Ok(info) => (info.last_seq, info.payload_encrypted),

@@ -9,6 +9,8 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Stats {
             $(#[doc = $doc] pub $name: AtomicU64,)*
+            /// Refusals by the check that failed (see [`Stats::rejected`]).
+            rejections: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
         }
 
         /// A point-in-time copy of [`Stats`].
@@ -90,6 +92,31 @@ counters! {
     bus_changes_sent: "registry changes announced to other nodes",
     bus_changes_received: "registry changes announced by other nodes and applied here",
     bus_remote_takeovers: "sessions here ended because the device connected to another node",
+}
+
+/// Most distinct refusal reasons kept (the checks are a fixed set; this only bounds a mistake).
+const MAX_REASONS: usize = 256;
+
+impl Stats {
+    /// Counts a refusal under the name of the check that failed (`expired`,
+    /// `registry_unavailable`, `mic_mismatch`, …): the labelled counter
+    /// `fleetward_rejections_total{reason}`.
+    pub fn rejected(&self, reason: &str) {
+        let mut map = crate::locks::lock(&self.rejections);
+        if let Some(n) = map.get_mut(reason) {
+            *n += 1;
+        } else if map.len() < MAX_REASONS {
+            map.insert(reason.to_owned(), 1);
+        }
+    }
+
+    /// Refusals so far, by reason.
+    pub fn rejections(&self) -> Vec<(String, u64)> {
+        crate::locks::lock(&self.rejections)
+            .iter()
+            .map(|(k, v)| (k.clone(), *v))
+            .collect()
+    }
 }
 
 /// Adds one.

@@ -9,7 +9,7 @@
 use crate::{Registry, RegistryError, Result};
 use sqlx::Connection;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Failed probes in a row before the database counts as unreachable.
@@ -19,6 +19,8 @@ const FAILURES_TO_MARK_DOWN: u32 = 2;
 pub(crate) struct Health {
     down: AtomicBool,
     failures: AtomicU32,
+    /// The last successful probe's round trip, in microseconds (0: none yet).
+    latency_us: AtomicU64,
     /// Flips with `down`, for calls already waiting on the pool (see
     /// [`Registry::until_unreachable`]).
     changes: tokio::sync::watch::Sender<bool>,
@@ -29,6 +31,7 @@ impl Default for Health {
         Health {
             down: AtomicBool::new(false),
             failures: AtomicU32::new(0),
+            latency_us: AtomicU64::new(0),
             changes: tokio::sync::watch::channel(false).0,
         }
     }
@@ -63,7 +66,12 @@ impl Probe {
     /// One probe: `SELECT 1` within `timeout` (connecting first if needed). Returns whether
     /// the database answered; two failures in a row mark it unreachable, one answer reachable.
     pub async fn check(&mut self, timeout: Duration) -> bool {
+        let started = tokio::time::Instant::now();
         let ok = tokio::time::timeout(timeout, self.select_one()).await.unwrap_or(false);
+        if ok {
+            let us = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX).max(1);
+            self.health.latency_us.store(us, Ordering::Relaxed);
+        }
         if !ok {
             // A broken connection is opened afresh on the next probe.
             self.conn = None;
@@ -93,6 +101,14 @@ impl Registry {
             url: self.url.clone(),
             conn: None,
             health: self.health.clone(),
+        }
+    }
+
+    /// The last successful probe's round trip.
+    pub fn probe_latency(&self) -> Option<Duration> {
+        match self.health.latency_us.load(Ordering::Relaxed) {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
         }
     }
 

@@ -473,6 +473,7 @@ fn verdict(up: &Uplink, accepted: bool) -> FrameVerdict {
 /// A refused frame: counted, an event naming the check, and the verdict.
 fn refuse(state: &AppState, actor: &str, up: Option<&Uplink>, check: &str, reason: String) -> FrameVerdict {
     inc(&state.stats.sigfox_frames_rejected);
+    state.stats.rejected(check);
     let device_id = up.map(Uplink::device_id_hex);
     let mut event = NewEvent::new("sigfox.frame_rejected", actor)
         .reason(reason.clone())

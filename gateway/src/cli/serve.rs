@@ -25,6 +25,12 @@ pub struct ServeArgs {
     /// This node's name among the gateways (default: host name and a random suffix).
     #[arg(long, env = "FLEETWARD_NODE_NAME", value_name = "NAME")]
     pub node_name: Option<String>,
+    /// Logs on stderr as `text` or `json` lines.
+    #[arg(long, env = "FLEETWARD_LOG_FORMAT", value_name = "FORMAT")]
+    pub log_format: Option<crate::config::LogFormat>,
+    /// OTLP/HTTP collector for traces and metrics (`http://collector:4318`).
+    #[arg(long, env = "FLEETWARD_OTLP_ENDPOINT", value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
     /// At shutdown, end MQTT sessions spread over this many seconds (0: at once).
     #[arg(long, env = "FLEETWARD_DRAIN_SECS", value_name = "SECS")]
     pub drain_secs: Option<u64>,
@@ -82,6 +88,12 @@ impl ServeArgs {
         }
         if let Some(n) = &self.node_name {
             config.node_name = Some(n.clone());
+        }
+        if let Some(f) = self.log_format {
+            config.observability.log_format = f;
+        }
+        if let Some(e) = &self.otlp_endpoint {
+            config.observability.otlp_endpoint = Some(e.clone());
         }
         if let Some(d) = self.drain_secs {
             config.mqtt.drain_secs = d;
@@ -196,7 +208,11 @@ pub(super) fn config(cmd: ConfigCommand, out: &mut dyn Write) -> Result<Outcome>
 pub(super) fn serve(args: ServeArgs, out: &mut dyn Write) -> Result<Outcome> {
     let config = args.config()?;
     super::db::runtime()?.block_on(async {
+        let export = crate::observability::otlp_endpoint(&config.observability).is_some();
         let running = crate::server::start(config).await?;
+        if export {
+            crate::observability::export_metrics(running.stats.clone(), running.hub.clone(), running.registry.clone());
+        }
         writeln!(out, "fleetward serving")?;
         writeln!(out, "  MQTT/TLS  {}", running.mqtt_addr)?;
         writeln!(out, "  HTTP      http://{}", running.http_addr)?;

@@ -184,6 +184,7 @@ pub async fn run(socket: UdpSocket, ctx: Arc<UdpCtx>, mut shutdown: watch::Recei
             Ok(p) => p,
             Err(e) => {
                 inc(&ctx.stats.lorawan_datagrams_dropped);
+                ctx.stats.rejected(e.check());
                 ctx.events.emit(
                     NewEvent::new("lorawan.datagram_dropped", "lorawan")
                         .reason(e.to_string())
@@ -336,10 +337,28 @@ async fn handle_rxpk(
         }
         _ if !room => overload.drop_frame(ctx, gateway),
         _ => {
-            let verdict = ctx
-                .sessions
-                .verify(&ctx.registry, &ctx.settings.uplink, &rx.data, &heard)
-                .await;
+            let span = tracing::info_span!(
+                target: crate::observability::SPANS,
+                "lorawan.uplink",
+                gateway = %gateway,
+                device = tracing::field::Empty,
+                verdict = tracing::field::Empty,
+            );
+            let verdict = tracing::Instrument::instrument(
+                ctx.sessions
+                    .verify(&ctx.registry, &ctx.settings.uplink, &rx.data, &heard),
+                span.clone(),
+            )
+            .await;
+            match &verdict {
+                Verdict::Accepted(a) => span.record("device", a.dev_eui.as_str()).record("verdict", "accepted"),
+                Verdict::Duplicate { dev_eui, .. } => {
+                    span.record("device", dev_eui.as_str()).record("verdict", "duplicate")
+                }
+                Verdict::Rejected(r) => span
+                    .record("device", r.dev_eui.as_deref().unwrap_or(""))
+                    .record("verdict", r.check),
+            };
             match verdict {
                 Verdict::Rejected(r) => reject(ctx, &r, &heard),
                 v => job.push((v, heard)),
@@ -350,6 +369,7 @@ async fn handle_rxpk(
 
 fn reject(ctx: &UdpCtx, r: &Rejection, heard: &Reception) {
     inc(&ctx.stats.lorawan_uplinks_rejected);
+    ctx.stats.rejected(r.check);
     let mut event = NewEvent::new("lorawan.uplink_rejected", "lorawan")
         .reason(r.reason.clone())
         .detail(json!({
@@ -384,6 +404,7 @@ pub(crate) fn record_join(
         }
         Err(refusal) => {
             inc(&stats.lorawan_joins_refused);
+            stats.rejected(refusal.check());
             if let JoinRefusal::Unavailable(e) = refusal {
                 tracing::warn!(error = %e, "join server: registry unavailable");
             }
@@ -543,6 +564,7 @@ async fn writer(mut rx: mpsc::Receiver<WriteJob>, ctx: Arc<UdpCtx>) {
                 UplinkOutcome::Replayed => {
                     let heard = g.first().cloned().unwrap_or_default();
                     inc(&ctx.stats.lorawan_uplinks_rejected);
+                    ctx.stats.rejected("fcnt_replay");
                     ctx.events.emit(
                         NewEvent::new("lorawan.uplink_rejected", "lorawan")
                             .device(&a.dev_eui)

@@ -56,6 +56,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     mut tls: TlsFacts,
 ) -> Outcome {
     let id = device.device_id.as_str().to_owned();
+    tracing::Span::current().record("device", id.as_str());
     let peer = tls.peer;
     let enc = conn.encoder();
 
@@ -65,6 +66,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             enc.connack($code, false, &mut conn.out);
             ctx.events.emit(refuse_event(&id, $check, $reason, peer));
             inc(&ctx.stats.sessions_refused);
+            ctx.stats.rejected($check);
             Box::pin(conn.close()).await;
             return Outcome::Refused($code, $check);
         }};
@@ -132,7 +134,10 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // as soon as the probe says so (the device retries), not at the pool's timeout.
             let outage = ctx.registry.clone();
             tokio::select! {
-                done = Box::pin(ctx.storage.run(work)) => match done {
+                done = Box::pin(tracing::Instrument::instrument(
+                    ctx.storage.run(work),
+                    tracing::info_span!(target: crate::observability::SPANS, "device.registration", device = %id),
+                )) => match done {
                     Ok(Ok(r)) => Ok(r),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(stopped) => Err(stopped.to_string()),

@@ -70,6 +70,10 @@ impl DeviceCertVerifier {
     /// Records a refusal: counter, event (with the typed check) and log line.
     pub fn report(&self, refusal: &Refusal, peer: Option<std::net::SocketAddr>) {
         inc(&self.stats.chains_rejected);
+        self.stats.rejected(match refusal {
+            Refusal::Chain(e) => e.check(),
+            Refusal::DeviceRevoked { .. } => "device_revoked",
+        });
         let event = match refusal {
             Refusal::Chain(e) => NewEvent::new("chain.rejected", "gateway")
                 .reason(e.to_string())

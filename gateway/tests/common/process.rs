@@ -69,15 +69,29 @@ impl Drop for ServeProcess {
 impl ServeProcess {
     /// `fleetward serve` with `args` after the loopback listeners; returns once it serves.
     pub fn start(label: &str, args: &[String]) -> ServeProcess {
+        Self::start_logging_to(label, args, None, "warn")
+    }
+
+    /// The same, with the server's stderr (its logs, filtered by `rust_log`) written to `stderr`
+    /// instead of the test's.
+    pub fn start_logging_to(
+        label: &str,
+        args: &[String],
+        stderr: Option<&std::path::Path>,
+        rust_log: &str,
+    ) -> ServeProcess {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetward"));
         cmd.arg("serve")
             .args(["--mqtt-listen", "127.0.0.1:0"])
             .args(["--http-listen", "127.0.0.1:0"])
             .args(["--lorawan-udp-listen", "127.0.0.1:0"])
             .args(args)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
+            .stderr(match stderr {
+                Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+                None => Stdio::inherit(),
+            });
         for var in [
             "FLEETWARD_CONFIG",
             "FLEETWARD_DATABASE_URL",
