@@ -210,6 +210,7 @@ async fn two_gateways_on_postgresql_and_nats_act_as_one() {
 
     onboarded_on_a_is_known_on_b(&fleet).await;
     revoked_through_b_is_kicked_off_a_within_a_second(&fleet).await;
+    a_ca_registered_through_b_is_trusted_by_a_within_a_second(&fleet).await;
     command_through_a_reaches_a_device_on_b(&fleet).await;
     telemetry_from_both_nodes_lands_once_in_jetstream(&fleet, &js).await;
     a_certificate_on_both_nodes_from_two_addresses_is_a_clone(&fleet).await;
@@ -279,6 +280,55 @@ async fn revoked_through_b_is_kicked_off_a_within_a_second(f: &Fleet) {
             assert!(r.is_err() || r.as_ref().is_ok_and(|(_, code)| *code != 0), "{r:?}");
         }
     }
+}
+
+async fn a_ca_registered_through_b_is_trusted_by_a_within_a_second(f: &Fleet) {
+    let new_ca = TestCa::stsafe_root("STM STSAFE-A SCALE-OUT SECOND CA");
+    let (_, code) = f
+        .api(&f.b, reqwest::Method::GET, "/api/v1/cas/registration-code", None)
+        .await;
+    let code = code["registration_code"].as_str().unwrap().to_owned();
+    let started = Instant::now();
+    let (status, body) = f
+        .api(
+            &f.b,
+            reqwest::Method::POST,
+            "/api/v1/cas",
+            Some(serde_json::json!({
+                "certificate_pem": new_ca.pem(),
+                "verification_certificate_pem":
+                    fleetward_test_support::pem_encode("CERTIFICATE", &new_ca.verification_certificate(&code)),
+                "auto_activate": true,
+            })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // A device of the new CA onboards on A, within a second of the registration on B.
+    let device = new_ca.issue_stsafe_device("scale-ca2", &[0x01]);
+    let id = id_of(&device);
+    let mut last;
+    let accepted_after = loop {
+        let attempt = async {
+            let mut c = Client::connect(f.a.mqtt, &f.tls(&device, None)).await.ok()?;
+            let opts = ConnectOptions {
+                client_id: id.clone(),
+                keep_alive_secs: 30,
+                clean_session: true,
+                ..Default::default()
+            };
+            c.mqtt_connect(&opts).await.ok().map(|(_, code)| code)
+        };
+        match attempt.await {
+            Some(0) => break started.elapsed(),
+            other => last = format!("{other:?}"),
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "A does not trust the CA registered through B after 1 s (last attempt: {last})"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    eprintln!("a CA registered through B was trusted by A {accepted_after:?} after the request");
 }
 
 async fn command_through_a_reaches_a_device_on_b(f: &Fleet) {
