@@ -221,16 +221,18 @@ async fn health_probe_and_config_check() {
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("is fleetward serving there?"), "{}", text(&o));
 
+    let config_check = |file: &std::path::Path| {
+        fleetward(vec![
+            "config".into(),
+            "check".into(),
+            "--config".into(),
+            file.display().to_string(),
+        ])
+    };
     let dir = tempfile::tempdir().unwrap();
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "nats_url = \"nats://127.0.0.1:4222\"\n[mqtt]\ndrain_secs = 20\n").unwrap();
-    let o = fleetward(vec![
-        "config".into(),
-        "check".into(),
-        "--config".into(),
-        good.display().to_string(),
-    ])
-    .await;
+    let o = config_check(&good).await;
     assert!(o.status.success(), "{}", text(&o));
     // Every problem at once, by name.
     let bad = dir.path().join("bad.toml");
@@ -239,26 +241,14 @@ async fn health_probe_and_config_check() {
         "node_name = \"a b\"\n[mqtt]\nlisten = \"nowhere\"\ndrain_secs = 9999\n",
     )
     .unwrap();
-    let o = fleetward(vec![
-        "config".into(),
-        "check".into(),
-        "--config".into(),
-        bad.display().to_string(),
-    ])
-    .await;
+    let o = config_check(&bad).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     for problem in ["node_name", "mqtt.listen", "mqtt.drain_secs"] {
         assert!(text(&o).contains(problem), "{problem}: {}", text(&o));
     }
     // An unknown key is named.
     std::fs::write(&bad, "[nats]\ntelemetry_bufer = 5\n").unwrap();
-    let o = fleetward(vec![
-        "config".into(),
-        "check".into(),
-        "--config".into(),
-        bad.display().to_string(),
-    ])
-    .await;
+    let o = config_check(&bad).await;
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("telemetry_bufer"), "{}", text(&o));
 }

@@ -492,31 +492,9 @@ async fn telemetry_stored_concurrently_by_mqtt_and_sigfox_reaches_a_backend_once
 /// concurrent writers can land in any order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_stored_concurrently_reaches_a_backend_once_each_on_postgresql_too() {
-    let admin = std::env::var("FLEETWARD_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
-    let name = format!("fw_gw_order_{}", std::process::id());
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
-        .await
-        .unwrap_or_else(|e| panic!("PostgreSQL at {admin} is required for this test (.ci/run starts it): {e}"));
-    for statement in [
-        format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-        format!("CREATE DATABASE {name}"),
-    ] {
-        sqlx::query(sqlx::AssertSqlSafe(statement))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
-    let (base, _) = admin.rsplit_once('/').unwrap();
-    let url = format!("{base}/{name}");
-    telemetry_from_concurrent_writers_reaches_a_backend_once_each(Some(url)).await;
-    sqlx::query(sqlx::AssertSqlSafe(format!(
-        "DROP DATABASE IF EXISTS {name} WITH (FORCE)"
-    )))
-    .execute(&mut conn)
-    .await
-    .unwrap();
+    let db = common::process::Database::create("fw_gw_order").await;
+    telemetry_from_concurrent_writers_reaches_a_backend_once_each(Some(db.url.clone())).await;
+    db.drop_now().await;
 }
 
 async fn telemetry_from_concurrent_writers_reaches_a_backend_once_each(database_url: Option<String>) {
