@@ -13,6 +13,8 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// PostgreSQL or SQLite URL; empty: SQLite in the data directory.
     pub database_url: Option<String>,
+    /// Pooled PostgreSQL connections of this node (it opens one more for its health probe).
+    pub database_max_connections: u32,
     /// File of key-encryption keys (`ID HEX` lines); empty: one generated in the data directory.
     pub kek_file: Option<PathBuf>,
     /// While the database is unreachable, devices this node already knows keep connecting from
@@ -278,6 +280,7 @@ impl Default for Config {
         Config {
             data_dir: PathBuf::from("./fleetward-data"),
             database_url: None,
+            database_max_connections: 16,
             kek_file: None,
             cache_max_staleness_secs: 300,
             trust_ca: Vec::new(),
@@ -356,6 +359,9 @@ pub const DEFAULT_TOML: &str = r#"# fleetward.toml — every setting, with its d
 data_dir = "./fleetward-data"
 # PostgreSQL (postgres://user@host/db) or SQLite (sqlite://path) URL. Unset: SQLite in data_dir.
 # database_url = "postgres://postgres@127.0.0.1:5432/fleetward"
+# PostgreSQL connections this node pools (4 at least), plus one for its health probe. Keep
+# nodes × (this + 1) under the server's max_connections (PostgreSQL's default: 100).
+database_max_connections = 16
 # Key-encryption keys for sealed LPWAN keys (`ID HEX` lines). Unset: generated in data_dir.
 # kek_file = "/etc/fleetward/kek"
 # Database unreachable: devices this node already knows (same certificate, known status) keep
@@ -551,6 +557,12 @@ impl Config {
         {
             problems.push(format!("tls.max_fragment_size {size} is outside 32..=16384"));
         }
+        if self.database_max_connections < registry::PoolSize::MIN {
+            problems.push(format!(
+                "database_max_connections must be at least {}",
+                registry::PoolSize::MIN
+            ));
+        }
         if self.mqtt.max_inflight == 0 || self.mqtt.max_inflight > 65_535 {
             problems.push("mqtt.max_inflight must be 1..=65535".into());
         }
@@ -647,7 +659,9 @@ mod tests {
         let mut c = Config::default();
         c.mqtt.listen = "nowhere".into();
         c.tls.cert = Some("a.pem".into());
+        c.database_max_connections = 1;
         let problems = c.validate().unwrap_err();
-        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems.iter().any(|p| p.contains("database_max_connections")), "{problems:?}");
     }
 }

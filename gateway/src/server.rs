@@ -83,7 +83,10 @@ pub async fn open_registry(config: &Config) -> Result<Registry> {
         Some(url) => url.clone(),
         None => Registry::sqlite_url(&config.data_dir),
     };
-    Registry::open(&url, keyring).await.map_err(|e| match e {
+    let pool = registry::PoolSize {
+        postgres_max_connections: config.database_max_connections,
+    };
+    Registry::open_with(&url, keyring, pool).await.map_err(|e| match e {
         RegistryError::Unavailable { .. } => {
             anyhow::anyhow!(
                 "{e}\nhint: is the database running and the URL right? ({})",

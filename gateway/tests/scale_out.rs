@@ -35,7 +35,15 @@ fn nats_url() -> String {
 }
 
 /// A node of the two: `fleetward serve` on the shared database and NATS.
-fn node(name: &str, data: &Path, db: &str, kek: &Path, ca: &Path, tls_from: Option<&Path>) -> ServeProcess {
+fn node(
+    name: &str,
+    data: &Path,
+    db: &str,
+    kek: &Path,
+    ca: &Path,
+    tls_from: Option<&Path>,
+    pool: Option<u32>,
+) -> ServeProcess {
     let mut args: Vec<String> = [
         "--data-dir",
         data.to_str().unwrap(),
@@ -53,6 +61,9 @@ fn node(name: &str, data: &Path, db: &str, kek: &Path, ca: &Path, tls_from: Opti
     .iter()
     .map(|s| (*s).to_owned())
     .collect();
+    if let Some(n) = pool {
+        args.extend(["--database-max-connections".into(), n.to_string()]);
+    }
     if let Some(dir) = tls_from {
         // Both nodes present one server certificate (as behind one load balancer).
         args.extend([
@@ -185,8 +196,9 @@ async fn two_gateways_on_postgresql_and_nats_act_as_one() {
     std::fs::write(&kek, format!("test-1 {}\n", "42".repeat(32))).unwrap();
     let (data_a, data_b): (PathBuf, PathBuf) = (dir.path().join("a"), dir.path().join("b"));
 
-    let a = node("node-a", &data_a, &db.url, &kek, &ca_pem, None);
-    let b = node("node-b", &data_b, &db.url, &kek, &ca_pem, Some(&data_a));
+    let a = node("node-a", &data_a, &db.url, &kek, &ca_pem, None, None);
+    // B runs with a smaller pool (many nodes on one PostgreSQL).
+    let b = node("node-b", &data_b, &db.url, &kek, &ca_pem, Some(&data_a), Some(5));
     assert!(
         b.token.is_none(),
         "the second node finds the first node's admin token in the database"
@@ -214,6 +226,21 @@ async fn two_gateways_on_postgresql_and_nats_act_as_one() {
     command_through_a_reaches_a_device_on_b(&fleet).await;
     telemetry_from_both_nodes_lands_once_in_jetstream(&fleet, &js).await;
     a_certificate_on_both_nodes_from_two_addresses_is_a_clone(&fleet).await;
+
+    // Each node's pool keeps to its configured size after all of the above.
+    assert_eq!(fleet.metric(&fleet.a, "fleetward_db_pool_max_connections").await, 16);
+    assert_eq!(fleet.metric(&fleet.b, "fleetward_db_pool_max_connections").await, 5);
+    assert!(fleet.metric(&fleet.b, "fleetward_db_pool_connections").await <= 5);
+    let on_server = db
+        .admin_scalar(&format!(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' AND backend_type = 'client backend'",
+            db.name
+        ))
+        .await;
+    assert!(
+        on_server <= 16 + 1 + 5 + 1,
+        "{on_server} connections to the database: more than two pools and two probes"
+    );
 
     drop(fleet);
     let _ = js.delete_stream(STREAM).await;

@@ -188,6 +188,29 @@ impl std::fmt::Debug for Registry {
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/sqlite");
 static POSTGRES_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("migrations/postgres");
 
+/// How many connections one process keeps to the database server. SQLite always uses 8 (one
+/// writer at a time; the rest read).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PoolSize {
+    /// Pooled PostgreSQL connections (the health probe opens one more of its own). Nodes ×
+    /// (this + 1) must stay under the server's `max_connections`.
+    pub postgres_max_connections: u32,
+}
+
+impl PoolSize {
+    /// The smallest pool accepted: the background writers (group commit, the device
+    /// directory, the trust poll) each hold a connection at times while requests use the rest.
+    pub const MIN: u32 = 4;
+}
+
+impl Default for PoolSize {
+    fn default() -> Self {
+        PoolSize {
+            postgres_max_connections: 16,
+        }
+    }
+}
+
 impl Registry {
     /// The SQLite URL for a data directory (`DIR/fleetward.db`, created if missing).
     pub fn sqlite_url(dir: &std::path::Path) -> String {
@@ -196,7 +219,12 @@ impl Registry {
 
     /// Connects and applies pending migrations.
     pub async fn open(url: &str, keys: Keyring) -> Result<Self> {
-        let registry = Self::connect(url, Some(keys)).await?;
+        Self::open_with(url, keys, PoolSize::default()).await
+    }
+
+    /// [`Registry::open`] with a chosen PostgreSQL pool size.
+    pub async fn open_with(url: &str, keys: Keyring, pool: PoolSize) -> Result<Self> {
+        let registry = Self::connect_with(url, Some(keys), pool).await?;
         registry.migrate().await?;
         Ok(registry)
     }
@@ -204,6 +232,11 @@ impl Registry {
     /// Connects without migrating. Without a keyring, everything works except sealed-key
     /// custody (LPWAN keys), which then fails with [`RegistryError::Sealing`].
     pub async fn connect(url: &str, keys: Option<Keyring>) -> Result<Self> {
+        Self::connect_with(url, keys, PoolSize::default()).await
+    }
+
+    /// [`Registry::connect`] with a chosen PostgreSQL pool size.
+    pub async fn connect_with(url: &str, keys: Option<Keyring>, pool: PoolSize) -> Result<Self> {
         install_default_drivers();
         let backend = Backend::of(url)?;
         let options = AnyPoolOptions::new().acquire_timeout(Duration::from_secs(10));
@@ -239,7 +272,12 @@ impl Registry {
                     .connect(url)
                     .await?
             }
-            Backend::Postgres => options.max_connections(16).connect(url).await?,
+            Backend::Postgres => {
+                options
+                    .max_connections(pool.postgres_max_connections.max(PoolSize::MIN))
+                    .connect(url)
+                    .await?
+            }
         };
         if backend == Backend::Sqlite {
             tokio::spawn(checkpointer(pool.clone()));
@@ -373,6 +411,12 @@ impl Registry {
         self.write_queue
             .as_ref()
             .is_some_and(|q| q.interactive_waiting.load(std::sync::atomic::Ordering::Acquire) > 0)
+    }
+
+    /// The connection pool now: (open connections, idle among them, most it may open).
+    pub fn pool_stats(&self) -> (u32, u32, u32) {
+        let idle = u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX);
+        (self.pool.size(), idle, self.pool.options().get_max_connections())
     }
 
     pub(crate) fn pool(&self) -> &AnyPool {

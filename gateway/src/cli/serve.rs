@@ -19,6 +19,9 @@ pub struct ServeArgs {
     /// PostgreSQL or SQLite URL (default: SQLite in the data directory).
     #[arg(long, env = "FLEETWARD_DATABASE_URL", value_name = "URL")]
     pub database_url: Option<String>,
+    /// PostgreSQL connections this node pools (plus one for its health probe).
+    #[arg(long, env = "FLEETWARD_DATABASE_MAX_CONNECTIONS", value_name = "N")]
+    pub database_max_connections: Option<u32>,
     /// NATS with JetStream (nats://host:4222): run as one of several gateway nodes.
     #[arg(long, env = "FLEETWARD_NATS_URL", value_name = "URL")]
     pub nats_url: Option<String>,
@@ -82,6 +85,9 @@ impl ServeArgs {
         }
         if let Some(u) = &self.database_url {
             config.database_url = Some(u.clone());
+        }
+        if let Some(n) = self.database_max_connections {
+            config.database_max_connections = n;
         }
         if let Some(u) = &self.nats_url {
             config.nats_url = Some(u.clone());

@@ -9,7 +9,7 @@ use std::time::Duration;
 /// A fresh PostgreSQL database; dropped by [`Database::drop_now`].
 pub struct Database {
     admin: String,
-    name: String,
+    pub name: String,
     pub url: String,
 }
 
@@ -34,6 +34,17 @@ impl Database {
         let (base, _) = admin.rsplit_once('/').unwrap();
         let url = format!("{base}/{name}");
         Database { admin, name, url }
+    }
+
+    /// A number from SQL run on the server's admin database (not this one).
+    pub async fn admin_scalar(&self, sql: &str) -> i64 {
+        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin)
+            .await
+            .unwrap();
+        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+            .fetch_one(&mut conn)
+            .await
+            .unwrap()
     }
 
     pub async fn drop_now(&self) {
