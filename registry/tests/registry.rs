@@ -42,6 +42,7 @@ both!(
     audit_findings,
     directory_admits_known_devices_without_a_transaction,
     grouped_registrations_answer_as_one_by_one_would,
+    registrations_from_several_nodes_at_once,
 );
 
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
@@ -2294,4 +2295,85 @@ async fn grouped_registrations_answer_as_one_by_one_would(db: &TestDb) {
         1
     );
     assert_eq!(count(db, "devices").await, 1 + 150 + 1);
+}
+
+/// Four nodes on one database registering 1,200 new devices at once, as gateways do when a
+/// fleet comes up: every device is registered once, the fleet counters are exact, and on
+/// PostgreSQL no transaction deadlocked. Each node has its own CA and its registrations come in
+/// waves of different sizes, so the transactions' counter rows overlap in varying sets (before
+/// the counter triggers locked rows in one order, six gateways onboarding 100,000 devices hit
+/// 106 deadlocks in 80 s).
+async fn registrations_from_several_nodes_at_once(db: &TestDb) {
+    const NODES: usize = 4;
+    const PER_NODE: usize = 300;
+    const WAVES: [usize; 6] = [1, 2, 5, 13, 1, 38];
+    let r = &db.registry;
+    let deadlocks = || async {
+        if db.sqlite_file.is_some() {
+            return 0;
+        }
+        db.raw_scalar("SELECT deadlocks FROM pg_stat_database WHERE datname = current_database()")
+            .await
+    };
+    let deadlocks_before = deadlocks().await;
+    let mut nodes = vec![r.clone()];
+    for _ in 1..NODES {
+        nodes.push(db.reopen(common::keyring()).await);
+    }
+    let mut fleets = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let root = TestCa::root(KeyKind::P256, &format!("Node {n} CA"));
+        r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+        let mut devices = Vec::new();
+        for i in 0..PER_NODE {
+            // Ids end in every character, so registrations touch every counter shard.
+            devices.push(verified(r, &root.issue_device(KeyKind::P256, &format!("node{n}-{i:x}")).der).await);
+        }
+        fleets.push((node.clone(), devices, n));
+    }
+    let runs: Vec<_> = fleets
+        .into_iter()
+        .map(|(node, devices, n)| {
+            tokio::spawn(async move {
+                let mut left = devices.into_iter().enumerate().peekable();
+                let mut wave = 0;
+                while left.peek().is_some() {
+                    let tasks: Vec<_> = left
+                        .by_ref()
+                        .take(WAVES[(wave + n) % WAVES.len()])
+                        .map(|(i, d)| {
+                            let node = node.clone();
+                            tokio::spawn(async move {
+                                node.register_grouped(&d.sighting(&format!("10.{n}.0.1:{i}")), true, NOW)
+                                    .await
+                            })
+                        })
+                        .collect();
+                    for t in tasks {
+                        let reg = t.await.unwrap().unwrap();
+                        assert!(reg.created, "{} created", reg.device.id);
+                    }
+                    wave += 1;
+                }
+            })
+        })
+        .collect();
+    for run in runs {
+        run.await.unwrap();
+    }
+    assert_eq!(count(db, "devices").await, (NODES * PER_NODE) as i64);
+    let summary = r.fleet_summary().await.unwrap();
+    assert_eq!(summary.total, (NODES * PER_NODE) as i64, "{summary:?}");
+    if db.sqlite_file.is_none() {
+        // A backend reports its deadlocks to the statistics when it exits: close the pools.
+        for node in nodes.drain(..) {
+            node.close().await;
+        }
+        let mut seen = 0;
+        for _ in 0..20 {
+            seen = deadlocks().await - deadlocks_before;
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        assert_eq!(seen, 0, "deadlocks between the nodes' registration transactions");
+    }
 }
