@@ -4,7 +4,7 @@
 # JetStream, each device registered just in time on its first connection. Reports, per node,
 # the devices connected and the node's resident memory per connection.
 #
-#   PROFILE=loadtest bash scripts/bench-fleet-idle.sh     # NODES=6 TOTAL=100000 DURATION=240s
+#   PROFILE=loadtest bash scripts/bench-fleet-idle.sh     # NODES=6 TOTAL=100000 DURATION=300s RATE=100
 #
 # Each process here may hold 20,000 open files, so each node (and each sim-devices process,
 # one per node) holds TOTAL/NODES ≤ ~19,000 devices. Every node pools POOL PostgreSQL
@@ -17,8 +17,8 @@ cd "$(dirname "$0")/.."
 PROFILE=${PROFILE:-release}
 NODES=${NODES:-6}
 TOTAL=${TOTAL:-100000}
-DURATION=${DURATION:-240s}
-RATE=${RATE:-200}   # new connections per second offered by each client process
+DURATION=${DURATION:-300s}
+RATE=${RATE:-100}   # new connections per second offered by each client process
 POOL=${POOL:-8}
 ADMIN=${FLEETWARD_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 bin=target/$PROFILE
@@ -41,7 +41,7 @@ cleanup() {
 trap cleanup EXIT
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"r": r}))' "$1"; }
-metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+metric() { curl -s -m 5 "http://$1/metrics" | awk -v m="$2" '$1 == m {v = $2} END {print v + 0}'; }
 rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 
 echo "making $NODES × $per device identities (one provisioning CA per client process)…" >&2
@@ -100,7 +100,7 @@ t=0
 while [ $(( t + 10 )) -lt "$secs" ]; do
   sleep 10; t=$(( t + 10 ))
   online=0
-  for n in $(seq 1 "$NODES"); do online=$(( online + $(metric "${node_http[n]}" fleetward_devices_online || echo 0) )); done
+  for n in $(seq 1 "$NODES"); do online=$(( online + $(metric "${node_http[n]}" fleetward_devices_online) )); done
   echo "  t=${t}s online $online" >&2
 done
 sleep $(( secs - 10 - t > 0 ? secs - 10 - t : 0 ))

@@ -107,6 +107,8 @@ pub struct MqttConfig {
     pub max_inflight: usize,
     pub handshake_timeout_secs: u64,
     pub connect_timeout_secs: u64,
+    /// A first connection whose just-in-time registration takes longer is refused with CONNACK 3.
+    pub registration_timeout_secs: u64,
     pub per_ip_connection_rate: f64,
     pub global_connection_rate: f64,
     pub max_connections: usize,
@@ -307,6 +309,7 @@ impl Default for MqttConfig {
             max_inflight: 64,
             handshake_timeout_secs: 10,
             connect_timeout_secs: 10,
+            registration_timeout_secs: 5,
             per_ip_connection_rate: 1000.0,
             global_connection_rate: 10000.0,
             max_connections: 100_000,
@@ -398,6 +401,10 @@ max_inflight = 64
 # A TLS handshake must finish within this; CONNECT must follow within connect_timeout_secs.
 handshake_timeout_secs = 10
 connect_timeout_secs = 10
+# A first connection whose just-in-time registration takes longer than this (a busy or locked
+# database) is refused with CONNACK 3 "server unavailable": the device backs off and retries
+# instead of waiting past its own CONNACK timeout. The registration still completes.
+registration_timeout_secs = 5
 # New connections per second from one IP address, and in total; each also the burst allowed.
 # Excess connections are closed at accept, before any TLS work. The per-IP default leaves
 # room for a fleet reconnecting through one NAT, or a load test from one host. Lower it
@@ -556,6 +563,9 @@ impl Config {
             && !(32..=16_384).contains(&size)
         {
             problems.push(format!("tls.max_fragment_size {size} is outside 32..=16384"));
+        }
+        if self.mqtt.registration_timeout_secs == 0 {
+            problems.push("mqtt.registration_timeout_secs must be positive".into());
         }
         if self.database_max_connections < registry::PoolSize::MIN {
             problems.push(format!(

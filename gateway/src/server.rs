@@ -277,6 +277,7 @@ pub async fn start(config: Config) -> Result<Running> {
             max_inflight: config.mqtt.max_inflight,
             write_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(config.mqtt.connect_timeout_secs),
+            registration_timeout: Duration::from_secs(config.mqtt.registration_timeout_secs),
             command_ttl: Duration::from_secs(config.mqtt.command_ttl_secs),
             clone_policy: config.mqtt.clone_policy,
             backend_queue: config.mqtt.backend_queue,

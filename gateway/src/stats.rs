@@ -40,6 +40,7 @@ counters! {
     handshakes_timed_out: "TLS handshakes dropped for taking too long",
     chains_rejected: "device certificate chains rejected by the verifier",
     devices_registered: "devices created by just-in-time registration",
+    registrations_timed_out: "first connections refused because their registration took longer than mqtt.registration_timeout_secs",
     sessions_opened: "MQTT sessions accepted (CONNACK 0)",
     sessions_refused: "MQTT CONNECTs refused (CONNACK non-zero)",
     sessions_taken_over: "MQTT sessions replaced by a newer connection of the same id",

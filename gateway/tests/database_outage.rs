@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::process::PrivatePostgres;
+use common::process::{Database, PrivatePostgres};
 use fleetward_test_support::{TestCa, TestDevice};
 use sim_devices::client::TlsProfile;
 use std::sync::Arc;
@@ -244,4 +244,53 @@ async fn postgresql_down_for_30_s_under_load() {
     drop(clients);
     strict.running.shutdown().await;
     server.running.shutdown().await;
+}
+
+/// A database that answers but is slow to take a registration (here: a table lock held by
+/// another session) gets new devices refused with CONNACK 3 after
+/// `mqtt.registration_timeout_secs`, before their own CONNACK timeout; the registration still
+/// lands once the lock is gone, and the device's retry then connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registration_stuck_behind_a_lock_is_refused_in_time() {
+    let db = Database::create("fw_registration_timeout").await;
+    let ca = TestCa::stsafe_root("STM STSAFE-A SLOW DATABASE CA");
+    let server = common::start_with(&[&ca], |c| {
+        c.database_url = Some(db.url.clone());
+        c.mqtt.registration_timeout_secs = 2;
+    })
+    .await;
+    let known = ca.issue_stsafe_device("slow", &[0x01]);
+    assert_eq!(connack(&server, &known).await, 0);
+
+    let mut lock = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    for sql in ["BEGIN", "LOCK TABLE devices IN ACCESS EXCLUSIVE MODE"] {
+        sqlx::query(sql).execute(&mut lock).await.unwrap();
+    }
+    let fresh = ca.issue_stsafe_device("slow", &[0x02]);
+    let started = Instant::now();
+    assert_eq!(connack(&server, &fresh).await, 3, "server unavailable: retry later");
+    let took = started.elapsed();
+    assert!(
+        (Duration::from_secs(2)..Duration::from_secs(6)).contains(&took),
+        "refused after {took:?}"
+    );
+    assert_eq!(
+        server.running.stats.registrations_timed_out.load(Ordering::Relaxed),
+        1
+    );
+    // A device this node knows does not wait on the lock.
+    let started = Instant::now();
+    assert_eq!(connack(&server, &known).await, 0);
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+
+    sqlx::query("ROLLBACK").execute(&mut lock).await.unwrap();
+    let id = common::id_of(&fresh);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while server.running.registry.device(&id).await.is_err() {
+        assert!(Instant::now() < deadline, "the timed-out registration never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(connack(&server, &fresh).await, 0, "the retry connects");
+    drop(server);
+    db.drop_now().await;
 }

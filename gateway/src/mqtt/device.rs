@@ -133,6 +133,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
             // A registration caught waiting on the pool when the database goes away is refused
             // as soon as the probe says so (the device retries), not at the pool's timeout.
             let outage = ctx.registry.clone();
+            let limit = ctx.settings.registration_timeout;
             tokio::select! {
                 done = Box::pin(tracing::Instrument::instrument(
                     ctx.storage.run(work),
@@ -143,6 +144,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
                     Err(stopped) => Err(stopped.to_string()),
                 },
                 _ = Box::pin(async move { outage.until_unreachable().await }) => Err("database unreachable".to_owned()),
+                // The registration goes on without us (it runs on the storage thread); the
+                // device, told to retry, finds it done.
+                () = tokio::time::sleep(limit) => {
+                    inc(&ctx.stats.registrations_timed_out);
+                    Err(format!("registration took longer than {limit:?}"))
+                }
             }
         }
     };

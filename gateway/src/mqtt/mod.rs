@@ -44,6 +44,8 @@ pub struct SessionSettings {
     pub write_timeout: Duration,
     /// CONNECT must arrive within this after the handshake.
     pub connect_timeout: Duration,
+    /// A first connection whose registration takes longer is refused (CONNACK 3, retryable).
+    pub registration_timeout: Duration,
     /// How long a command waits for an offline device.
     pub command_ttl: Duration,
     pub clone_policy: ClonePolicy,
@@ -61,6 +63,7 @@ impl Default for SessionSettings {
             max_inflight: 64,
             write_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(10),
+            registration_timeout: Duration::from_secs(5),
             command_ttl: Duration::from_secs(24 * 3600),
             clone_policy: ClonePolicy::Allow,
             backend_queue: 4096,
