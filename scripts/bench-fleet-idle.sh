@@ -22,7 +22,7 @@ RATE=${RATE:-100}   # new connections per second offered by each client process
 POOL=${POOL:-8}
 ADMIN=${FLEETWARD_BENCH_POSTGRES:-postgres://postgres@127.0.0.1:5432/postgres}
 bin=target/$PROFILE
-per=$(( TOTAL / NODES ))
+per=$(( (TOTAL + NODES - 1) / NODES ))   # the last client takes what is left
 [ "$per" -le 19000 ] || { echo "TOTAL/NODES = $per is over the ~19,000 one process can hold here"; exit 2; }
 NATS_SERVER=${NATS_SERVER:-$(command -v nats-server || echo /usr/sbin/nats-server)}
 [ -x "$NATS_SERVER" ] || { echo "nats-server is not installed: apt-get install nats-server"; exit 2; }
@@ -45,8 +45,9 @@ metric() { curl -s -m 5 "http://$1/metrics" | awk -v m="$2" '$1 == m {v = $2} EN
 rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 
 echo "making $NODES × $per device identities (one provisioning CA per client process)…" >&2
+devices_of() { local n=$1; [ "$n" -lt "$NODES" ] && echo "$per" || echo $(( TOTAL - per * (NODES - 1) )); }
 for n in $(seq 1 "$NODES"); do
-  "$bin/sim-devices" pki init --out "$work/pki$n" --devices "$per" --ca-name "fleet bench CA $n" >/dev/null 2>&1 &
+  "$bin/sim-devices" pki init --out "$work/pki$n" --devices "$(devices_of "$n")" --ca-name "fleet bench CA $n" >/dev/null 2>&1 &
 done
 wait
 cas=$(for n in $(seq 1 "$NODES"); do printf '%s,' "$work/pki$n/ca.pem"; done); cas=${cas%,}
@@ -89,7 +90,7 @@ sims=()
 for n in $(seq 1 "$NODES"); do
   # Each client connects from two addresses of its own (127.0.n.2 and 127.0.n.3).
   "$bin/sim-devices" run --pki "$work/pki$n" --server-ca "$work/fw1/tls/server-ca.pem" --server-name localhost \
-    --gateway "${node_mqtt[n]}" --gateway-pid "${node_pid[n]}" --mode idle --devices "$per" \
+    --gateway "${node_mqtt[n]}" --gateway-pid "${node_pid[n]}" --mode idle --devices "$(devices_of "$n")" \
     --connect-rate "$RATE" --bind "127.0.$n.2,127.0.$n.3" --keep-alive 600 --duration "$DURATION" \
     --json >"$work/sim$n.json" 2>"$work/sim$n.err" &
   sims+=("$!"); pids+=("$!")
@@ -115,15 +116,18 @@ for n in $(seq 1 "$NODES"); do
     'BEGIN { printf "gw-%-3s %10s %12.1f %14.1f %12.1f\n", n, o, r / 1024, g / 1024, g / (o > 0 ? o : 1) }'
 done
 registered=$(psql -qtA "$base/$db" -c "SELECT count(*) FROM devices")
+pg_conns=$(psql -qtA "$base/$db" -c "SELECT count(*) FROM pg_stat_activity WHERE datname = '$db'")
 awk -v o="$total_online" -v g="$total_growth" \
   'BEGIN { printf "%-6s %10s %12s %14.1f %12.1f\n", "all", o, "", g / 1024, g / (o > 0 ? o : 1) }'
-echo "devices registered in PostgreSQL: $registered"
+echo "devices registered in PostgreSQL: $registered; connections to the database now: $pg_conns (this query's included)"
+deadlocks=$(psql -qtA "$base/$db" -c "SELECT deadlocks FROM pg_stat_database WHERE datname = '$db'")
+echo "PostgreSQL deadlocks in the run: $deadlocks"
 for s in "${sims[@]}"; do wait "$s" || true; done
 echo "clients:"
 for n in $(seq 1 "$NODES"); do
   f=$work/sim$n.json
   printf '  sim %s: connected at end %s of %s, all connected after %s s, connect p50 %.1f ms p99 %.1f ms, errors %s\n' "$n" \
-    "$(field 'r["connected_at_end"]' <"$f")" "$per" "$(field 'r["all_connected_after_s"]' <"$f")" \
+    "$(field 'r["connected_at_end"]' <"$f")" "$(devices_of "$n")" "$(field 'r["all_connected_after_s"]' <"$f")" \
     "$(field 'r["connect_ms"]["p50"]' <"$f")" "$(field 'r["connect_ms"]["p99"]' <"$f")" \
     "$(field 'sum(r["errors"].values()) if isinstance(r["errors"], dict) else r["errors"]' <"$f")"
 done

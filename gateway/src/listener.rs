@@ -236,7 +236,7 @@ async fn open_session(
                     let intermediates: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
                     let now = Timestamp::from_unix(crate::clock::now_ms() / 1000);
                     match verifier.verify(leaf, &intermediates, now) {
-                        Ok(d) => Some(Arc::new(d)),
+                        Ok(d) => Some(d),
                         Err(refusal) => {
                             verifier.report(&refusal, Some(peer));
                             return None;

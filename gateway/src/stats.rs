@@ -38,6 +38,7 @@ counters! {
     handshakes_completed: "TLS handshakes completed",
     handshakes_failed: "TLS handshakes that failed (bad chain, protocol error)",
     handshakes_timed_out: "TLS handshakes dropped for taking too long",
+    chain_verdicts_reused: "client chains accepted on an earlier verdict (same chain bytes, same trust snapshot, inside the validity)",
     chains_rejected: "device certificate chains rejected by the verifier",
     devices_registered: "devices created by just-in-time registration",
     registrations_timed_out: "first connections refused because their registration took longer than mqtt.registration_timeout_secs",

@@ -142,8 +142,12 @@ async fn a_ca_registered_at_run_time_is_trusted_by_the_next_handshake_and_a_revo
     }
     assert!(admitted, "CA registered at run time was not trusted within 6 s");
 
-    // Revoked in-process: the very next handshake fails, and the device is revoked too.
+    // Revoked in-process: the very next handshake fails, and the device is revoked too (even
+    // though, reconnecting, it now passes on a cached verdict).
+    let (c, _) = server.connect(&device, &id, TlsProfile::Tls13).await.unwrap();
+    c.disconnect().await.unwrap();
     let (mut online, _) = server.connect(&device, &id, TlsProfile::Tls13).await.unwrap();
+    assert!(server.running.stats.snapshot().chain_verdicts_reused >= 1);
     registry
         .revoke_ca(&record.id, "test", "key compromise", 2)
         .await
@@ -600,8 +604,16 @@ async fn a_device_revoked_by_another_process_is_disconnected_and_refused() {
     let server = start(&[&ca]).await;
     let device = ca.issue_stsafe_device("eval3", &[0x5A]);
     let id = id_of(&device);
+    // Reconnects: from the second handshake on the chain's verdict is reused; revocation must
+    // still count from the next handshake.
+    for _ in 0..2 {
+        let (c, code) = server.connect(&device, &id, TlsProfile::Stm32Tls12).await.unwrap();
+        assert_eq!(code, 0);
+        c.disconnect().await.unwrap();
+    }
     let (mut online, code) = server.connect(&device, &id, TlsProfile::Stm32Tls12).await.unwrap();
     assert_eq!(code, 0);
+    assert!(server.running.stats.snapshot().chain_verdicts_reused >= 1);
     // The registry changes behind the server's back (another node, the CLI): no notification.
     server
         .running

@@ -195,6 +195,13 @@ impl TrustStore {
         &self.distrusted
     }
 
+    /// Until when a verdict reached against this store stays right for an unchanged chain,
+    /// apart from the chain's own validity: the earliest `nextUpdate` of its CRLs (a CRL past
+    /// it fails every chain it covers). `None`: no CRL, no limit.
+    pub fn verdicts_valid_until(&self) -> Option<Timestamp> {
+        self.crls.iter().map(|c| c.info().next_update).min()
+    }
+
     pub(crate) fn crls(&self) -> &[Crl] {
         &self.crls
     }
