@@ -672,6 +672,9 @@ mod tests {
         c.database_max_connections = 1;
         let problems = c.validate().unwrap_err();
         assert_eq!(problems.len(), 3, "{problems:?}");
-        assert!(problems.iter().any(|p| p.contains("database_max_connections")), "{problems:?}");
+        assert!(
+            problems.iter().any(|p| p.contains("database_max_connections")),
+            "{problems:?}"
+        );
     }
 }

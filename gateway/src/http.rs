@@ -165,9 +165,17 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     );
     let (open, idle, max) = state.registry.pool_stats();
     for (name, help, v) in [
-        ("fleetward_db_pool_connections", "database connections this node has open (its probe's not counted)", open),
+        (
+            "fleetward_db_pool_connections",
+            "database connections this node has open (its probe's not counted)",
+            open,
+        ),
         ("fleetward_db_pool_idle", "open database connections not in use", idle),
-        ("fleetward_db_pool_max_connections", "the most database connections this node opens (database_max_connections)", max),
+        (
+            "fleetward_db_pool_max_connections",
+            "the most database connections this node opens (database_max_connections)",
+            max,
+        ),
     ] {
         let _ = writeln!(out, "# HELP {name} {help}");
         let _ = writeln!(out, "# TYPE {name} gauge");

@@ -262,7 +262,9 @@ async fn a_registration_stuck_behind_a_lock_is_refused_in_time() {
     let known = ca.issue_stsafe_device("slow", &[0x01]);
     assert_eq!(connack(&server, &known).await, 0);
 
-    let mut lock = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url).await.unwrap();
+    let mut lock = <sqlx::AnyConnection as sqlx::Connection>::connect(&db.url)
+        .await
+        .unwrap();
     for sql in ["BEGIN", "LOCK TABLE devices IN ACCESS EXCLUSIVE MODE"] {
         sqlx::query(sql).execute(&mut lock).await.unwrap();
     }
@@ -274,10 +276,7 @@ async fn a_registration_stuck_behind_a_lock_is_refused_in_time() {
         (Duration::from_secs(2)..Duration::from_secs(6)).contains(&took),
         "refused after {took:?}"
     );
-    assert_eq!(
-        server.running.stats.registrations_timed_out.load(Ordering::Relaxed),
-        1
-    );
+    assert_eq!(server.running.stats.registrations_timed_out.load(Ordering::Relaxed), 1);
     // A device this node knows does not wait on the lock.
     let started = Instant::now();
     assert_eq!(connack(&server, &known).await, 0);

@@ -88,10 +88,7 @@ impl VerdictCache {
                 .chain(std::iter::once(&device.ca))
         };
         let from = certs().map(|c| c.not_before).max();
-        let until = certs()
-            .map(|c| c.not_after)
-            .chain(store.verdicts_valid_until())
-            .min();
+        let until = certs().map(|c| c.not_after).chain(store.verdicts_valid_until()).min();
         let (Some(from), Some(until)) = (from, until) else {
             return;
         };
@@ -142,15 +139,12 @@ impl DeviceCertVerifier {
     }
 
     /// Verifies a chain against the current snapshot (also used after resumed handshakes).
-    pub fn verify(
-        &self,
-        leaf: &[u8],
-        intermediates: &[&[u8]],
-        now: Timestamp,
-    ) -> Result<Arc<VerifiedDevice>, Refusal> {
+    pub fn verify(&self, leaf: &[u8], intermediates: &[&[u8]], now: Timestamp) -> Result<Arc<VerifiedDevice>, Refusal> {
         let snapshot = self.trust.snapshot();
         let key = chain_key(leaf, intermediates);
-        let cached = crate::locks::lock(&self.cache).for_store(&snapshot.store).get(&key, now);
+        let cached = crate::locks::lock(&self.cache)
+            .for_store(&snapshot.store)
+            .get(&key, now);
         let device = match cached {
             Some(device) => {
                 inc(&self.stats.chain_verdicts_reused);
@@ -322,21 +316,35 @@ mod tests {
     #[test]
     fn a_verdict_is_reused_only_for_the_same_chain_store_and_validity() {
         let ca = TestCa::stsafe_root("VERDICT CACHE TEST CA");
-        let (a, b) = (ca.issue_stsafe_device("eval3", &[1]), ca.issue_stsafe_device("eval3", &[2]));
+        let (a, b) = (
+            ca.issue_stsafe_device("eval3", &[1]),
+            ca.issue_stsafe_device("eval3", &[2]),
+        );
         let now = at("2030-01-01T00:00:00Z");
         let first = store(&ca, None);
-        let verdict = |s: &TrustStore, der: &[u8]| Arc::new(s.verify_device(der, &[], now).unwrap_or_else(|e| panic!("{e}")));
+        let verdict =
+            |s: &TrustStore, der: &[u8]| Arc::new(s.verify_device(der, &[], now).unwrap_or_else(|e| panic!("{e}")));
         let (key_a, key_b) = (chain_key(&a.der, &[]), chain_key(&b.der, &[]));
-        assert_ne!(key_a, chain_key(&a.der, &[&ca.der[..]]), "the intermediates are part of the key");
+        assert_ne!(
+            key_a,
+            chain_key(&a.der, &[&ca.der[..]]),
+            "the intermediates are part of the key"
+        );
 
         let mut cache = VerdictCache::default();
         let device = verdict(&first, &a.der);
         cache.for_store(&first).remember(key_a, &device, &first);
         assert!(cache.get(&key_a, now).is_none(), "a first sighting keeps only the key");
         cache.for_store(&first).remember(key_a, &device, &first);
-        let reused = cache.for_store(&first).get(&key_a, now).expect("reused from the second sighting");
+        let reused = cache
+            .for_store(&first)
+            .get(&key_a, now)
+            .expect("reused from the second sighting");
         assert_eq!(reused.device_id, device.device_id);
-        assert!(cache.get(&key_b, now).is_none(), "another chain is not confused with it");
+        assert!(
+            cache.get(&key_b, now).is_none(),
+            "another chain is not confused with it"
+        );
 
         // Outside the chain's validity (the device certificate ends in 2050; issued from 2024).
         assert!(cache.get(&key_a, at("2051-01-01T00:00:00Z")).is_none());
@@ -354,6 +362,9 @@ mod tests {
             cache.for_store(&with_crl).remember(key_a, &device, &with_crl);
         }
         assert!(cache.get(&key_a, now).is_some());
-        assert!(cache.get(&key_a, at("2030-02-01T00:00:00Z")).is_none(), "past the CRL's nextUpdate");
+        assert!(
+            cache.get(&key_a, at("2030-02-01T00:00:00Z")).is_none(),
+            "past the CRL's nextUpdate"
+        );
     }
 }
