@@ -6,6 +6,9 @@
 #
 #   PROFILE=loadtest bash scripts/bench-fleet-idle.sh     # NODES=6 TOTAL=100000 DURATION=300s RATE=100
 #
+# It exits 1 unless every device was online near the end, registered once, with no client error
+# and no PostgreSQL deadlock (.ci/run runs a small fleet: NODES=3 TOTAL=3000).
+#
 # Each process here may hold 20,000 open files, so each node (and each sim-devices process,
 # one per node) holds TOTAL/NODES ≤ ~19,000 devices. Every node pools POOL PostgreSQL
 # connections (database_max_connections, default 8 here: 6 × (8 + 1) stays under PostgreSQL's
@@ -124,10 +127,24 @@ deadlocks=$(psql -qtA "$base/$db" -c "SELECT deadlocks FROM pg_stat_database WHE
 echo "PostgreSQL deadlocks in the run: $deadlocks"
 for s in "${sims[@]}"; do wait "$s" || true; done
 echo "clients:"
+errors=0
 for n in $(seq 1 "$NODES"); do
+  errors=$(( errors + $(field 'sum(r["errors"].values())' <"$work/sim$n.json") ))
   f=$work/sim$n.json
   printf '  sim %s: connected at end %s of %s, all connected after %s s, connect p50 %.1f ms p99 %.1f ms, errors %s\n' "$n" \
     "$(field 'r["connected_at_end"]' <"$f")" "$(devices_of "$n")" "$(field 'r["all_connected_after_s"]' <"$f")" \
     "$(field 'r["connect_ms"]["p50"]' <"$f")" "$(field 'r["connect_ms"]["p99"]' <"$f")" \
     "$(field 'sum(r["errors"].values()) if isinstance(r["errors"], dict) else r["errors"]' <"$f")"
 done
+# The run fails if the fleet was not held whole: .ci/run runs a small one as a check.
+problems=()
+[ "$total_online" -eq "$TOTAL" ] || problems+=("$total_online of $TOTAL devices online")
+[ "$registered" -eq "$TOTAL" ] || problems+=("$registered of $TOTAL devices registered")
+[ "$deadlocks" -eq 0 ] || problems+=("$deadlocks PostgreSQL deadlocks")
+[ "$errors" -eq 0 ] || problems+=("$errors client errors")
+if [ ${#problems[@]} -gt 0 ]; then
+  printf 'FAILED: %s\n' "${problems[@]}"
+  for n in $(seq 1 "$NODES"); do echo "--- gw-$n (last lines)"; grep -v 'registered just in time' "$work/fw$n.log" | tail -5; done
+  exit 1
+fi
+echo "ok: $TOTAL devices held across $NODES gateways"
