@@ -28,9 +28,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-field() { python3 -c "import json,sys; r=json.load(sys.stdin); print($1)"; }
-metric() { curl -s "http://$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 
 "$bin/sim-devices" pki init --out "$work/pki" --devices "$DEVICES" >/dev/null 2>&1
 nats_port=$(free_port)
@@ -45,7 +44,7 @@ run() { # $1: label, rest: extra serve flags
     --mqtt-listen "127.0.0.1:$(free_port)" --http-listen "127.0.0.1:$(free_port)" \
     --lorawan-udp-listen "127.0.0.1:$(free_port)" "$@" >"$dir.log" 2>&1 &
   local pid=$!; pids+=("$pid")
-  for _ in $(seq 1 300); do grep -q 'stop with Ctrl-C' "$dir.log" 2>/dev/null && break; sleep 0.1; done
+  wait_serve "$dir.log"
   local addr http
   addr=$(awk '$1 == "MQTT/TLS" {print $2}' "$dir.log")
   http=$(awk '$1 == "HTTP" {sub("http://", "", $2); print $2}' "$dir.log")

@@ -42,9 +42,8 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"r": r}))' "$1"; }
-metric() { curl -s -m 5 "http://$1/metrics" | awk -v m="$2" '$1 == m {v = $2} END {print v + 0}'; }
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 rss_kib() { awk '$1 == "VmRSS:" {print $2}' "/proc/$1/status"; }
 
 echo "making $NODES × $per device identities (one provisioning CA per client process)…" >&2
@@ -75,7 +74,7 @@ start_node() { # $1: node number; the first makes the server certificate, the re
 }
 wait_node() {
   local n=$1 dir=$work/fw$1
-  for _ in $(seq 1 600); do grep -q 'stop with Ctrl-C' "$dir.log" 2>/dev/null && break; sleep 0.1; done
+  wait_serve "$dir.log" 600
   node_mqtt[n]=$(awk '$1 == "MQTT/TLS" {print $2}' "$dir.log")
   node_http[n]=$(awk '$1 == "HTTP" {sub("http://", "", $2); print $2}' "$dir.log")
   [ -n "${node_mqtt[n]}" ] || { echo "node $n did not start:"; cat "$dir.log"; exit 1; }

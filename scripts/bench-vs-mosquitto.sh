@@ -39,7 +39,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=scripts/bench-common.sh
+. scripts/bench-common.sh
 
 needed=$(( CONCURRENCY > DEVICES + 1 ? CONCURRENCY : DEVICES + 1 ))
 [ "$what" = idle ] || [ "$what" = all ] && needed=$(( needed > IDLE ? needed : IDLE ))
@@ -51,7 +52,7 @@ echo "making $needed device identities…" >&2
   --mqtt-listen "127.0.0.1:$(free_port)" --http-listen "127.0.0.1:$(free_port)" \
   --lorawan-udp-listen "127.0.0.1:$(free_port)" >"$work/fw.log" 2>&1 &
 fw_pid=$!; pids+=("$fw_pid")
-for _ in $(seq 1 300); do grep -qs "stop with Ctrl-C" "$work/fw.log" && break; sleep 0.1; done
+wait_serve "$work/fw.log"
 fw_addr=$(awk '$1 == "MQTT/TLS" {print $2}' "$work/fw.log")
 [ -n "$fw_addr" ] || { cat "$work/fw.log"; exit 1; }
 fw_token=$("$bin/fleetward" token create --role operator --description bench --data-dir "$work/fw")
@@ -95,7 +96,6 @@ ca=$work/fw/tls/server-ca.pem
 binds=127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5
 hs_binds=$(seq -s, -f '127.0.0.%g' 2 17)
 sim() { "$bin/sim-devices" run --pki "$work/pki" --server-ca "$ca" --server-name localhost --json "$@"; }
-field() { python3 -c 'import json,sys; r=json.load(sys.stdin); print(eval(sys.argv[1], {}, {"r": r}))' "$1"; }
 
 handshakes() {
   echo
@@ -185,7 +185,7 @@ jitr() {
     --trust-ca "$work/jitr-pg/ca.pem" --mqtt-listen "127.0.0.1:$(free_port)" --http-listen "127.0.0.1:$(free_port)" \
     --lorawan-udp-listen "127.0.0.1:$(free_port)" >"$work/fwpg.log" 2>&1 &
   local pg_pid=$!; pids+=("$pg_pid")
-  for _ in $(seq 1 300); do grep -qs 'stop with Ctrl-C' "$work/fwpg.log" && break; sleep 0.1; done
+  wait_serve "$work/fwpg.log"
   local pg_addr; pg_addr=$(awk '$1 == "MQTT/TLS" {print $2}' "$work/fwpg.log")
   # The SQLite server learns the two other provisioning CAs through the API.
   local admin; admin=$("$bin/fleetward" token create --role admin --data-dir "$work/fw")
