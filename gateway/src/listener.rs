@@ -230,10 +230,10 @@ async fn open_session(
     let device = match &chain {
         Some(chain) if !chain.is_empty() => {
             let leaf = &chain[0];
-            match verifier.take_verdict(leaf) {
+            let intermediates: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
+            match verifier.take_verdict(leaf, &intermediates) {
                 Some(d) => Some(d),
                 None => {
-                    let intermediates: Vec<&[u8]> = chain[1..].iter().map(Vec::as_slice).collect();
                     let now = Timestamp::from_unix(crate::clock::now_ms() / 1000);
                     match verifier.verify(leaf, &intermediates, now) {
                         Ok(d) => Some(d),

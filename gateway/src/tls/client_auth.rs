@@ -3,8 +3,8 @@
 //! registered or revoked at run time count from the next handshake on. Devices revoked in the
 //! registry fail here too (TLS alert `certificate_revoked`).
 //!
-//! The verdict of a handshake is handed to the connection that made it (keyed by the leaf's
-//! SHA-256), so the device identity is not computed twice; a resumed session, which skips this
+//! The verdict of a handshake is handed to the connection that made it (keyed by the chain's
+//! [`chain_key`], as the verdict cache is), so the device identity is not computed twice; a resumed session, which skips this
 //! verifier, is verified afresh after its handshake (see `listener`).
 //!
 //! A device that reconnects with the same chain bytes, under the same trust snapshot and within
@@ -140,8 +140,18 @@ impl DeviceCertVerifier {
 
     /// Verifies a chain against the current snapshot (also used after resumed handshakes).
     pub fn verify(&self, leaf: &[u8], intermediates: &[&[u8]], now: Timestamp) -> Result<Arc<VerifiedDevice>, Refusal> {
+        self.verify_keyed(chain_key(leaf, intermediates), leaf, intermediates, now)
+    }
+
+    /// [`Self::verify`] with the chain's key already computed.
+    fn verify_keyed(
+        &self,
+        key: [u8; 32],
+        leaf: &[u8],
+        intermediates: &[&[u8]],
+        now: Timestamp,
+    ) -> Result<Arc<VerifiedDevice>, Refusal> {
         let snapshot = self.trust.snapshot();
-        let key = chain_key(leaf, intermediates);
         let cached = crate::locks::lock(&self.cache)
             .for_store(&snapshot.store)
             .get(&key, now);
@@ -171,10 +181,9 @@ impl DeviceCertVerifier {
         Ok(device)
     }
 
-    /// The verdict this process's handshake reached for `leaf`, if it just made one.
-    pub fn take_verdict(&self, leaf: &[u8]) -> Option<Arc<VerifiedDevice>> {
-        let key: [u8; 32] = Sha256::digest(leaf).into();
-        self.lock().remove(&key)
+    /// The verdict this process's handshake reached for this chain, if it just made one.
+    pub fn take_verdict(&self, leaf: &[u8], intermediates: &[&[u8]]) -> Option<Arc<VerifiedDevice>> {
+        self.lock().remove(&chain_key(leaf, intermediates))
     }
 
     /// Records a refusal: counter, event (with the typed check) and log line.
@@ -254,9 +263,9 @@ impl ClientCertVerifier for DeviceCertVerifier {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let now = Timestamp::from_unix(i64::try_from(now.as_secs()).unwrap_or(i64::MAX));
         let presented: Vec<&[u8]> = intermediates.iter().map(|c| c.as_ref()).collect();
-        match self.verify(end_entity.as_ref(), &presented, now) {
+        let key = chain_key(end_entity.as_ref(), &presented);
+        match self.verify_keyed(key, end_entity.as_ref(), &presented, now) {
             Ok(device) => {
-                let key: [u8; 32] = Sha256::digest(end_entity.as_ref()).into();
                 let mut verdicts = self.lock();
                 if verdicts.len() >= PENDING_VERDICTS {
                     verdicts.clear();
