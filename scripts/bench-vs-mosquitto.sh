@@ -206,13 +206,21 @@ jitr() {
       "$(field 'r["connect_ms"]["p50"]' <"$f")" "$(field 'r["connect_ms"]["p99"]' <"$f")"
   done
   echo "  what registration adds to a connect: 1,000 devices at 200 connects/s, first (JITR) then again (known)"
+  echo "  (client: TCP connect to CONNACK read, by sim-devices; server: TCP accept to CONNACK written, from"
+  echo "  fleetward_connect_duration_seconds, device=\"new\" in the first pass and \"known\" in the second)"
+  local series h=fleetward_connect_duration_seconds
+  scrape "$http" "$work/lat-before.txt"
   for pass in first again; do
     "$bin/sim-devices" run --pki "$work/jitr-lat" --server-ca "$work/fw/tls/server-ca.pem" --server-name localhost --json \
       --gateway "$fw_addr" --mode idle --connect-rate 200 --bind "$binds" --duration 8s >"$work/lat-$pass.json" || true
+    scrape "$http" "$work/lat-$pass.txt"
     f=$work/lat-$pass.json
-    printf '  %-8s connect p50 %.2f ms  p90 %.2f ms  p99 %.2f ms  (n = %s)\n' $pass \
+    if [ $pass = first ]; then series='device="new"' from=before; else series='device="known"' from=first; fi
+    printf '  %-6s client p50 %.2f  p90 %.2f  p99 %.2f ms (n = %s) | server p50 %s  p99 %s ms\n' $pass \
       "$(field 'r["connect_ms"]["p50"]' <"$f")" "$(field 'r["connect_ms"]["p90"]' <"$f")" \
-      "$(field 'r["connect_ms"]["p99"]' <"$f")" "$(field 'r["connect_ms"]["count"]' <"$f")"
+      "$(field 'r["connect_ms"]["p99"]' <"$f")" "$(field 'r["connect_ms"]["count"]' <"$f")" \
+      "$(hist_quantile 0.5 "$work/lat-$from.txt" "$work/lat-$pass.txt" $h "$series")" \
+      "$(hist_quantile 0.99 "$work/lat-$from.txt" "$work/lat-$pass.txt" $h "$series")"
   done
   kill "$pg_pid" 2>/dev/null; wait "$pg_pid" 2>/dev/null || true
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null || true

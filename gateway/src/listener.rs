@@ -188,6 +188,7 @@ async fn open_session(
     ctx: Arc<Ctx>,
     handshake_timeout: Duration,
 ) -> Option<SessionFuture> {
+    let accepted = monotonic();
     // The accept future owns the socket: on a timeout it is dropped (the connection closed) only
     // after the counter moved, so whoever sees the close also sees it counted. It lives in this
     // block only: kept for the session, the finished future cost ~2 KiB per idle device.
@@ -215,6 +216,9 @@ async fn open_session(
         }
     };
     inc(&ctx.stats.handshakes_completed);
+    ctx.stats
+        .handshake
+        .record(monotonic().saturating_duration_since(accepted));
     let (_, session) = tls.get_ref();
     let version = session.protocol_version().and_then(|v| v.as_str()).map(str::to_owned);
     let suite = session
@@ -282,6 +286,7 @@ async fn open_session(
                 version,
                 suite,
                 leaf_der,
+                accepted,
             };
             Box::pin(device::serve(ctx, conn, first, device, facts).map(|outcome| {
                 tracing::debug!(?outcome, "device session ended");

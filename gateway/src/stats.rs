@@ -11,6 +11,14 @@ macro_rules! counters {
             $(#[doc = $doc] pub $name: AtomicU64,)*
             /// Refusals by the check that failed (see [`Stats::rejected`]).
             rejections: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
+            /// TCP accept to CONNACK written, for devices registered just in time by this very
+            /// connection (`fleetward_connect_duration_seconds{device="new"}`).
+            pub connect_new: LatencyHistogram,
+            /// The same for devices already registered (`{device="known"}`).
+            pub connect_known: LatencyHistogram,
+            /// TCP accept to the end of the TLS handshake, devices and backends alike
+            /// (`fleetward_tls_handshake_duration_seconds`).
+            pub handshake: LatencyHistogram,
         }
 
         /// A point-in-time copy of [`Stats`].
@@ -121,6 +129,64 @@ impl Stats {
     }
 }
 
+/// Upper bounds of the latency histograms' buckets, in microseconds (exported in seconds as
+/// Prometheus `le` labels). Fine below 10 ms, where a connect's latency lives; coarse above,
+/// where only outages and timeouts land.
+pub const LATENCY_BOUNDS_US: [u64; 20] = [
+    250, 500, 750, 1_000, 1_500, 2_000, 3_000, 4_000, 5_000, 7_500, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000,
+    1_000_000, 2_500_000, 5_000_000, 10_000_000,
+];
+
+/// A latency histogram with fixed buckets, recorded from any task without a lock and exported
+/// in Prometheus' histogram form (`_bucket{le}`, `_sum`, `_count`).
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Observations per bucket, not cumulative; the last one is above every bound (`+Inf`).
+    buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
+    sum_us: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn record(&self, d: std::time::Duration) {
+        let us = u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+        let i = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
+        self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+    }
+
+    /// Cumulative counts per bound (the last is `+Inf`, the total), and the sum in microseconds.
+    pub fn snapshot(&self) -> ([u64; LATENCY_BOUNDS_US.len() + 1], u64) {
+        let mut cumulative = [0; LATENCY_BOUNDS_US.len() + 1];
+        let mut total = 0u64;
+        for (c, b) in cumulative.iter_mut().zip(&self.buckets) {
+            total = total.saturating_add(b.load(Ordering::Relaxed));
+            *c = total;
+        }
+        (cumulative, self.sum_us.load(Ordering::Relaxed))
+    }
+
+    /// Writes the series of one labelled histogram (`labels` like `device="new"`, or empty);
+    /// the caller writes `# HELP` and `# TYPE` once per metric name.
+    pub fn render(&self, out: &mut String, name: &str, labels: &str) {
+        use std::fmt::Write;
+        let (cumulative, sum_us) = self.snapshot();
+        let sep = if labels.is_empty() { "" } else { "," };
+        for (bound, n) in LATENCY_BOUNDS_US.iter().zip(&cumulative) {
+            let le = *bound as f64 / 1e6;
+            let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
+        }
+        let total = cumulative[LATENCY_BOUNDS_US.len()];
+        let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"+Inf\"}} {total}");
+        let braces = if labels.is_empty() {
+            String::new()
+        } else {
+            format!("{{{labels}}}")
+        };
+        let _ = writeln!(out, "{name}_sum{braces} {:.6}", sum_us as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count{braces} {total}");
+    }
+}
+
 /// Adds one.
 pub fn inc(counter: &AtomicU64) {
     counter.fetch_add(1, Ordering::Relaxed);
@@ -129,4 +195,48 @@ pub fn inc(counter: &AtomicU64) {
 /// Adds `n`.
 pub fn add(counter: &AtomicU64, n: u64) {
     counter.fetch_add(n, Ordering::Relaxed);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn latency_histogram_buckets_are_inclusive_upper_bounds_and_render_cumulatively() {
+        let h = LatencyHistogram::default();
+        h.record(Duration::from_micros(250)); // on a bound: that bucket (le is "less or equal")
+        h.record(Duration::from_micros(251));
+        h.record(Duration::from_micros(1_800));
+        h.record(Duration::from_secs(60)); // above every bound
+        let (cumulative, sum_us) = h.snapshot();
+        assert_eq!(&cumulative[..6], &[1, 2, 2, 2, 2, 3]);
+        assert_eq!(cumulative[LATENCY_BOUNDS_US.len() - 1], 3);
+        assert_eq!(cumulative[LATENCY_BOUNDS_US.len()], 4);
+        assert_eq!(sum_us, 250 + 251 + 1_800 + 60_000_000);
+
+        let mut out = String::new();
+        h.render(&mut out, "x_seconds", "device=\"new\"");
+        assert!(
+            out.contains("x_seconds_bucket{device=\"new\",le=\"0.00025\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_seconds_bucket{device=\"new\",le=\"0.002\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_bucket{device=\"new\",le=\"10\"} 3\n"), "{out}");
+        assert!(
+            out.contains("x_seconds_bucket{device=\"new\",le=\"+Inf\"} 4\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_seconds_sum{device=\"new\"} 60.002301\n"), "{out}");
+        assert!(out.contains("x_seconds_count{device=\"new\"} 4\n"), "{out}");
+        let mut bare = String::new();
+        LatencyHistogram::default().render(&mut bare, "y_seconds", "");
+        assert!(
+            bare.contains("y_seconds_bucket{le=\"+Inf\"} 0\n") && bare.contains("y_seconds_count 0\n"),
+            "{bare}"
+        );
+    }
 }

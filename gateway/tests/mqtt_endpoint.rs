@@ -71,6 +71,31 @@ async fn stm32_tls12_device_registers_in_its_first_connection_and_qos1_is_stored
     let record = server.running.registry.device(&id).await.unwrap();
     assert_eq!(record.connections, 2);
     assert_eq!(record.tls_version.as_deref(), Some("TLSv1_3"));
+    // Each connection's latency, accept to CONNACK, is in the histogram of its kind: the first
+    // (which registered the device) under device="new", the second under "known".
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{}/metrics", server.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        let line = metrics
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"));
+        line[series.len()..].trim().parse().unwrap()
+    };
+    let h = "fleetward_connect_duration_seconds";
+    for kind in ["new", "known"] {
+        assert_eq!(value(&format!("{h}_count{{device=\"{kind}\"}}")), 1.0, "{kind}");
+        assert_eq!(value(&format!("{h}_bucket{{device=\"{kind}\",le=\"+Inf\"}}")), 1.0);
+        let took = value(&format!("{h}_sum{{device=\"{kind}\"}}"));
+        assert!(took > 0.0 && took < 10.0, "{kind}: {took} s");
+    }
+    assert!(metrics.contains(&format!("# TYPE {h} histogram")));
+    assert_eq!(value("fleetward_tls_handshake_duration_seconds_count"), 2.0);
     // The QoS 0 message has no acknowledgement to wait for: it is stored by the next batch.
     let mut stored = 0;
     for _ in 0..100 {

@@ -28,6 +28,8 @@ pub struct TlsFacts {
     pub version: Option<String>,
     pub suite: Option<String>,
     pub leaf_der: Vec<u8>,
+    /// When the TCP connection was accepted (the connect latency's start).
+    pub accepted: std::time::Instant,
 }
 
 /// How a device session ended (for tests and the demo's summary).
@@ -58,6 +60,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let id = device.device_id.as_str().to_owned();
     tracing::Span::current().record("device", id.as_str());
     let peer = tls.peer;
+    let accepted = tls.accepted;
     let enc = conn.encoder();
 
     // Refusal helper: CONNACK with a code, event, counter.
@@ -168,6 +171,7 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     // certificate, the verdict or the trust snapshot.
     let cert_sha256 = device.certificate.sha256.clone();
     let status = registration.status;
+    let registered_now = registration.created;
     if registration.created {
         inc(&ctx.stats.devices_registered);
         tracing::info!(device = %id, status = status.as_str(), "device registered just in time");
@@ -335,6 +339,12 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
     let keep_alive =
         (connect.keep_alive_secs > 0).then(|| Duration::from_millis(u64::from(connect.keep_alive_secs) * 1500));
     let mut deadline = tokio::time::Instant::now() + keep_alive.unwrap_or(Duration::from_secs(3600));
+    // The connect latency ends when the CONNACK is written (the first flush below).
+    let mut connect_latency = Some(if registered_now {
+        &ctx.stats.connect_new
+    } else {
+        &ctx.stats.connect_known
+    });
 
     let end: Result<&'static str, ConnError> = 'session: loop {
         // Handle every packet already buffered (unless too many messages await the store).
@@ -352,6 +362,9 @@ pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
         }
         if let Err(e) = conn.flush().await {
             break 'session Err(e);
+        }
+        if let Some(histogram) = connect_latency.take() {
+            histogram.record(monotonic().saturating_duration_since(accepted));
         }
         tokio::select! {
             read = conn.fill(), if session.inflight_in < ctx.settings.max_inflight => match read {
