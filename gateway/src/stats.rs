@@ -144,6 +144,10 @@ pub struct LatencyHistogram {
     /// Observations per bucket, not cumulative; the last one is above every bound (`+Inf`).
     buckets: [AtomicU64; LATENCY_BOUNDS_US.len() + 1],
     sum_us: AtomicU64,
+    /// The same observations for OpenTelemetry, once its exporter is set up (see
+    /// [`LatencyHistogram::export_to`]): an OTLP histogram cannot be observed from a callback
+    /// as the counters are.
+    otel: std::sync::OnceLock<(opentelemetry::metrics::Histogram<f64>, Vec<opentelemetry::KeyValue>)>,
 }
 
 impl LatencyHistogram {
@@ -152,6 +156,23 @@ impl LatencyHistogram {
         let i = LATENCY_BOUNDS_US.partition_point(|&bound| bound < us);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_us.fetch_add(us, Ordering::Relaxed);
+        if let Some((histogram, attributes)) = self.otel.get() {
+            histogram.record(d.as_secs_f64(), attributes);
+        }
+    }
+
+    /// Also records into `histogram`, with `attributes`, from now on (the first call wins).
+    pub fn export_to(
+        &self,
+        histogram: opentelemetry::metrics::Histogram<f64>,
+        attributes: Vec<opentelemetry::KeyValue>,
+    ) {
+        let _ = self.otel.set((histogram, attributes));
+    }
+
+    /// The buckets' upper bounds in seconds (for an OpenTelemetry histogram's boundaries).
+    pub fn bounds_secs() -> Vec<f64> {
+        LATENCY_BOUNDS_US.iter().map(|&us| us as f64 / 1e6).collect()
     }
 
     /// Cumulative counts per bound (the last is `+Inf`, the total), and the sum in microseconds.
@@ -171,8 +192,7 @@ impl LatencyHistogram {
         use std::fmt::Write;
         let (cumulative, sum_us) = self.snapshot();
         let sep = if labels.is_empty() { "" } else { "," };
-        for (bound, n) in LATENCY_BOUNDS_US.iter().zip(&cumulative) {
-            let le = *bound as f64 / 1e6;
+        for (le, n) in Self::bounds_secs().iter().zip(&cumulative) {
             let _ = writeln!(out, "{name}_bucket{{{labels}{sep}le=\"{le}\"}} {n}");
         }
         let total = cumulative[LATENCY_BOUNDS_US.len()];

@@ -3,7 +3,8 @@
 //! what arrives with the OpenTelemetry protobuf definitions (`opentelemetry-proto`), so the test
 //! checks the wire format a real collector reads: spans for the connection (with the device
 //! id), the handshake, the registration and an API request; counters such as
-//! `fleetward.handshakes_completed`. Logs in JSON lines are checked on the way.
+//! `fleetward.handshakes_completed`; the connect and handshake latency histograms. Logs in JSON
+//! lines are checked on the way.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::disallowed_methods)]
 
 mod common;
@@ -87,6 +88,37 @@ fn spans(c: &Collected) -> Vec<(String, Vec<(String, String)>)> {
         }
     }
     out
+}
+
+/// The latest data point of histogram `name` whose attributes include `attr` (if given): its
+/// count and bucket boundaries. Cumulative temporality: the latest export holds the total.
+fn histogram_point(c: &Collected, name: &str, attr: Option<(&str, &str)>) -> Option<(u64, Vec<f64>)> {
+    use opentelemetry_proto::tonic::metrics::v1::metric::Data;
+    let mut found = None;
+    for req in c.metrics.lock().unwrap().iter() {
+        for rm in &req.resource_metrics {
+            for sm in &rm.scope_metrics {
+                for m in sm.metrics.iter().filter(|m| m.name == name) {
+                    let Some(Data::Histogram(h)) = &m.data else {
+                        panic!("{name} is not a histogram: {:?}", m.data)
+                    };
+                    for p in &h.data_points {
+                        let matches = attr.is_none_or(|(k, v)| {
+                            p.attributes.iter().any(|kv| {
+                                kv.key == k
+                                    && matches!(kv.value.as_ref().and_then(|v| v.value.as_ref()),
+                                                Some(Value::StringValue(s)) if s == v)
+                            })
+                        });
+                        if matches {
+                            found = Some((p.count, p.explicit_bounds.clone()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    found
 }
 
 fn metric_names(c: &Collected) -> Vec<String> {
@@ -181,7 +213,8 @@ async fn traces_and_metrics_reach_an_otlp_collector_and_logs_are_json() {
             && has("http.request", Some(("http.route", "/api/v1/devices/{id}")))
             && metric_names(&collected)
                 .iter()
-                .any(|m| m == "fleetward.handshakes_completed");
+                .any(|m| m == "fleetward.handshakes_completed")
+            && histogram_point(&collected, "fleetward.connect_duration", Some(("device", "new"))).is_some();
         if done {
             break;
         }
@@ -214,6 +247,14 @@ async fn traces_and_metrics_reach_an_otlp_collector_and_logs_are_json() {
     ] {
         assert!(names.iter().any(|n| n == m), "{m} not exported: {names:?}");
     }
+    // The device's one connection, which registered it, in the connect latency histogram, with
+    // the buckets /metrics uses; its handshake in the handshake histogram.
+    let (count, bounds) = histogram_point(&collected, "fleetward.connect_duration", Some(("device", "new"))).unwrap();
+    assert_eq!(count, 1);
+    assert_eq!(bounds.len(), 20);
+    assert_eq!((bounds[0], bounds[19]), (0.00025, 10.0));
+    let (handshakes, _) = histogram_point(&collected, "fleetward.tls_handshake_duration", None).unwrap();
+    assert!(handshakes >= 1, "{handshakes}");
     // The resource names the service.
     let service = collected.traces.lock().unwrap()[0].resource_spans[0]
         .resource
