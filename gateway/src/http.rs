@@ -3,7 +3,7 @@
 
 use crate::eventlog::EventSink;
 use crate::mqtt::hub::Hub;
-use crate::stats::Stats;
+use crate::stats::{CONNECT_DURATION_HELP, HANDSHAKE_DURATION_HELP, Stats};
 use crate::trust::TrustState;
 use axum::Router;
 use axum::extract::State;
@@ -130,23 +130,15 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         let _ = writeln!(out, "# TYPE fleetward_{name}_total counter");
         let _ = writeln!(out, "fleetward_{name}_total {value}");
     }
-    let _ = writeln!(
-        out,
-        "# HELP fleetward_connect_duration_seconds device connections accepted, from TCP accept to CONNACK written: device=\"new\" when this connection registered the device just in time"
-    );
-    let _ = writeln!(out, "# TYPE fleetward_connect_duration_seconds histogram");
     let connect = "fleetward_connect_duration_seconds";
+    let _ = writeln!(out, "# HELP {connect} {CONNECT_DURATION_HELP}");
+    let _ = writeln!(out, "# TYPE {connect} histogram");
     state.stats.connect_new.render(&mut out, connect, "device=\"new\"");
     state.stats.connect_known.render(&mut out, connect, "device=\"known\"");
-    let _ = writeln!(
-        out,
-        "# HELP fleetward_tls_handshake_duration_seconds completed TLS handshakes, from TCP accept"
-    );
-    let _ = writeln!(out, "# TYPE fleetward_tls_handshake_duration_seconds histogram");
-    state
-        .stats
-        .handshake
-        .render(&mut out, "fleetward_tls_handshake_duration_seconds", "");
+    let handshake = "fleetward_tls_handshake_duration_seconds";
+    let _ = writeln!(out, "# HELP {handshake} {HANDSHAKE_DURATION_HELP}");
+    let _ = writeln!(out, "# TYPE {handshake} histogram");
+    state.stats.handshake.render(&mut out, handshake, "");
     let _ = writeln!(out, "# HELP fleetward_devices_online MQTT device sessions open now");
     let _ = writeln!(out, "# TYPE fleetward_devices_online gauge");
     let _ = writeln!(out, "fleetward_devices_online {}", state.hub.online_devices());

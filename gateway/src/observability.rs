@@ -9,8 +9,9 @@
 //!   so that the log filter does not create them: without an endpoint they cost nothing.
 //! - **Metrics**: every counter of [`crate::stats::Stats`], the online devices, refusals by
 //!   reason, the database probe's latency and the connect and handshake latency histograms
-//!   (`fleetward.connect_duration` by `device`, `fleetward.tls_handshake_duration`), exported over OTLP every
-//!   `observability.metrics_interval_secs` (and always on `/metrics` for Prometheus).
+//!   (`fleetward.connect_duration` by `device`, `fleetward.tls_handshake_duration`), exported
+//!   over OTLP every `observability.metrics_interval_secs` (and always on `/metrics` for
+//!   Prometheus).
 //!
 //! Binaries call [`init`] (libraries never install a subscriber); the returned [`Guard`]
 //! flushes what is buffered when dropped.
@@ -170,24 +171,25 @@ pub fn export_metrics(stats: Arc<Stats>, hub: Arc<crate::mqtt::hub::Hub>, regist
             .build();
     }
     // The latency histograms, with the buckets /metrics uses.
-    let connect = meter
-        .f64_histogram("fleetward.connect_duration")
-        .with_unit("s")
-        .with_description("device connections accepted, TCP accept to CONNACK written (device=new: registered just in time by that connection)")
-        .with_boundaries(crate::stats::LatencyHistogram::bounds_secs())
-        .build();
+    let latency = |name: &'static str, description: &'static str| {
+        meter
+            .f64_histogram(name)
+            .with_unit("s")
+            .with_description(description)
+            .with_boundaries(crate::stats::LatencyHistogram::bounds_secs())
+            .build()
+    };
+    let connect = latency("fleetward.connect_duration", crate::stats::CONNECT_DURATION_HELP);
     stats
         .connect_new
         .export_to(connect.clone(), vec![opentelemetry::KeyValue::new("device", "new")]);
     stats
         .connect_known
         .export_to(connect, vec![opentelemetry::KeyValue::new("device", "known")]);
-    let handshake = meter
-        .f64_histogram("fleetward.tls_handshake_duration")
-        .with_unit("s")
-        .with_description("completed TLS handshakes, from TCP accept")
-        .with_boundaries(crate::stats::LatencyHistogram::bounds_secs())
-        .build();
+    let handshake = latency(
+        "fleetward.tls_handshake_duration",
+        crate::stats::HANDSHAKE_DURATION_HELP,
+    );
     stats.handshake.export_to(handshake, Vec::new());
     meter
         .u64_observable_gauge("fleetward.devices_online")

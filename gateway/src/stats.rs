@@ -137,6 +137,13 @@ pub const LATENCY_BOUNDS_US: [u64; 20] = [
     1_000_000, 2_500_000, 5_000_000, 10_000_000,
 ];
 
+/// What `fleetward_connect_duration_seconds` (OTLP: `fleetward.connect_duration`) measures.
+pub const CONNECT_DURATION_HELP: &str = "device connections accepted, from TCP accept to CONNACK written: \
+     device=\"new\" when this connection registered the device just in time";
+/// What `fleetward_tls_handshake_duration_seconds` (OTLP: `fleetward.tls_handshake_duration`)
+/// measures.
+pub const HANDSHAKE_DURATION_HELP: &str = "completed TLS handshakes, from TCP accept";
+
 /// A latency histogram with fixed buckets, recorded from any task without a lock and exported
 /// in Prometheus' histogram form (`_bucket{le}`, `_sum`, `_count`).
 #[derive(Debug, Default)]

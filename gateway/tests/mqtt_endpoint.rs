@@ -81,11 +81,7 @@ async fn stm32_tls12_device_registers_in_its_first_connection_and_qos1_is_stored
         .await
         .unwrap();
     let value = |series: &str| -> f64 {
-        let line = metrics
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"));
-        line[series.len()..].trim().parse().unwrap()
+        common::series_value(&metrics, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
     };
     let h = "fleetward_connect_duration_seconds";
     for kind in ["new", "known"] {

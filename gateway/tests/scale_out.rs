@@ -143,9 +143,7 @@ impl Fleet {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or_else(|| panic!("metric {name} missing"))
+        common::series_value(&text, name).unwrap_or_else(|| panic!("metric {name} missing"))
     }
 }
 

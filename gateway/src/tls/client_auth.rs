@@ -4,8 +4,9 @@
 //! registry fail here too (TLS alert `certificate_revoked`).
 //!
 //! The verdict of a handshake is handed to the connection that made it (keyed by the chain's
-//! [`chain_key`], as the verdict cache is), so the device identity is not computed twice; a resumed session, which skips this
-//! verifier, is verified afresh after its handshake (see `listener`).
+//! [`chain_key`], as the verdict cache is), so the device identity is not computed twice; a
+//! resumed session, which skips this verifier, is verified afresh after its handshake (see
+//! `listener`).
 //!
 //! A device that reconnects with the same chain bytes, under the same trust snapshot and within
 //! the chain's validity, reuses its earlier verdict ([`VerdictCache`]): the chain's signatures

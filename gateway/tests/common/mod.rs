@@ -152,6 +152,13 @@ pub fn options(client_id: &str) -> ConnectOptions {
     }
 }
 
+/// The value of one series (its name with labels, exactly as exposed) in a `/metrics` text.
+pub fn series_value<T: std::str::FromStr>(metrics: &str, series: &str) -> Option<T> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
 pub fn check_of(e: &Event) -> Option<String> {
     e.detail.as_ref()?.get("check")?.as_str().map(str::to_owned)
 }
