@@ -6,6 +6,7 @@
 #   bash scripts/bench-vs-mosquitto.sh telemetry      # benchmark 4: QoS 0 and QoS 1 from 1,000 devices
 #   bash scripts/bench-vs-mosquitto.sh idle           # benchmark 3: memory per idle mTLS connection
 #   bash scripts/bench-vs-mosquitto.sh jitr           # benchmark 2: just-in-time registrations/s (SQLite, PostgreSQL)
+#   bash scripts/bench-vs-mosquitto.sh jitr-latency   # benchmark 2's second part only: what JITR adds to a connect
 #   bash scripts/bench-vs-mosquitto.sh all
 #
 # Both servers get the same server certificate (fleetward's generated one), trust the same
@@ -13,7 +14,9 @@
 # certificates. Mosquitto runs from Debian's package (apt-get install mosquitto) on its own port.
 # Mosquitto runs as root here (`user root`) so that it can read the 0600 key in the temporary
 # directory. Knobs: DURATION (default 10s), CONCURRENCY (handshake loops, 64), DEVICES (telemetry, 1000),
-# IDLE (idle connections, 5000; up to ~19000 under a 20,000-file limit), PROFILE (release).
+# IDLE (idle connections, 5000; up to ~19000 under a 20,000-file limit), PROFILE (release),
+# BIN (a directory holding already-built fleetward and sim-devices binaries to run instead,
+# e.g. a copy of an earlier build for an A/B comparison; nothing is built then).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 what=${1:-handshakes}
@@ -22,13 +25,15 @@ DURATION=${DURATION:-10s}
 CONCURRENCY=${CONCURRENCY:-64}
 DEVICES=${DEVICES:-1000}
 IDLE=${IDLE:-5000}
-bin=target/$PROFILE
+bin=${BIN:-target/$PROFILE}
 
 command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || {
   echo "Mosquitto is not installed: apt-get install mosquitto"; exit 2; }
 MOSQUITTO=$(command -v mosquitto || echo /usr/sbin/mosquitto)
-echo "building fleetward and sim-devices ($PROFILE)…" >&2
-cargo build -q --profile "$PROFILE" --bin fleetward --bin sim-devices
+if [ -z "${BIN:-}" ]; then
+  echo "building fleetward and sim-devices ($PROFILE)…" >&2
+  cargo build -q --profile "$PROFILE" --bin fleetward --bin sim-devices
+fi
 
 work=$(mktemp -d)
 pids=()
@@ -178,7 +183,6 @@ jitr() {
   echo "== benchmark 2: just-in-time registration of $n brand-new devices, as fast as they come (idle sessions)"
   "$bin/sim-devices" pki init --out "$work/jitr-sqlite" --devices "$n" >/dev/null 2>&1
   "$bin/sim-devices" pki init --out "$work/jitr-pg" --devices "$n" >/dev/null 2>&1
-  "$bin/sim-devices" pki init --out "$work/jitr-lat" --devices 1000 >/dev/null 2>&1
   local db=fleetward_bench_$$
   psql -q -h 127.0.0.1 -U postgres -d postgres -c "CREATE DATABASE $db" >/dev/null
   "$bin/fleetward" serve --data-dir "$work/fwpg" --database-url "postgres://postgres@127.0.0.1:5432/$db" \
@@ -190,9 +194,8 @@ jitr() {
   # The SQLite server learns the two other provisioning CAs through the API.
   local admin; admin=$("$bin/fleetward" token create --role admin --data-dir "$work/fw")
   local http; http=$(awk '$1 == "HTTP" {print $2}' "$work/fw.log")
-  for d in jitr-sqlite jitr-lat; do
-    "$bin/fleetward" ca add --certificate "$work/$d/ca.pem" --ca-key "$work/$d/ca.key" --server "$http" --token "$admin" >/dev/null
-  done
+  "$bin/fleetward" ca add --certificate "$work/jitr-sqlite/ca.pem" --ca-key "$work/jitr-sqlite/ca.key" \
+    --server "$http" --token "$admin" >/dev/null
   printf '%-22s %10s %14s %12s %10s %10s\n' "registry" devices "registered/s" "server CPU%" "p50 ms" "p99 ms"
   for target in sqlite pg; do
     if [ $target = sqlite ]; then addr=$fw_addr pid=$fw_pid dir=fw; else addr=$pg_addr pid=$pg_pid dir=fwpg; fi
@@ -205,6 +208,20 @@ jitr() {
       "$(field 'r["gateway"]["cpu_seconds"] * 100 / r["all_connected_after_s"]' <"$f")" \
       "$(field 'r["connect_ms"]["p50"]' <"$f")" "$(field 'r["connect_ms"]["p99"]' <"$f")"
   done
+  jitr_latency "$admin"
+  kill "$pg_pid" 2>/dev/null; wait "$pg_pid" 2>/dev/null || true
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null || true
+}
+
+# What registration adds to a connect (part of benchmark 2): 1,000 brand-new devices at 200
+# connects/s, then the same devices again. $1: an admin token of the SQLite server (made if absent).
+jitr_latency() {
+  local admin=${1:-}
+  [ -n "$admin" ] || admin=$("$bin/fleetward" token create --role admin --data-dir "$work/fw")
+  local http; http=$(awk '$1 == "HTTP" {print $2}' "$work/fw.log")
+  "$bin/sim-devices" pki init --out "$work/jitr-lat" --devices 1000 >/dev/null 2>&1
+  "$bin/fleetward" ca add --certificate "$work/jitr-lat/ca.pem" --ca-key "$work/jitr-lat/ca.key" \
+    --server "$http" --token "$admin" >/dev/null
   echo "  what registration adds to a connect: 1,000 devices at 200 connects/s, first (JITR) then again (known)"
   echo "  (client: TCP connect to CONNACK read, by sim-devices; server: TCP accept to CONNACK written, from"
   echo "  fleetward_connect_duration_seconds, device=\"new\" in the first pass and \"known\" in the second)"
@@ -221,9 +238,13 @@ jitr() {
       "$(field 'r["connect_ms"]["p99"]' <"$f")" "$(field 'r["connect_ms"]["count"]' <"$f")" \
       "$(hist_quantile 0.5 "$work/lat-$from.txt" "$work/lat-$pass.txt" $h "$series")" \
       "$(hist_quantile 0.99 "$work/lat-$from.txt" "$work/lat-$pass.txt" $h "$series")"
+    # The TLS handshake's share (fleetward_tls_handshake_duration_seconds, this pass only).
+    local t=fleetward_tls_handshake_duration_seconds prev=$work/lat-before.txt
+    [ $pass = first ] || prev=$work/lat-first.txt
+    printf '         of which the TLS handshake: server p50 %s  p99 %s ms\n' \
+      "$(hist_quantile 0.5 "$prev" "$work/lat-$pass.txt" $t 'le=')" \
+      "$(hist_quantile 0.99 "$prev" "$work/lat-$pass.txt" $t 'le=')"
   done
-  kill "$pg_pid" 2>/dev/null; wait "$pg_pid" 2>/dev/null || true
-  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $db" >/dev/null || true
 }
 
 case "$what" in
@@ -231,6 +252,7 @@ case "$what" in
   telemetry) telemetry ;;
   idle) idle ;;
   jitr) jitr ;;
+  jitr-latency) jitr_latency ;;
   all) handshakes; jitr; telemetry; idle ;;
-  *) echo "usage: $0 [handshakes|jitr|telemetry|idle|all]"; exit 2 ;;
+  *) echo "usage: $0 [handshakes|jitr|jitr-latency|telemetry|idle|all]"; exit 2 ;;
 esac
