@@ -14,11 +14,10 @@
 mod common;
 
 use common::id_of;
-use common::process::{Database, ServeProcess};
+use common::process::{Database, device_tls as tls, serve_trusting as serve};
 use fleetward_test_support::{TestCa, TestDevice};
-use sim_devices::client::{Client, ClientTls, ConnectOptions, TlsProfile};
+use sim_devices::client::{Client, ClientTls, ConnectOptions};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -38,29 +37,6 @@ async fn kill_9_during_an_onboarding_storm_loses_and_duplicates_nothing_on_postg
     let db = Database::create("fw_crash").await;
     storm_kill_restart(Some(&db.url)).await;
     db.drop_now().await;
-}
-
-fn serve(data: &Path, db: Option<&str>, ca: &Path) -> ServeProcess {
-    let mut args = vec![
-        "--data-dir".to_owned(),
-        data.display().to_string(),
-        "--trust-ca".into(),
-        ca.display().to_string(),
-    ];
-    if let Some(url) = db {
-        args.extend(["--database-url".into(), url.to_owned()]);
-    }
-    ServeProcess::start("fleetward serve", &args)
-}
-
-fn tls(server_ca_der: &[u8], device: &TestDevice) -> ClientTls {
-    ClientTls {
-        server_ca_der: server_ca_der.to_vec(),
-        server_name: "localhost".into(),
-        profile: TlsProfile::Stm32Tls12,
-        identity: Some((vec![device.der.clone()], device.key.serialize_der())),
-        bind: None,
-    }
 }
 
 /// TLS + CONNECT; true when the gateway answered CONNACK 0 (the device is registered).

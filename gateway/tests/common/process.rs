@@ -1,8 +1,11 @@
-//! `fleetward serve` as a child process (for what only a real process shows: two nodes, kill -9),
-//! and fresh PostgreSQL databases.
+//! `fleetward serve` as a child process (for what only a real process shows: two nodes, kill -9,
+//! backup and restore), and fresh PostgreSQL databases.
 
+use fleetward_test_support::TestDevice;
+use sim_devices::client::{ClientTls, TlsProfile};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -57,6 +60,32 @@ impl Database {
         )))
         .execute(&mut conn)
         .await;
+    }
+}
+
+/// `fleetward serve` on the data directory `data`, trusting the provisioning CA in `ca` (PEM),
+/// on SQLite, or on the PostgreSQL database at `db`.
+pub fn serve_trusting(data: &Path, db: Option<&str>, ca: &Path) -> ServeProcess {
+    let mut args = vec![
+        "--data-dir".to_owned(),
+        data.display().to_string(),
+        "--trust-ca".into(),
+        ca.display().to_string(),
+    ];
+    if let Some(url) = db {
+        args.extend(["--database-url".into(), url.to_owned()]);
+    }
+    ServeProcess::start("fleetward serve", &args)
+}
+
+/// `device`'s TLS 1.2 (the STM32 profile), trusting the server CA `server_ca_der`.
+pub fn device_tls(server_ca_der: &[u8], device: &TestDevice) -> ClientTls {
+    ClientTls {
+        server_ca_der: server_ca_der.to_vec(),
+        server_name: "localhost".into(),
+        profile: TlsProfile::Stm32Tls12,
+        identity: Some((vec![device.der.clone()], device.key.serialize_der())),
+        bind: None,
     }
 }
 
