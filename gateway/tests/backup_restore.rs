@@ -15,7 +15,7 @@
 mod common;
 
 use common::id_of;
-use common::process::{Database, ServeProcess, device_tls as tls, serve_trusting as serve};
+use common::process::{Database, ServeProcess, device_tls as tls, get_all, scalar, serve_trusting, server_ca_der};
 use fleetward_test_support::{TestCa, TestDevice};
 use sim_devices::client::{Client, ConnectOptions};
 use std::collections::BTreeSet;
@@ -57,17 +57,6 @@ async fn onboard(server: &ServeProcess, server_ca_der: &[u8], device: &TestDevic
     c.disconnect().await.unwrap();
 }
 
-async fn get(http: &reqwest::Client, server: &ServeProcess, token: &str, path: &str) -> serde_json::Value {
-    let response = http
-        .get(format!("{}{path}", server.http))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success(), "GET {path}: {}", response.status());
-    response.json().await.unwrap()
-}
-
 async fn post(
     http: &reqwest::Client,
     server: &ServeProcess,
@@ -100,10 +89,16 @@ async fn sigfox_frame(http: &reqwest::Client, server: &ServeProcess, token: &str
     .await
 }
 
-fn ids_of(items: &serde_json::Value, field: &str) -> BTreeSet<String> {
-    items["items"]
-        .as_array()
-        .unwrap()
+/// The `field` of every item of a paginated API list.
+async fn ids_of(
+    http: &reqwest::Client,
+    server: &ServeProcess,
+    token: &str,
+    path: &str,
+    field: &str,
+) -> BTreeSet<String> {
+    get_all(http, &server.http, token, path)
+        .await
         .iter()
         .map(|d| d[field].as_str().unwrap().to_owned())
         .collect()
@@ -117,15 +112,6 @@ fn run(cmd: &mut Command) {
         out.status,
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-async fn raw_count(url: &str, sql: &str) -> i64 {
-    sqlx::any::install_default_drivers();
-    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
-    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-        .fetch_one(&mut conn)
-        .await
-        .unwrap()
 }
 
 /// Where the backup is taken and put back.
@@ -149,11 +135,10 @@ async fn back_up_and_restore(backend: Backend<'_>) {
         Backend::Postgres { source, .. } => Some(source.url.as_str()),
     };
 
-    let first = serve(&data, source_url, &ca_pem);
+    let first = serve_trusting(&data, source_url, &ca_pem);
     let token = first.token.clone().expect("first start prints an admin token");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pem = std::fs::read(data.join("tls/server-ca.pem")).unwrap();
-    let server_ca_der = verifier::x509::certificates_from_pem_or_der(&pem).unwrap()[0].to_vec();
+    let server_ca_der = server_ca_der(&data);
     for d in &devices[..BEFORE] {
         onboard(&first, &server_ca_der, d, MESSAGES).await;
     }
@@ -206,26 +191,24 @@ async fn back_up_and_restore(backend: Backend<'_>) {
             target.url.clone()
         }
     };
-    let second = serve(
+    let second = serve_trusting(
         &data,
         matches!(backend, Backend::Postgres { .. }).then_some(restored_url.as_str()),
         &ca_pem,
     );
     assert!(second.token.is_none(), "the restored registry has the admin token");
-    let listed = ids_of(&get(&http, &second, &token, "/api/v1/devices?limit=1000").await, "id");
+    let listed = ids_of(&http, &second, &token, "/api/v1/devices", "id").await;
     assert_eq!(listed, before, "the restored devices are those backed up");
     let registered = ids_of(
-        &get(
-            &http,
-            &second,
-            &token,
-            "/api/v1/events?kind=device.registered&limit=1000",
-        )
-        .await,
+        &http,
+        &second,
+        &token,
+        "/api/v1/events?kind=device.registered",
         "device_id",
-    );
+    )
+    .await;
     assert_eq!(registered, before, "one registration event per restored device");
-    let stored = raw_count(
+    let stored = scalar(
         &restored_url,
         "SELECT COUNT(*) FROM telemetry WHERE device_id LIKE 'bkp-%'",
     )
@@ -250,17 +233,11 @@ async fn back_up_and_restore(backend: Backend<'_>) {
     for d in &devices {
         onboard(&second, &server_ca_der, d, 1).await;
     }
-    let listed = ids_of(&get(&http, &second, &token, "/api/v1/devices?limit=1000").await, "id");
+    let listed = ids_of(&http, &second, &token, "/api/v1/devices", "id").await;
     assert_eq!(listed.len(), BEFORE + AFTER);
-    let registered = get(
-        &http,
-        &second,
-        &token,
-        "/api/v1/events?kind=device.registered&limit=1000",
-    )
-    .await;
+    let registered = get_all(&http, &second.http, &token, "/api/v1/events?kind=device.registered").await;
     assert_eq!(
-        registered["items"].as_array().unwrap().len(),
+        registered.len(),
         BEFORE + AFTER,
         "the backed-up devices were not registered twice"
     );

@@ -14,7 +14,7 @@
 mod common;
 
 use common::id_of;
-use common::process::{Database, device_tls as tls, serve_trusting as serve};
+use common::process::{Database, device_tls as tls, get_all, serve_trusting, server_ca_der};
 use fleetward_test_support::{TestCa, TestDevice};
 use sim_devices::client::{Client, ClientTls, ConnectOptions};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,32 +61,6 @@ async fn onboard(addr: std::net::SocketAddr, tls: &ClientTls, id: &str) -> bool 
         .unwrap_or(false)
 }
 
-async fn get_all(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Vec<serde_json::Value> {
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    loop {
-        let sep = if path.contains('?') { '&' } else { '?' };
-        let mut url = format!("{base}{path}{sep}limit=1000");
-        if let Some(c) = &cursor {
-            url.push_str(&format!("&cursor={c}"));
-        }
-        let body: serde_json::Value = http
-            .get(url)
-            .bearer_auth(token)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        items.extend(body["items"].as_array().cloned().unwrap_or_default());
-        match body["next_cursor"].as_str() {
-            Some(c) => cursor = Some(c.to_owned()),
-            None => return items,
-        }
-    }
-}
-
 async fn storm_kill_restart(db: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::stsafe_root("STM STSAFE-A CRASH TEST CA");
@@ -98,11 +72,10 @@ async fn storm_kill_restart(db: Option<&str>) {
         .collect();
     let ids: Vec<String> = devices.iter().map(id_of).collect();
 
-    let first = serve(&data, db, &ca_pem);
+    let first = serve_trusting(&data, db, &ca_pem);
     let token = first.token.clone().expect("first start prints an admin token");
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pem = std::fs::read(data.join("tls/server-ca.pem")).unwrap();
-    let server_ca_der = verifier::x509::certificates_from_pem_or_der(&pem).unwrap()[0].to_vec();
+    let server_ca_der = server_ca_der(&data);
 
     // The storm: CONCURRENCY devices at a time; the gateway is killed mid-way.
     let acked: Arc<std::sync::Mutex<BTreeSet<String>>> = Arc::default();
@@ -151,7 +124,7 @@ async fn storm_kill_restart(db: Option<&str>) {
     );
 
     // Restart on the same database.
-    let second = serve(&data, db, &ca_pem);
+    let second = serve_trusting(&data, db, &ca_pem);
     assert!(second.token.is_none(), "the restart finds the admin token");
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))

@@ -108,11 +108,10 @@ fn spawn(dir: &Path, ca: &TestCa) -> Proc {
     }
     // Keep draining stdout so the server never blocks on a full pipe.
     std::thread::spawn(move || for _ in lines {});
-    let pem = std::fs::read(dir.join("data/tls/server-ca.pem")).unwrap();
     Proc {
         child,
         mqtt: mqtt.expect("serve printed its MQTT address"),
-        server_ca_der: verifier::x509::certificates_from_pem_or_der(&pem).unwrap()[0].to_vec(),
+        server_ca_der: common::process::server_ca_der(&dir.join("data")),
     }
 }
 

@@ -168,8 +168,7 @@ async fn traces_and_metrics_reach_an_otlp_collector_and_logs_are_json() {
 
     // A device onboards and leaves (its connection span ends), an operator asks the API.
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let pem = std::fs::read(data.join("tls/server-ca.pem")).unwrap();
-    let server_ca_der = verifier::x509::certificates_from_pem_or_der(&pem).unwrap()[0].to_vec();
+    let server_ca_der = common::process::server_ca_der(&data);
     let device = ca.issue_stsafe_device("otlp", &[0x01]);
     let id = id_of(&device);
     let tls = ClientTls {

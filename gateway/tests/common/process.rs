@@ -41,13 +41,7 @@ impl Database {
 
     /// A number from SQL run on the server's admin database (not this one).
     pub async fn admin_scalar(&self, sql: &str) -> i64 {
-        let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(&self.admin)
-            .await
-            .unwrap();
-        sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
-            .fetch_one(&mut conn)
-            .await
-            .unwrap()
+        scalar(&self.admin, sql).await
     }
 
     pub async fn drop_now(&self) {
@@ -60,6 +54,51 @@ impl Database {
         )))
         .execute(&mut conn)
         .await;
+    }
+}
+
+/// A number from SQL run on its own connection to the database at `url` (SQLite or PostgreSQL).
+pub async fn scalar(url: &str, sql: &str) -> i64 {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_owned()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
+/// The DER of the server CA that a `fleetward serve` on the data directory `data` generated
+/// (`data/tls/server-ca.pem`), for its devices to trust.
+pub fn server_ca_der(data: &Path) -> Vec<u8> {
+    let pem = std::fs::read(data.join("tls/server-ca.pem")).unwrap();
+    verifier::x509::certificates_from_pem_or_der(&pem).unwrap()[0].to_vec()
+}
+
+/// Every item of a paginated API list (`GET base+path`, 1,000 per page, following
+/// `next_cursor`), with `token`.
+pub async fn get_all(http: &reqwest::Client, base: &str, token: &str, path: &str) -> Vec<serde_json::Value> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let mut url = format!("{base}{path}{sep}limit=1000");
+        if let Some(c) = &cursor {
+            url.push_str(&format!("&cursor={c}"));
+        }
+        let body: serde_json::Value = http
+            .get(url)
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        items.extend(body["items"].as_array().cloned().unwrap_or_default());
+        match body["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return items,
+        }
     }
 }
 
