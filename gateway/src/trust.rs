@@ -7,7 +7,7 @@
 //! other processes (the CLI, other gateway nodes) are picked up by polling the registry's
 //! trust generation.
 
-use registry::{DeviceStatus, Registry, RegistryError};
+use registry::{DeviceStatus, Registry, RegistryError, TrustGeneration};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 use verifier::x509::TrustStore;
@@ -20,7 +20,7 @@ pub struct TrustSnapshot {
     /// Per CA id: does just-in-time registration activate new devices (else `pending`)?
     pub auto_activate: HashMap<String, bool>,
     /// The registry's trust generation this snapshot was built at.
-    pub generation: i64,
+    pub generation: TrustGeneration,
 }
 
 /// The current snapshot, swapped atomically on reload.
@@ -41,12 +41,9 @@ impl TrustState {
     pub async fn reload(&self, registry: &Registry) -> Result<Arc<TrustSnapshot>, RegistryError> {
         let _one_at_a_time = self.reloads.lock().await;
         let previous = self.snapshot().generation;
-        let generation = registry.trust_generation().await?;
-        if generation != previous {
-            // Known devices whose status changed (here or in another process) are admitted by a
-            // transaction again on their next connect.
-            registry.forget_changes_since(previous).await?;
-        }
+        // Known devices whose status changed (here or in another process) are admitted by a
+        // transaction again on their next connect. What is read below is at least as new.
+        let generation = registry.forget_changes_since(previous).await?;
         let store = Arc::new(registry.trust_store().await?);
         let revoked_devices = registry
             .device_ids_with_status(DeviceStatus::Revoked)
@@ -67,7 +64,11 @@ impl TrustState {
         });
         *crate::locks::write(&self.current) = snapshot.clone();
         self.confirmed();
-        tracing::debug!(generation, cas = snapshot.store.cas().len(), "trust store reloaded");
+        tracing::debug!(
+            changes = generation.changes,
+            cas = snapshot.store.cas().len(),
+            "trust store reloaded"
+        );
         Ok(snapshot)
     }
 

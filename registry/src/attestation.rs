@@ -390,7 +390,11 @@ impl Registry {
                 new_status = status;
             }
         }
-        tx.commit().await?;
+        if status_changed.is_some() {
+            tx.commit_trust_changes(1).await?;
+        } else {
+            tx.commit().await?;
+        }
         if status_changed.is_some() {
             self.directory.forget(a.device_id);
         }

@@ -131,7 +131,7 @@ impl Registry {
             .ca(&info.sha256)
             .detail(serde_json::json!({ "subject": info.subject, "auto_activate": ca.auto_activate }));
         events::insert(&mut tx, &event, now_ms).await?;
-        tx.commit().await?;
+        tx.commit_trust_changes(1).await?;
         self.ca(&info.sha256).await
     }
 
@@ -181,7 +181,7 @@ impl Registry {
             };
         }
         // One event per device, written by the database in one statement.
-        sqlx::query(
+        let device_events = sqlx::query(
             "INSERT INTO events (at, kind, actor, device_id, ca_id, reason, detail) \
              SELECT $1, 'device.status', $2, id, ca_id, $3, \
                     '{\"from\":\"' || status || '\",\"to\":\"revoked\",\"cause\":\"ca_revoked\"}' \
@@ -192,7 +192,8 @@ impl Registry {
         .bind(reason)
         .bind(id)
         .execute(&mut *tx)
-        .await?;
+        .await?
+        .rows_affected();
         let devices = sqlx::query(
             "UPDATE devices SET status = 'revoked', status_changed_at = $1 WHERE ca_id = $2 AND status <> 'revoked'",
         )
@@ -206,7 +207,7 @@ impl Registry {
             .reason(reason)
             .detail(serde_json::json!({ "devices_revoked": devices }));
         events::insert(&mut tx, &event, now_ms).await?;
-        tx.commit().await?;
+        tx.commit_trust_changes(device_events + 1).await?;
         self.directory.forget_all();
         Ok(devices)
     }
@@ -241,7 +242,7 @@ impl Registry {
             .reason(reason)
             .detail(serde_json::json!({ "serial": normalized }));
         events::insert(&mut tx, &event, now_ms).await?;
-        tx.commit().await?;
+        tx.commit_trust_changes(1).await?;
         Ok(())
     }
 
@@ -273,7 +274,7 @@ impl Registry {
             .ca(ca_id)
             .detail(serde_json::json!({ "revoked": info.revoked, "next_update": info.next_update }));
         events::insert(&mut tx, &event, now_ms).await?;
-        tx.commit().await?;
+        tx.commit_trust_changes(1).await?;
         Ok(())
     }
 

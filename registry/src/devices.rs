@@ -319,7 +319,7 @@ impl Registry {
             .reason(reason)
             .detail(serde_json::json!({ "from": from, "to": to }));
         events::insert(&mut tx, &event, now_ms).await?;
-        tx.commit().await?;
+        tx.commit_trust_changes(1).await?;
         self.directory.forget(id);
         self.device(id).await
     }
@@ -581,17 +581,41 @@ impl Registry {
             .await?)
     }
 
-    /// A number that grows whenever something the handshake depends on changes (CAs, revoked
-    /// serials, CRLs, device status): the newest such event's id. Gateways poll it to learn of
-    /// changes made by other processes.
-    pub async fn trust_generation(&self) -> Result<i64> {
-        Ok(sqlx::query_scalar(concat!(
-            "SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE kind IN ",
-            trust_event_kinds!()
-        ))
-        .fetch_one(self.pool())
-        .await?)
+    /// Where the things a handshake depends on (CAs, revoked serials, CRLs, device status) stand:
+    /// it changes whenever one of them does. Gateways poll it to learn of changes made by other
+    /// processes.
+    pub async fn trust_generation(&self) -> Result<TrustGeneration> {
+        let mut conn = self.pool().acquire().await?;
+        trust_generation_on(&mut conn).await
     }
+}
+
+/// The trust generation, read in one statement (one snapshot).
+pub(crate) async fn trust_generation_on(conn: &mut sqlx::AnyConnection) -> Result<TrustGeneration> {
+    let (changes, newest_event): (i64, i64) = sqlx::query_as(concat!(
+        "SELECT (SELECT changes FROM trust_state WHERE id = 1), ",
+        "(SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM events WHERE kind IN ",
+        trust_event_kinds!(),
+        ")"
+    ))
+    .fetch_one(conn)
+    .await?;
+    Ok(TrustGeneration { changes, newest_event })
+}
+
+/// A point in the history of trust changes (CAs registered or revoked, serials revoked, CRLs
+/// added, device status changes), as one snapshot of the database saw it.
+///
+/// `changes` counts the trust events committed so far: every transaction that writes them adds
+/// their number as its last statement, so it grows with each such commit, in commit order.
+/// `newest_event` is the highest trust event id then visible. The id alone would not do: an id
+/// is taken when its row is inserted, not when its transaction commits, so on PostgreSQL a
+/// revocation holding id 100 can commit after id 101 was seen, and the newest id never moves.
+/// Ordered by `changes` first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TrustGeneration {
+    pub changes: i64,
+    pub newest_event: i64,
 }
 
 impl Registry {

@@ -17,8 +17,9 @@
 //!   releases, [`Registry::revoke_ca`] forgets them all);
 //! - by another process (the CLI, another gateway node): the gateway polls the registry's trust
 //!   generation every second and calls [`Registry::forget_changes_since`], which reads the
-//!   status events written meanwhile. Another process's change is therefore seen within that
-//!   poll, as revocations already were.
+//!   status events written meanwhile (everything is forgotten if one of them committed out of
+//!   id order). Another process's change is therefore seen within that poll, as revocations
+//!   already were.
 //!
 //! A connection that misses races with those changes: it may read a device's row just before a
 //! status change commits and remember it just after the change was forgotten. Every forget
@@ -29,9 +30,9 @@
 //! per device that connected since the last flush, lost if the process is killed before the
 //! flush (half a second in the gateway). Registrations themselves are never deferred.
 
-use crate::devices::{DeviceStatus, Sighting};
+use crate::devices::{DeviceStatus, Sighting, TrustGeneration, trust_generation_on};
 use crate::sql::SqlBuilder;
-use crate::{Registry, Result};
+use crate::{Backend, Registry, Result};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
@@ -327,30 +328,60 @@ impl Registry {
         tx.commit().await
     }
 
-    /// Drops from the directory what changed since trust generation `generation` (see
-    /// [`Registry::trust_generation`]): devices whose status changed, or everything after a CA
-    /// change or a change to many devices. Called by a gateway that noticed the generation move.
-    pub async fn forget_changes_since(&self, generation: i64) -> Result<()> {
+    /// Drops from the directory what changed since trust generation `seen` (see
+    /// [`TrustGeneration`]): devices whose status changed, or everything after a CA change, a
+    /// change to many devices, or a trust change that committed with an id below `seen`'s
+    /// newest. Returns the generation now, read in the same snapshot as the changes. Called by a
+    /// gateway that noticed the generation move.
+    pub async fn forget_changes_since(&self, seen: TrustGeneration) -> Result<TrustGeneration> {
+        // One snapshot for the count and the events, so that one can be checked against the other.
+        let mut tx = match self.backend() {
+            Backend::Postgres => {
+                self.pool()
+                    .begin_with("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                    .await?
+            }
+            Backend::Sqlite => self.pool().begin().await?,
+        };
+        let now = trust_generation_on(&mut tx).await?;
+        if now == seen {
+            tx.rollback().await?;
+            return Ok(now);
+        }
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(concat!(
             "SELECT kind, device_id FROM events WHERE id > $1 AND kind IN ",
             trust_event_kinds!(),
             " ORDER BY id LIMIT $2"
         ))
-        .bind(generation)
+        .bind(seen.newest_event)
         .bind(FORGET_ONE_BY_ONE + 1)
-        .fetch_all(self.pool())
+        .fetch_all(&mut *tx)
         .await?;
-        let one_by_one = i64::try_from(rows.len()).unwrap_or(i64::MAX) <= FORGET_ONE_BY_ONE;
-        if !one_by_one || rows.iter().any(|(kind, _)| kind != "device.status") {
+        tx.rollback().await?;
+        let found = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        // Every trust event counted since `seen` is visible now; each one not found past `seen`'s
+        // newest id committed late, below it (or the database went back, e.g. to a backup).
+        if found != now.changes - seen.changes {
+            if found < FORGET_ONE_BY_ONE {
+                tracing::info!(
+                    counted = now.changes - seen.changes,
+                    found,
+                    "a trust change committed below the newest id seen; forgetting every device"
+                );
+            }
             self.directory.forget_all();
-            return Ok(());
+            return Ok(now);
+        }
+        if found > FORGET_ONE_BY_ONE || rows.iter().any(|(kind, _)| kind != "device.status") {
+            self.directory.forget_all();
+            return Ok(now);
         }
         for (_, device) in rows {
             if let Some(device) = device {
                 self.directory.forget(&device);
             }
         }
-        Ok(())
+        Ok(now)
     }
 
     /// Forgets what this process remembers of a device (another node changed it): its next

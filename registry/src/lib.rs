@@ -16,8 +16,8 @@
 //! - errors are [`RegistryError`]: typed, retryable or not, and free of SQL.
 
 /// The event kinds that change what a handshake or a connection is judged against (CAs, revoked
-/// serials, CRLs, device status), as an SQL list: the trust generation is the newest of them, and
-/// the device directory forgets what they name.
+/// serials, CRLs, device status), as an SQL list: the trust generation counts them (see
+/// [`TrustGeneration`]), and the device directory forgets what they name.
 macro_rules! trust_event_kinds {
     () => {
         "('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')"
@@ -50,7 +50,9 @@ pub use attestation::{
 pub use audit::{AuditOptions, AuditReport, CHECKS as AUDIT_CHECKS, COUNT_CAP as AUDIT_COUNT_CAP, Finding, Severity};
 pub use cas::{CaRecord, CaStatus, NewCa};
 pub use commands::PendingCommand;
-pub use devices::{DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting};
+pub use devices::{
+    DeviceFilter, DeviceRecord, DeviceStatus, FleetSummary, Integrity, Page, Registration, Sighting, TrustGeneration,
+};
 pub use directory::Admission;
 pub use error::RegistryError;
 pub use events::{Event, EventCount, EventFilter, NewEvent, RATE_KINDS};
@@ -208,6 +210,17 @@ impl WriteTx {
     pub(crate) async fn commit(self) -> Result<()> {
         self.tx.commit().await?;
         Ok(())
+    }
+
+    /// Commits a transaction that wrote `events` trust events, counting them in `trust_state`
+    /// as its last statement (see [`TrustGeneration`]): the count's row lock orders these
+    /// commits, and is held only for the COMMIT that follows, so it never waits on another.
+    pub(crate) async fn commit_trust_changes(mut self, events: u64) -> Result<()> {
+        sqlx::query("UPDATE trust_state SET changes = changes + $1 WHERE id = 1")
+            .bind(i64::try_from(events).unwrap_or(i64::MAX))
+            .execute(&mut *self.tx)
+            .await?;
+        self.commit().await
     }
 }
 

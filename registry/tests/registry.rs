@@ -8,7 +8,7 @@ use common::{NOW, TestDb};
 use fleetward_test_support::{KeyKind, TestCa};
 use registry::{
     DeviceFilter, DeviceStatus, EventFilter, Integrity, Kek, Keyring, NewCa, NewLorawanDevice, Registry, RegistryError,
-    Sighting, Source, TelemetryMessage,
+    Sighting, Source, TelemetryMessage, TrustGeneration,
 };
 use verifier::Timestamp;
 use verifier::challenge::DigestMode;
@@ -41,6 +41,7 @@ both!(
     operator_queries,
     audit_findings,
     directory_admits_known_devices_without_a_transaction,
+    a_trust_change_committed_out_of_id_order_is_seen,
     grouped_registrations_answer_as_one_by_one_would,
     registrations_from_several_nodes_at_once,
 );
@@ -1191,6 +1192,15 @@ async fn appraisal_effects(db: &TestDb) {
     assert_eq!(r.mark_stale(NOW + 11 + window, 100).await.unwrap(), [id]);
     assert!(r.mark_stale(NOW + 12 + window, 100).await.unwrap().is_empty());
     assert_eq!(r.device(id).await.unwrap().integrity, Integrity::Stale);
+    // The policy's quarantines and releases count as trust changes, one per status event.
+    assert_eq!(
+        r.trust_generation().await.unwrap().changes,
+        db.raw_scalar(
+            "SELECT COUNT(*) FROM events WHERE kind IN \
+             ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')"
+        )
+        .await
+    );
 }
 
 async fn firmware_references(db: &TestDb) {
@@ -2198,6 +2208,110 @@ async fn directory_admits_known_devices_without_a_transaction(db: &TestDb) {
     let d = r.device("dir-1").await.unwrap();
     assert_eq!(d.connections, 10, "every connection counted once: {d:?}");
     other.close().await;
+}
+
+/// Another process's trust change is seen by the next poll even when it commits after a later
+/// one (PostgreSQL takes an event's id at INSERT, not at COMMIT). The race is forced: a deferred
+/// trigger holds one revocation's COMMIT for 1.5 s after its event has its id; a second status
+/// change starts meanwhile, and the gateway's poll runs while the first still commits. Newest
+/// event ids alone missed it: the second change's id was seen, the revocation committed below
+/// it, and no later poll noticed. Also: the count of trust changes stays equal to the trust
+/// events written (CA registration and revocation, status changes, attestation quarantine), and
+/// a count that disagrees with the events found makes the directory forget everything.
+async fn a_trust_change_committed_out_of_id_order_is_seen(db: &TestDb) {
+    const TRUST_EVENTS: &str = "SELECT COUNT(*) FROM events WHERE kind IN \
+        ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')";
+    let r = &db.registry;
+    let root = TestCa::root(KeyKind::P256, "Order CA");
+    r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
+    // What the gateway's trust snapshot was built at (a CA change forgets every device).
+    let seen = r.forget_changes_since(TrustGeneration::default()).await.unwrap();
+    assert_eq!(seen, r.trust_generation().await.unwrap());
+    let (a, b, c) = (
+        verified(r, &root.issue_device(KeyKind::P256, "order-a").der).await,
+        verified(r, &root.issue_device(KeyKind::P256, "order-b").der).await,
+        verified(r, &root.issue_device(KeyKind::P256, "order-c").der).await,
+    );
+    for d in [&a, &b, &c] {
+        r.admit(&d.sighting("10.0.0.1:1"), true, NOW).await.unwrap();
+    }
+    assert_eq!(r.directory_size().0, 3);
+    let known = |d: &Verified| r.admit_known(&d.sighting("10.0.0.1:1"), NOW + 1).is_some();
+    let other = db.reopen(common::keyring()).await;
+    let third = db.reopen(common::keyring()).await;
+
+    if db.sqlite_file.is_none() {
+        db.raw_execute(
+            "CREATE FUNCTION slow_commit() RETURNS trigger AS $$ \
+             BEGIN PERFORM pg_sleep(1.5); RETURN NULL; END $$ LANGUAGE plpgsql",
+        )
+        .await;
+        db.raw_execute(
+            "CREATE CONSTRAINT TRIGGER slow_commit AFTER INSERT ON events \
+             DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.reason = 'slow commit') \
+             EXECUTE FUNCTION slow_commit()",
+        )
+        .await;
+        // A status change by another process, in the background.
+        let change = |node: &Registry, id: &'static str, to, reason: &'static str, at| {
+            let node = node.clone();
+            tokio::spawn(async move { node.set_device_status(id, to, "cli", reason, at).await })
+        };
+        let pause = || tokio::time::sleep(std::time::Duration::from_millis(300));
+        let slow = change(&other, "order-a", DeviceStatus::Revoked, "slow commit", NOW + 2);
+        pause().await;
+        let fast = change(&third, "order-b", DeviceStatus::Quarantined, "fast", NOW + 3);
+        pause().await;
+        // The gateway's poll, while the revocation is still committing.
+        let polled = r.forget_changes_since(seen).await.unwrap();
+        let revoked_then = r.device_ids_with_status(DeviceStatus::Revoked).await.unwrap();
+        slow.await.unwrap().unwrap();
+        fast.await.unwrap().unwrap();
+        let after = r.trust_generation().await.unwrap();
+        assert!(
+            after != polled || revoked_then.contains(&"order-a".to_owned()),
+            "the poll saw {polled:?} without the revocation, and the generation did not move after it \
+             committed ({after:?})"
+        );
+        r.forget_changes_since(polled).await.unwrap();
+        assert!(!known(&a) && !known(&b), "both changed devices forgotten");
+        assert!(known(&c), "one by one: the unchanged device is still known");
+        db.raw_execute("DROP TRIGGER slow_commit ON events").await;
+    } else {
+        other
+            .set_device_status("order-a", DeviceStatus::Revoked, "cli", "revoked", NOW + 2)
+            .await
+            .unwrap();
+        third
+            .set_device_status("order-b", DeviceStatus::Quarantined, "cli", "quarantined", NOW + 3)
+            .await
+            .unwrap();
+        assert!(r.trust_generation().await.unwrap() > seen);
+        r.forget_changes_since(seen).await.unwrap();
+        assert!(!known(&a) && !known(&b) && known(&c));
+    }
+
+    // A counted change not found past the newest id seen (a late commit): everything goes.
+    r.admit(&b.sighting("10.0.0.1:1"), true, NOW + 4).await.unwrap();
+    assert!(known(&b) && known(&c));
+    let now = r.trust_generation().await.unwrap();
+    let missed_one = TrustGeneration {
+        changes: now.changes - 1,
+        newest_event: now.newest_event,
+    };
+    assert_eq!(r.forget_changes_since(missed_one).await.unwrap(), now);
+    assert_eq!(r.directory_size().0, 0);
+
+    // Every kind of trust change is counted, once per event.
+    r.revoke_serial(&a.ca, "0badc0de", "lost", "api:admin", NOW + 5)
+        .await
+        .unwrap();
+    r.revoke_ca(&a.ca, "api:admin", "compromised", NOW + 6).await.unwrap();
+    let counted = db.raw_scalar("SELECT changes FROM trust_state").await;
+    assert_eq!(counted, db.raw_scalar(TRUST_EVENTS).await);
+    assert_eq!(r.trust_generation().await.unwrap().changes, counted);
+    other.close().await;
+    third.close().await;
 }
 
 /// Registrations committed together: each gets the answer `register_or_touch` would give, with
