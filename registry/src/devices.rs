@@ -620,7 +620,7 @@ pub struct TrustGeneration {
 
 impl Registry {
     /// Moves devices' `last_seen` forward (never back): the gateway reports traffic here every
-    /// few seconds rather than per message. One statement per [`LAST_SEEN_ROWS`] devices (a
+    /// few seconds rather than per message. One statement per `LAST_SEEN_ROWS` devices (a
     /// statement per device held SQLite's write lock ~30 ms for 1,000 devices, and a
     /// registration waited behind it); when an interactive write waits, what is done so far
     /// commits and the lock passes on. Moving forward only, a retry after an error is harmless.

@@ -206,7 +206,7 @@ impl Registry {
     /// Stores a prefix of `batch` in one transaction and returns its ids, in order: all of it,
     /// unless an interactive write (a device's registration, an operator's action) starts
     /// waiting for SQLite's write lock, in which case the rows inserted so far (at least one
-    /// statement's, [`YIELD_ROWS`] or the whole batch if smaller) commit and the lock passes on. A registration then waits for one
+    /// statement's, `YIELD_ROWS` or the whole batch if smaller) commit and the lock passes on. A registration then waits for one
     /// statement and a commit, not for a whole batch (measured: 6–13 ms behind 500-message
     /// batches under a 50k msg/s flood). All or nothing for the prefix it reports; the caller
     /// stores the rest with the next call.

@@ -4,12 +4,12 @@
 //! registry fail here too (TLS alert `certificate_revoked`).
 //!
 //! The verdict of a handshake is handed to the connection that made it (keyed by the chain's
-//! [`chain_key`], as the verdict cache is), so the device identity is not computed twice; a
+//! `chain_key`, as the verdict cache is), so the device identity is not computed twice; a
 //! resumed session, which skips this verifier, is verified afresh after its handshake (see
 //! `listener`).
 //!
 //! A device that reconnects with the same chain bytes, under the same trust snapshot and within
-//! the chain's validity, reuses its earlier verdict ([`VerdictCache`]): the chain's signatures
+//! the chain's validity, reuses its earlier verdict (`VerdictCache`): the chain's signatures
 //! and policy cannot have changed. What a verdict cannot vouch for is checked on every
 //! handshake as before: the device's own revocation here, and possession of the key, which
 //! rustls checks through the CertificateVerify signature (`verify_tls1x_signature` below).
