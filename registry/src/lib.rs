@@ -388,7 +388,10 @@ impl Registry {
 
     pub async fn close(&self) {
         self.pool.close().await;
-        self.writer.close().await;
+        // On PostgreSQL the writer is the same pool.
+        if self.backend == Backend::Sqlite {
+            self.writer.close().await;
+        }
     }
 
     /// A transaction that will write. SQLite takes the write lock up front (`BEGIN IMMEDIATE`)
