@@ -352,8 +352,8 @@ async fn a_thousand_devices_flood_qos1_while_the_consumer_is_slow() {
                 connects.push((t.elapsed(), handshake));
                 c.disconnect().await.unwrap();
                 rss_peak = rss_peak.max(rss_kib(pid));
-                // ~250–400 samples over the flood, so p99 is the 3rd to 4th
-                // worst rather than the single worst, which one stalled fsync decides.
+                // ~250–400 samples over the flood, so p99 is the 3rd to 4th worst rather than
+                // the single worst, which one stalled fsync decides.
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             (connects, rss_peak)

@@ -392,11 +392,9 @@ impl Registry {
         }
         if status_changed.is_some() {
             tx.commit_trust_changes(1).await?;
+            self.directory.forget(a.device_id);
         } else {
             tx.commit().await?;
-        }
-        if status_changed.is_some() {
-            self.directory.forget(a.device_id);
         }
         Ok(AppraisalEffect {
             integrity,

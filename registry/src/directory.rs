@@ -359,20 +359,19 @@ impl Registry {
         .await?;
         tx.rollback().await?;
         let found = i64::try_from(rows.len()).unwrap_or(i64::MAX);
+        let counted = now.changes - seen.changes;
+        let truncated = found > FORGET_ONE_BY_ONE;
         // Every trust event counted since `seen` is visible now; each one not found past `seen`'s
         // newest id committed late, below it (or the database went back, e.g. to a backup).
-        if found != now.changes - seen.changes {
-            if found < FORGET_ONE_BY_ONE {
-                tracing::info!(
-                    counted = now.changes - seen.changes,
-                    found,
-                    "a trust change committed below the newest id seen; forgetting every device"
-                );
-            }
-            self.directory.forget_all();
-            return Ok(now);
+        let late = found != counted;
+        if late && !truncated {
+            tracing::info!(
+                counted,
+                found,
+                "a trust change committed below the newest id seen; forgetting every device"
+            );
         }
-        if found > FORGET_ONE_BY_ONE || rows.iter().any(|(kind, _)| kind != "device.status") {
+        if late || truncated || rows.iter().any(|(kind, _)| kind != "device.status") {
             self.directory.forget_all();
             return Ok(now);
         }

@@ -46,6 +46,10 @@ both!(
     registrations_from_several_nodes_at_once,
 );
 
+/// The trust events written so far (the kinds `trust_state.changes` counts).
+const TRUST_EVENTS: &str = "SELECT COUNT(*) FROM events WHERE kind IN \
+    ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')";
+
 fn new_ca<'a>(ca: &'a TestCa, auto_activate: bool) -> NewCa<'a> {
     NewCa {
         cert_der: &ca.der,
@@ -1195,11 +1199,7 @@ async fn appraisal_effects(db: &TestDb) {
     // The policy's quarantines and releases count as trust changes, one per status event.
     assert_eq!(
         r.trust_generation().await.unwrap().changes,
-        db.raw_scalar(
-            "SELECT COUNT(*) FROM events WHERE kind IN \
-             ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')"
-        )
-        .await
+        db.raw_scalar(TRUST_EVENTS).await
     );
 }
 
@@ -2219,8 +2219,6 @@ async fn directory_admits_known_devices_without_a_transaction(db: &TestDb) {
 /// events written (CA registration and revocation, status changes, attestation quarantine), and
 /// a count that disagrees with the events found makes the directory forget everything.
 async fn a_trust_change_committed_out_of_id_order_is_seen(db: &TestDb) {
-    const TRUST_EVENTS: &str = "SELECT COUNT(*) FROM events WHERE kind IN \
-        ('ca.registered', 'ca.revoked', 'ca.serial_revoked', 'ca.crl_added', 'device.status')";
     let r = &db.registry;
     let root = TestCa::root(KeyKind::P256, "Order CA");
     r.insert_ca(&new_ca(&root, true), NOW).await.unwrap();
