@@ -196,6 +196,10 @@ pub async fn start(config: Config) -> Result<Running> {
         },
         &storage,
     );
+    // SQLite's per-device telemetry index, kept close behind the writers in sorted batches (its
+    // own transactions, yielding to registrations like the ingest writer's); it stops when the
+    // registry closes, or with the storage thread.
+    drop(storage.spawn(registry.clone().keep_telemetry_indexed()));
 
     // The server's certificate.
     let (chain, key, server_ca) = match (&config.tls.cert, &config.tls.key) {

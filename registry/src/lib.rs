@@ -156,6 +156,44 @@ async fn checkpointer(pool: AnyPool) {
     }
 }
 
+/// Most ids one pass of the telemetry indexer covers. A thousand devices flooding share a leaf
+/// write by the few dozen rows at this size; the pass is written in parts, so it holds the write
+/// lock only a part at a time.
+const INDEX_CHUNK: u32 = 65_536;
+/// How long the telemetry indexer rests once caught up (the longest an unindexed tail waits).
+const INDEX_EVERY: Duration = Duration::from_millis(250);
+
+impl Registry {
+    /// Keeps SQLite's per-device telemetry index close behind the table (see
+    /// [`Registry::index_telemetry`]) until the registry closes: what a server runs beside its
+    /// telemetry writers, after [`Registry::migrate`]. Returns at once on PostgreSQL.
+    pub async fn keep_telemetry_indexed(self) {
+        if self.backend != Backend::Sqlite {
+            return;
+        }
+        telemetry_indexer(self).await;
+    }
+}
+
+async fn telemetry_indexer(registry: Registry) {
+    loop {
+        if registry.pool.is_closed() {
+            return;
+        }
+        match registry.index_telemetry(INDEX_CHUNK).await {
+            Ok(moved) if moved >= u64::from(INDEX_CHUNK) => tokio::task::yield_now().await,
+            Ok(_) => tokio::time::sleep(INDEX_EVERY).await,
+            Err(e) => {
+                if registry.pool.is_closed() {
+                    return;
+                }
+                tracing::warn!(error = %e, "indexing telemetry failed; retrying");
+                tokio::time::sleep(INDEX_EVERY).await;
+            }
+        }
+    }
+}
+
 /// Page cache of each reading SQLite connection, 64 MiB: index pages of a busy telemetry table
 /// stay hot.
 const READER_CACHE: &str = "PRAGMA cache_size = -65536";

@@ -9,7 +9,7 @@
 
 use crate::lpwan::hex_id;
 use crate::sql::SqlBuilder;
-use crate::telemetry::{IdTable, Retention, max_id};
+use crate::telemetry::{IdTable, RankedFrom, Retention, max_id};
 use crate::{Registry, RegistryError, Result, Source, StoredMessage, TelemetryMessage};
 use sqlx::Row;
 use std::collections::{BTreeMap, HashSet};
@@ -307,6 +307,7 @@ impl Registry {
                 time: "received_at",
                 per: "dev_eui",
                 newest_first: "session DESC, f_cnt DESC",
+                ranked_from: RankedFrom::Table,
             },
             max_age_ms,
             keep_per_device,

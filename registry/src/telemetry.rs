@@ -90,11 +90,26 @@ pub(crate) struct Retention {
     pub(crate) per: &'static str,
     /// `ORDER BY` ranking an owner's rows newest first.
     pub(crate) newest_first: &'static str,
+    /// Where the owners' rows are ranked.
+    pub(crate) ranked_from: RankedFrom,
+}
+
+/// The rows a retention pass ranks per owner.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum RankedFrom {
+    /// The table itself.
+    Table,
+    /// SQLite's `telemetry_by_device`, brought up to date first.
+    TelemetryIndex,
 }
 
 /// Rows per INSERT statement: 7 parameters each stays far below SQLite's 32,766 and
 /// PostgreSQL's 65,535 bind limits.
 const ROWS_PER_STATEMENT: usize = 500;
+
+/// Index entries written per transaction by [`Registry::index_telemetry`]: a part holds SQLite's
+/// write lock for a few milliseconds.
+const INDEX_PART_ROWS: usize = 4_096;
 
 /// Rows per statement when a batch may yield SQLite's write lock between statements: one such
 /// statement is the longest an interactive write waits for the telemetry writer.
@@ -110,16 +125,34 @@ impl Registry {
     /// A device's messages with `from_ms <= received_at < to_ms`, oldest first, at most `limit`
     /// (capped at 10,000).
     pub async fn telemetry(&self, device_id: &str, from_ms: i64, to_ms: i64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let rows = sqlx::query(
-            "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
-             WHERE device_id = $1 AND received_at >= $2 AND received_at < $3 ORDER BY received_at, id LIMIT $4",
-        )
-        .bind(device_id)
-        .bind(from_ms)
-        .bind(to_ms)
-        .bind(i64::from(limit.min(10_000)))
-        .fetch_all(self.pool())
-        .await?;
+        let sql = match self.backend() {
+            // The sorted index up to its mark, merged with the unindexed tail above it (read by
+            // id range: NOT INDEXED keeps the planner off `telemetry_time`). One statement, so
+            // one snapshot: the mark and the index agree. Each arm is in (received_at, id) order,
+            // so the merge stops at the limit.
+            crate::Backend::Sqlite => {
+                "SELECT d.id, t.device_id, t.topic, t.payload, t.qos, t.source, d.received_at \
+                 FROM telemetry_by_device d JOIN telemetry t ON t.id = d.id \
+                 WHERE d.device_id = $1 AND d.received_at >= $2 AND d.received_at < $3 \
+                 AND d.id <= (SELECT indexed_through FROM telemetry_index_state WHERE id = 1) \
+                 UNION ALL \
+                 SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry NOT INDEXED \
+                 WHERE id > (SELECT indexed_through FROM telemetry_index_state WHERE id = 1) \
+                 AND device_id = $1 AND received_at >= $2 AND received_at < $3 \
+                 ORDER BY 7, 1 LIMIT $4"
+            }
+            crate::Backend::Postgres => {
+                "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
+                 WHERE device_id = $1 AND received_at >= $2 AND received_at < $3 ORDER BY received_at, id LIMIT $4"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(device_id)
+            .bind(from_ms)
+            .bind(to_ms)
+            .bind(i64::from(limit.min(10_000)))
+            .fetch_all(self.pool())
+            .await?;
         rows.iter().map(stored_from_row).collect()
     }
 
@@ -132,6 +165,11 @@ impl Registry {
                 time: "received_at",
                 per: "device_id",
                 newest_first: "received_at DESC, id DESC",
+                // SQLite's per-device keys are in `telemetry_by_device` (in key order: no sort).
+                ranked_from: match self.backend() {
+                    crate::Backend::Sqlite => RankedFrom::TelemetryIndex,
+                    crate::Backend::Postgres => RankedFrom::Table,
+                },
             },
             max_age_ms,
             keep_per_device,
@@ -148,8 +186,17 @@ impl Registry {
             time,
             per,
             newest_first,
+            ranked_from,
         } = r;
         let mut tx = self.begin_write().await?;
+        if ranked_from == RankedFrom::TelemetryIndex {
+            // Ranked from the index, which must then hold every row.
+            index_telemetry_tail(&mut tx, i64::MAX).await?;
+        }
+        let ranked = match ranked_from {
+            RankedFrom::Table => table,
+            RankedFrom::TelemetryIndex => "telemetry_by_device",
+        };
         let by_age = sqlx::query(sqlx::AssertSqlSafe(format!("DELETE FROM {table} WHERE {time} < $1")))
             .bind(now_ms.saturating_sub(max_age_ms))
             .execute(&mut *tx)
@@ -157,7 +204,7 @@ impl Registry {
             .rows_affected();
         let by_count = sqlx::query(sqlx::AssertSqlSafe(format!(
             "DELETE FROM {table} WHERE id IN (SELECT id FROM (SELECT id, ROW_NUMBER() OVER \
-             (PARTITION BY {per} ORDER BY {newest_first}) AS rank FROM {table}) ranked WHERE rank > $1)"
+             (PARTITION BY {per} ORDER BY {newest_first}) AS rank FROM {ranked}) ranked WHERE rank > $1)"
         )))
         .bind(i64::from(keep))
         .execute(&mut *tx)
@@ -169,6 +216,72 @@ impl Registry {
 }
 
 impl Registry {
+    /// Brings SQLite's per-device telemetry index (`telemetry_by_device`, see its migration) up
+    /// to date by at most `max_ids` ids; how many ids it moved the mark by (fewer than
+    /// `max_ids`: caught up). Nothing to do on PostgreSQL, whose index is kept row by row.
+    ///
+    /// The range's ids are sorted by device outside the write lock, from one snapshot, then
+    /// written in parts of `INDEX_PART_ROWS` (2,048) rows, each its own transaction that yields to
+    /// interactive writes like a telemetry batch: a registration waits for one part (a few
+    /// dozen devices' leaves), never for the whole range, while each device's leaf is still
+    /// written once for all of its rows in the range. Entries above the mark are not read
+    /// until the part that moves the mark commits (reads take the rows above the mark from
+    /// the table), so a pass cut short leaves nothing visible twice; a part inserts what is
+    /// in the table when it commits, so a row deleted meanwhile leaves no entry behind.
+    pub async fn index_telemetry(&self, max_ids: u32) -> Result<u64> {
+        if self.backend() != crate::Backend::Sqlite || max_ids == 0 {
+            return Ok(0);
+        }
+        // The range's ids in key order, as one text value: rows cross from SQLite's thread one
+        // wake-up each, so thousands of them would cost more than the indexing saves.
+        let (through, upto, sorted) = {
+            let mut snapshot = self.pool().begin().await?;
+            let (through, head): (i64, i64) = sqlx::query_as(
+                "SELECT indexed_through, (SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM telemetry) \
+                 FROM telemetry_index_state WHERE id = 1",
+            )
+            .fetch_one(&mut *snapshot)
+            .await?;
+            if head <= through {
+                return Ok(0);
+            }
+            let upto = head.min(through.saturating_add(i64::from(max_ids)));
+            let sorted: Option<String> = sqlx::query_scalar(
+                "SELECT group_concat(id, ',' ORDER BY device_id, received_at, id) FROM telemetry \
+                 WHERE id > $1 AND id <= $2",
+            )
+            .bind(through)
+            .bind(upto)
+            .fetch_one(&mut *snapshot)
+            .await?;
+            (through, upto, sorted.unwrap_or_default())
+        };
+        let parts = id_list_parts(&sorted, INDEX_PART_ROWS);
+        let last = parts.len() - 1;
+        for (i, part) in parts.into_iter().enumerate() {
+            let mut tx = self.begin_bulk_write().await?;
+            // OR IGNORE: a range indexed twice (a pass cut short, or retention's catch-up in
+            // between) is harmless.
+            sqlx::query(
+                "INSERT OR IGNORE INTO telemetry_by_device (device_id, received_at, id) \
+                 SELECT device_id, received_at, id FROM telemetry WHERE id IN (SELECT value FROM json_each($1)) \
+                 ORDER BY device_id, received_at, id",
+            )
+            .bind(format!("[{part}]"))
+            .execute(&mut *tx)
+            .await?;
+            if i == last {
+                // MAX: retention's catch-up may have moved the mark further meanwhile.
+                sqlx::query("UPDATE telemetry_index_state SET indexed_through = MAX(indexed_through, $1) WHERE id = 1")
+                    .bind(upto)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            tx.commit().await?;
+        }
+        Ok(u64::try_from(upto - through).unwrap_or(0))
+    }
+
     /// Stored messages with `id > after_id`, in id order, at most `limit` (capped at 10,000):
     /// how a backend subscriber that fell behind catches up from the durable store.
     pub async fn telemetry_after(&self, after_id: i64, limit: u32) -> Result<Vec<StoredMessage>> {
@@ -316,6 +429,59 @@ pub(crate) async fn max_id(tx: &mut WriteTx, table: IdTable) -> Result<i64> {
     Ok(sqlx::query_scalar(table.max_sql()).fetch_one(&mut **tx).await?)
 }
 
+/// A comma-separated id list cut into lists of at most `n` ids, in order; one empty list when
+/// there is none (the pass still moves the mark).
+fn id_list_parts(list: &str, n: usize) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut rest = list;
+    while !rest.is_empty() {
+        match rest.match_indices(',').nth(n.max(1) - 1) {
+            Some((at, _)) => {
+                parts.push(&rest[..at]);
+                rest = &rest[at + 1..];
+            }
+            None => {
+                parts.push(rest);
+                rest = "";
+            }
+        }
+    }
+    if parts.is_empty() {
+        parts.push("");
+    }
+    parts
+}
+
+/// Indexes the telemetry rows above the mark, up to `max_ids` ids, in key order (one write per
+/// leaf for all of a device's rows in the range), and moves the mark, inside the caller's
+/// SQLite write transaction; how many ids the mark moved by. Every id at or below `MAX(id)` is
+/// committed: the caller holds the only write lock.
+async fn index_telemetry_tail(tx: &mut WriteTx, max_ids: i64) -> Result<u64> {
+    let through: i64 = sqlx::query_scalar("SELECT indexed_through FROM telemetry_index_state WHERE id = 1")
+        .fetch_one(&mut **tx)
+        .await?;
+    let head = max_id(tx, IdTable::Telemetry).await?;
+    if head <= through {
+        return Ok(0);
+    }
+    let upto = head.min(through.saturating_add(max_ids));
+    // OR IGNORE: indexing a range twice (a restored mark, say) is harmless, never a stall.
+    sqlx::query(
+        "INSERT OR IGNORE INTO telemetry_by_device (device_id, received_at, id) \
+         SELECT device_id, received_at, id FROM telemetry WHERE id > $1 AND id <= $2 \
+         ORDER BY device_id, received_at, id",
+    )
+    .bind(through)
+    .bind(upto)
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("UPDATE telemetry_index_state SET indexed_through = $1 WHERE id = 1")
+        .bind(upto)
+        .execute(&mut **tx)
+        .await?;
+    Ok(u64::try_from(upto - through).unwrap_or(0))
+}
+
 /// The ids of the `n` telemetry rows just inserted (SQLite, under the write lock), in order:
 /// `before + 1 ..= before + n` when `MAX(id)` moved by exactly `n`, else read back.
 async fn new_telemetry_ids(tx: &mut WriteTx, before: i64, n: usize) -> Result<Vec<i64>> {
@@ -358,6 +524,16 @@ mod tests {
     use crate::CHECKPOINT_EVERY;
     use crate::seal::{Kek, Keyring};
     use std::sync::atomic::Ordering;
+
+    #[test]
+    fn id_lists_are_cut_at_commas() {
+        assert_eq!(id_list_parts("", 2), [""]);
+        assert_eq!(id_list_parts("7", 2), ["7"]);
+        assert_eq!(id_list_parts("1,2", 2), ["1,2"]);
+        assert_eq!(id_list_parts("1,2,3,4,5", 2), ["1,2", "3,4", "5"]);
+        assert_eq!(id_list_parts("10,20,30", 1), ["10", "20", "30"]);
+        assert_eq!(id_list_parts("10,20,30", 0), ["10", "20", "30"]);
+    }
 
     fn message(n: usize) -> TelemetryMessage {
         TelemetryMessage {

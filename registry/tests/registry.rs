@@ -22,6 +22,7 @@ both!(
     device_lifecycle_and_events,
     fleet_queries_and_pagination,
     telemetry_batches_ranges_and_retention,
+    telemetry_reads_merge_the_index_and_its_tail,
     sealed_keys_never_reach_the_database_in_clear,
     kek_rotation,
     counters_advance_once_under_concurrency,
@@ -588,6 +589,123 @@ async fn telemetry_batches_ranges_and_retention(db: &TestDb) {
         r.prune_telemetry(0, 0, NOW + 100_000).await.unwrap();
         assert_eq!(r.telemetry_head().await.unwrap(), 0, "pruned empty");
     }
+}
+
+/// SQLite indexes telemetry per device in sorted batches behind the writers
+/// (`Registry::index_telemetry`); a read merges the index with the rows above its mark. Whatever
+/// the mark, a read gives what a plain index would: every row in range, in (received_at, id)
+/// order, cut at the limit. PostgreSQL indexes row by row, and must answer the same.
+async fn telemetry_reads_merge_the_index_and_its_tail(db: &TestDb) {
+    let r = &db.registry;
+    let sqlite = r.backend() == registry::Backend::Sqlite;
+    let at = |device: &str, t: i64, n: i64| TelemetryMessage {
+        received_at_ms: NOW + t,
+        payload: format!("{n}").into_bytes(),
+        ..msg(device, 0)
+    };
+    // Three rounds: e's rows at times 10, 20, 30 (each round also writes f), stored round by
+    // round; a late row (time 5, received out of order) comes last.
+    let mut expected = Vec::new();
+    for round in 0..3 {
+        let batch: Vec<_> = (0..4)
+            .map(|i| at(if i % 2 == 0 { "e" } else { "f" }, (round + 1) * 10 + i, round * 4 + i))
+            .collect();
+        let ids = r.store_telemetry_returning_ids(&batch).await.unwrap();
+        expected.extend(
+            ids.iter()
+                .zip(&batch)
+                .filter(|(_, m)| m.device_id == "e")
+                .map(|(id, m)| (*id, m.clone())),
+        );
+        if round == 0 {
+            // The first round is indexed in chunks of 3 ids: 3, then the last 1, then nothing.
+            assert_eq!(r.index_telemetry(3).await.unwrap(), if sqlite { 3 } else { 0 });
+            assert_eq!(r.index_telemetry(3).await.unwrap(), if sqlite { 1 } else { 0 });
+            assert_eq!(r.index_telemetry(3).await.unwrap(), 0, "caught up");
+        }
+    }
+    if sqlite {
+        // A pass cut short after a part committed leaves entries above the mark: they stay
+        // unread (the rows above the mark come from the table), so nothing shows twice.
+        let mark = db.raw_scalar("SELECT indexed_through FROM telemetry_index_state").await;
+        db.raw_execute(&format!(
+            "INSERT INTO telemetry_by_device SELECT device_id, received_at, id FROM telemetry WHERE id > {mark}"
+        ))
+        .await;
+    }
+    let late = at("e", 5, 99);
+    let late_id = r
+        .store_telemetry_returning_ids(std::slice::from_ref(&late))
+        .await
+        .unwrap()[0];
+    expected.push((late_id, late));
+    expected.sort_by_key(|(id, m)| (m.received_at_ms, *id));
+    let want = |v: &[(i64, TelemetryMessage)]| -> Vec<(i64, Vec<u8>, i64)> {
+        v.iter()
+            .map(|(id, m)| (*id, m.payload.clone(), m.received_at_ms))
+            .collect()
+    };
+    let got = |v: Vec<registry::StoredMessage>| -> Vec<(i64, Vec<u8>, i64)> {
+        v.into_iter().map(|m| (m.id, m.payload, m.received_at_ms)).collect()
+    };
+    // The same answers with the mark after round 1, after round 2, and past everything.
+    for step in 0..3 {
+        assert_eq!(
+            got(r.telemetry("e", 0, i64::MAX, 100).await.unwrap()),
+            want(&expected),
+            "step {step}"
+        );
+        // Limits cut the merged order: the late (tail) row first, then indexed rows.
+        assert_eq!(
+            got(r.telemetry("e", 0, i64::MAX, 2).await.unwrap()),
+            want(&expected[..2]),
+            "step {step}"
+        );
+        // A window by time applies to both parts.
+        let window = r.telemetry("e", NOW + 12, NOW + 33, 100).await.unwrap();
+        assert_eq!(
+            window.iter().map(|m| m.received_at_ms - NOW).collect::<Vec<_>>(),
+            [12, 20, 22, 30, 32],
+            "step {step}"
+        );
+        assert!(r.telemetry("nobody", 0, i64::MAX, 100).await.unwrap().is_empty());
+        r.index_telemetry(if step == 0 { 4 } else { 1_000 }).await.unwrap();
+    }
+    if sqlite {
+        // Fully indexed: one index entry per row, and deleting a row (retention) deletes its entry.
+        assert_eq!(
+            db.raw_scalar("SELECT COUNT(*) FROM telemetry_by_device").await,
+            db.raw_scalar("SELECT COUNT(*) FROM telemetry").await
+        );
+        assert_eq!(
+            r.prune_telemetry(i64::MAX / 2, 1, NOW + 100).await.unwrap(),
+            13 - 2,
+            "e and f keep their newest"
+        );
+        assert_eq!(db.raw_scalar("SELECT COUNT(*) FROM telemetry_by_device").await, 2);
+    } else {
+        assert_eq!(
+            r.prune_telemetry(i64::MAX / 2, 1, NOW + 100).await.unwrap(),
+            13 - 2,
+            "e and f keep their newest"
+        );
+    }
+    let kept = r.telemetry("e", 0, i64::MAX, 100).await.unwrap();
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0].received_at_ms, NOW + 32, "the newest by time");
+
+    // A pass over more rows than one part writes several parts; every row is indexed once.
+    let batch: Vec<_> = (0..5000)
+        .map(|i| at(["g", "h", "i"][i as usize % 3], 100 + i, i))
+        .collect();
+    r.store_telemetry(&batch).await.unwrap();
+    assert_eq!(r.index_telemetry(10_000).await.unwrap(), if sqlite { 5000 } else { 0 });
+    if sqlite {
+        assert_eq!(db.raw_scalar("SELECT COUNT(*) FROM telemetry_by_device").await, 5002);
+    }
+    let h = r.telemetry("h", 0, i64::MAX, 10_000).await.unwrap();
+    assert_eq!(h.len(), 1667);
+    assert!(h.windows(2).all(|w| w[0].received_at_ms < w[1].received_at_ms));
 }
 
 async fn sealed_keys_never_reach_the_database_in_clear(db: &TestDb) {
@@ -2488,4 +2606,52 @@ async fn registrations_from_several_nodes_at_once(db: &TestDb) {
         }
         assert_eq!(seen, 0, "deadlocks between the nodes' registration transactions");
     }
+}
+
+/// A SQLite database written before the per-device telemetry index moved to
+/// `telemetry_by_device` (migration 10) keeps its messages readable by device: the migration
+/// indexes every existing row and sets the mark past them.
+#[tokio::test]
+async fn sqlite_upgrade_indexes_existing_telemetry() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = Registry::sqlite_url(dir.path());
+    sqlx::any::install_default_drivers();
+    let dir_of = std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/migrations/sqlite"));
+    let mut before = sqlx::migrate::Migrator::new(dir_of).await.unwrap();
+    before.migrations = before
+        .migrations
+        .iter()
+        .filter(|m| m.version < 10)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    {
+        let opts: sqlx::sqlite::SqliteConnectOptions = url
+            .parse::<sqlx::sqlite::SqliteConnectOptions>()
+            .unwrap()
+            .create_if_missing(true);
+        let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect_with(&opts)
+            .await
+            .unwrap();
+        before.run(&mut conn).await.unwrap();
+        for (i, device) in ["u", "v", "u", "u"].iter().enumerate() {
+            sqlx::query(
+                "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ($1, 't', x'00', 1, 'mqtt', $2)",
+            )
+            .bind(device)
+            .bind(NOW + 10 - i as i64)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        }
+    }
+    let r = Registry::open(&url, common::keyring()).await.unwrap();
+    assert_eq!(
+        r.index_telemetry(100).await.unwrap(),
+        0,
+        "the migration indexed everything"
+    );
+    let u = r.telemetry("u", 0, i64::MAX, 10).await.unwrap();
+    assert_eq!(u.iter().map(|m| m.received_at_ms - NOW).collect::<Vec<_>>(), [7, 8, 10]);
+    r.close().await;
 }
