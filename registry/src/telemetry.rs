@@ -235,7 +235,10 @@ impl Registry {
         // The range's ids in key order, as one text value: rows cross from SQLite's thread one
         // wake-up each, so thousands of them would cost more than the indexing saves.
         let (through, upto, sorted) = {
-            let mut snapshot = self.pool().begin().await?;
+            let Some(reader) = self.index_reader.as_ref() else {
+                return Ok(0);
+            };
+            let mut snapshot = reader.begin().await?;
             let (through, head): (i64, i64) = sqlx::query_as(
                 "SELECT indexed_through, (SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM telemetry) \
                  FROM telemetry_index_state WHERE id = 1",
