@@ -101,6 +101,9 @@ async fn writer(
         // LPWAN uplink commits between two prefixes. A failed commit is retried for what is not
         // stored yet (nothing of it was acknowledged), outside the turn.
         let mut backoff = Duration::from_millis(20);
+        // A JetStream relay slower than the devices slows them here, before the commit (their
+        // PUBACKs wait, as for a slow store), rather than dropping from the bus.
+        hub.wait_for_bus_room(batch.len()).await;
         while !batch.is_empty() {
             let turn = hub.store_turn().await;
             let ids = match registry.store_telemetry_prefix(&batch).await {

@@ -38,6 +38,9 @@ use tokio::task::JoinHandle;
 
 /// Subject prefix of stored telemetry (`fleetward.telemetry.{device}`).
 pub const TELEMETRY_PREFIX: &str = "fleetward.telemetry.";
+/// How long a telemetry writer waits for room in the relay's buffer while the relay publishes
+/// nothing (NATS connected but JetStream not acknowledging): then it stores anyway.
+pub const RELAY_STALL: Duration = Duration::from_millis(200);
 /// Subject prefix of command wake-ups (`fleetward.commands.{device}`).
 pub const COMMANDS_PREFIX: &str = "fleetward.commands.";
 /// Subject of registry change announcements.
@@ -211,6 +214,27 @@ impl Bus {
     /// Hands stored messages to the JetStream relay (never waits; see [`telemetry::Relay`]).
     pub fn offer_telemetry(&self, messages: &[Arc<StoredMessage>]) {
         self.relay.offer(messages);
+    }
+
+    /// Waits until the relay's buffer has room for `n` more messages (at most its size), as long
+    /// as NATS is connected and the relay keeps draining: a relay slower than the devices then
+    /// slows the devices, as a full telemetry store does, instead of dropping from the bus. When
+    /// NATS is away, or the relay has published nothing for [`RELAY_STALL`], it returns and the
+    /// buffer fills and drops as documented (devices keep being served).
+    pub async fn wait_for_relay_room(&self, n: usize) {
+        let mut backlog = self.relay.backlog();
+        let mut progress_at = crate::clock::monotonic();
+        while self.relay.room() < n.min(self.relay.size()) && self.connected() {
+            if crate::clock::monotonic().saturating_duration_since(progress_at) >= RELAY_STALL {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let now = self.relay.backlog();
+            if now < backlog {
+                progress_at = crate::clock::monotonic();
+            }
+            backlog = now;
+        }
     }
 
     /// Messages waiting in the relay's buffer.

@@ -7,8 +7,11 @@
 //! first attempt did land is dropped by JetStream's de-duplication window, so a stored message
 //! lands once.
 //!
-//! The buffer between the writers and the task is bounded (`nats.telemetry_buffer`). When NATS
-//! is away long enough to fill it, further messages are counted (`bus_telemetry_dropped`) and an
+//! The buffer between the writers and the task is bounded (`nats.telemetry_buffer`). While NATS
+//! is connected and the relay drains it, the MQTT telemetry writer waits for room before its
+//! next commit ([`crate::bus::Bus::wait_for_relay_room`]), so devices faster than the relay are
+//! slowed rather than missing the bus. When NATS is away (or acknowledges nothing for
+//! [`crate::bus::RELAY_STALL`]) long enough to fill it, further messages are counted (`bus_telemetry_dropped`) and an
 //! event (`bus.telemetry_dropped`) names the range of stored ids they fall in. Nothing was
 //! acknowledged on the strength of the bus: a device's PUBACK follows the registry's commit, so
 //! those messages stay in the telemetry store (and reach MQTT backends from there).
@@ -98,6 +101,16 @@ impl Relay {
                 note_dropped(&self.dropped, &self.stats, m.id, 1);
             }
         }
+    }
+
+    /// Free places in the buffer.
+    pub fn room(&self) -> usize {
+        self.tx.capacity()
+    }
+
+    /// The buffer's size (`nats.telemetry_buffer`).
+    pub fn size(&self) -> usize {
+        self.tx.max_capacity()
     }
 
     /// Messages waiting for JetStream.

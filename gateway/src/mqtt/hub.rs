@@ -433,6 +433,15 @@ impl Hub {
         self.store_turn.lock().await
     }
 
+    /// Before a writer stores `n` messages: waits while the JetStream relay's buffer has no room
+    /// for them and the relay is draining it (see [`crate::bus::Bus::wait_for_relay_room`]), so
+    /// devices that outrun the relay are slowed instead of their messages missing the bus.
+    pub async fn wait_for_bus_room(&self, n: usize) {
+        if let Some(bus) = self.bus.get() {
+            bus.wait_for_relay_room(n).await;
+        }
+    }
+
     /// Hands stored messages to every backend subscriber whose filters match. Never waits: a
     /// full queue marks the subscriber lagging, and it re-reads what it missed from the store.
     /// Call it under [`Hub::store_turn`], with the messages that turn committed.
