@@ -219,22 +219,10 @@ impl Bus {
     /// Waits until the relay's buffer has room for `n` more messages (at most its size), as long
     /// as NATS is connected and the relay keeps draining: a relay slower than the devices then
     /// slows the devices, as a full telemetry store does, instead of dropping from the bus. When
-    /// NATS is away, or the relay has published nothing for [`RELAY_STALL`], it returns and the
-    /// buffer fills and drops as documented (devices keep being served).
+    /// NATS is away, or the relay has published nothing for [`RELAY_STALL`] (and not since), it
+    /// returns at once and the buffer fills and drops as documented (devices keep being served).
     pub async fn wait_for_relay_room(&self, n: usize) {
-        let mut backlog = self.relay.backlog();
-        let mut progress_at = crate::clock::monotonic();
-        while self.relay.room() < n.min(self.relay.size()) && self.connected() {
-            if crate::clock::monotonic().saturating_duration_since(progress_at) >= RELAY_STALL {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            let now = self.relay.backlog();
-            if now < backlog {
-                progress_at = crate::clock::monotonic();
-            }
-            backlog = now;
-        }
+        self.relay.wait_for_room(n, || self.connected()).await;
     }
 
     /// Messages waiting in the relay's buffer.

@@ -64,6 +64,8 @@ struct DroppedRange {
 #[derive(Debug)]
 pub struct Relay {
     tx: mpsc::Sender<Arc<StoredMessage>>,
+    /// `bus_telemetry_published` when a writer last gave up waiting for room (`u64::MAX`: never).
+    stalled_at: std::sync::atomic::AtomicU64,
     dropped: Arc<Mutex<Option<DroppedRange>>>,
     stats: Arc<Stats>,
 }
@@ -90,7 +92,15 @@ impl Relay {
             }
             .run(rx, stop),
         );
-        (Relay { tx, dropped, stats }, task)
+        (
+            Relay {
+                tx,
+                stalled_at: std::sync::atomic::AtomicU64::new(u64::MAX),
+                dropped,
+                stats,
+            },
+            task,
+        )
     }
 
     /// Queues committed messages for JetStream. Never waits: past the buffer, a message is
@@ -103,14 +113,31 @@ impl Relay {
         }
     }
 
-    /// Free places in the buffer.
-    pub fn room(&self) -> usize {
-        self.tx.capacity()
-    }
-
-    /// The buffer's size (`nats.telemetry_buffer`).
-    pub fn size(&self) -> usize {
-        self.tx.max_capacity()
+    /// Waits until the buffer has room for `n` more messages (at most its size) while
+    /// `connected()` and the task keeps publishing. After [`crate::bus::RELAY_STALL`] without a
+    /// publish it gives up, and gives up at once on later calls until something is published
+    /// again: a connected NATS whose JetStream acknowledges nothing slows no writer for long.
+    pub async fn wait_for_room(&self, n: usize, connected: impl Fn() -> bool) {
+        use std::sync::atomic::Ordering;
+        let published = || self.stats.bus_telemetry_published.load(Ordering::Acquire);
+        let need = n.min(self.tx.max_capacity());
+        if self.tx.capacity() >= need || self.stalled_at.load(Ordering::Acquire) == published() {
+            return;
+        }
+        let mut seen = published();
+        let mut progress_at = crate::clock::monotonic();
+        while self.tx.capacity() < need && connected() {
+            if crate::clock::monotonic().saturating_duration_since(progress_at) >= crate::bus::RELAY_STALL {
+                self.stalled_at.store(seen, Ordering::Release);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+            let now = published();
+            if now != seen {
+                seen = now;
+                progress_at = crate::clock::monotonic();
+            }
+        }
     }
 
     /// Messages waiting for JetStream.
