@@ -174,24 +174,20 @@ impl Registry {
         if self.backend != Backend::Sqlite {
             return;
         }
-        telemetry_indexer(self).await;
-    }
-}
-
-async fn telemetry_indexer(registry: Registry) {
-    loop {
-        if registry.pool.is_closed() {
-            return;
-        }
-        match registry.index_telemetry(INDEX_CHUNK).await {
-            Ok(moved) if moved >= u64::from(INDEX_CHUNK) => tokio::task::yield_now().await,
-            Ok(_) => tokio::time::sleep(INDEX_EVERY).await,
-            Err(e) => {
-                if registry.pool.is_closed() {
-                    return;
+        loop {
+            if self.pool.is_closed() {
+                return;
+            }
+            match self.index_telemetry(INDEX_CHUNK).await {
+                Ok(moved) if moved >= u64::from(INDEX_CHUNK) => tokio::task::yield_now().await,
+                Ok(_) => tokio::time::sleep(INDEX_EVERY).await,
+                Err(e) => {
+                    if self.pool.is_closed() {
+                        return;
+                    }
+                    tracing::warn!(error = %e, "indexing telemetry failed; retrying");
+                    tokio::time::sleep(INDEX_EVERY).await;
                 }
-                tracing::warn!(error = %e, "indexing telemetry failed; retrying");
-                tokio::time::sleep(INDEX_EVERY).await;
             }
         }
     }

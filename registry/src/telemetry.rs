@@ -191,7 +191,7 @@ impl Registry {
         let mut tx = self.begin_write().await?;
         if ranked_from == RankedFrom::TelemetryIndex {
             // Ranked from the index, which must then hold every row.
-            index_telemetry_tail(&mut tx, i64::MAX).await?;
+            catch_up_telemetry_index(&mut tx).await?;
         }
         let ranked = match ranked_from {
             RankedFrom::Table => table,
@@ -221,7 +221,7 @@ impl Registry {
     /// `max_ids`: caught up). Nothing to do on PostgreSQL, whose index is kept row by row.
     ///
     /// The range's ids are sorted by device outside the write lock, from one snapshot, then
-    /// written in parts of `INDEX_PART_ROWS` (2,048) rows, each its own transaction that yields to
+    /// written in parts of `INDEX_PART_ROWS` (4,096) rows, each its own transaction that yields to
     /// interactive writes like a telemetry batch: a registration waits for one part (a few
     /// dozen devices' leaves), never for the whole range, while each device's leaf is still
     /// written once for all of its rows in the range. Entries above the mark are not read
@@ -229,15 +229,13 @@ impl Registry {
     /// the table), so a pass cut short leaves nothing visible twice; a part inserts what is
     /// in the table when it commits, so a row deleted meanwhile leaves no entry behind.
     pub async fn index_telemetry(&self, max_ids: u32) -> Result<u64> {
-        if self.backend() != crate::Backend::Sqlite || max_ids == 0 {
+        // Only SQLite has an index reader.
+        let Some(reader) = self.index_reader.as_ref().filter(|_| max_ids > 0) else {
             return Ok(0);
-        }
+        };
         // The range's ids in key order, as one text value: rows cross from SQLite's thread one
         // wake-up each, so thousands of them would cost more than the indexing saves.
         let (through, upto, sorted) = {
-            let Some(reader) = self.index_reader.as_ref() else {
-                return Ok(0);
-            };
             let mut snapshot = reader.begin().await?;
             let (through, head): (i64, i64) = sqlx::query_as(
                 "SELECT indexed_through, (SELECT CAST(COALESCE(MAX(id), 0) AS BIGINT) FROM telemetry) \
@@ -455,34 +453,26 @@ fn id_list_parts(list: &str, n: usize) -> Vec<&str> {
     parts
 }
 
-/// Indexes the telemetry rows above the mark, up to `max_ids` ids, in key order (one write per
-/// leaf for all of a device's rows in the range), and moves the mark, inside the caller's
-/// SQLite write transaction; how many ids the mark moved by. Every id at or below `MAX(id)` is
-/// committed: the caller holds the only write lock.
-async fn index_telemetry_tail(tx: &mut WriteTx, max_ids: i64) -> Result<u64> {
-    let through: i64 = sqlx::query_scalar("SELECT indexed_through FROM telemetry_index_state WHERE id = 1")
-        .fetch_one(&mut **tx)
-        .await?;
-    let head = max_id(tx, IdTable::Telemetry).await?;
-    if head <= through {
-        return Ok(0);
-    }
-    let upto = head.min(through.saturating_add(max_ids));
-    // OR IGNORE: indexing a range twice (a restored mark, say) is harmless, never a stall.
+/// Indexes every telemetry row above the mark, in key order, and moves the mark to `MAX(id)`,
+/// inside the caller's SQLite write transaction (which holds the only write lock, so every id
+/// up to `MAX(id)` is committed).
+async fn catch_up_telemetry_index(tx: &mut WriteTx) -> Result<()> {
+    // OR IGNORE: entries an indexing pass left above the mark are already there.
     sqlx::query(
         "INSERT OR IGNORE INTO telemetry_by_device (device_id, received_at, id) \
-         SELECT device_id, received_at, id FROM telemetry WHERE id > $1 AND id <= $2 \
+         SELECT device_id, received_at, id FROM telemetry \
+         WHERE id > (SELECT indexed_through FROM telemetry_index_state WHERE id = 1) \
          ORDER BY device_id, received_at, id",
     )
-    .bind(through)
-    .bind(upto)
     .execute(&mut **tx)
     .await?;
-    sqlx::query("UPDATE telemetry_index_state SET indexed_through = $1 WHERE id = 1")
-        .bind(upto)
-        .execute(&mut **tx)
-        .await?;
-    Ok(u64::try_from(upto - through).unwrap_or(0))
+    sqlx::query(
+        "UPDATE telemetry_index_state \
+         SET indexed_through = MAX(indexed_through, (SELECT COALESCE(MAX(id), 0) FROM telemetry)) WHERE id = 1",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The ids of the `n` telemetry rows just inserted (SQLite, under the write lock), in order:

@@ -11,8 +11,9 @@
 //! is connected and the relay drains it, the MQTT telemetry writer waits for room before its
 //! next commit ([`crate::bus::Bus::wait_for_relay_room`]), so devices faster than the relay are
 //! slowed rather than missing the bus. When NATS is away (or acknowledges nothing for
-//! [`crate::bus::RELAY_STALL`]) long enough to fill it, further messages are counted (`bus_telemetry_dropped`) and an
-//! event (`bus.telemetry_dropped`) names the range of stored ids they fall in. Nothing was
+//! [`crate::bus::RELAY_STALL`]) long enough to fill it, further messages are counted
+//! (`bus_telemetry_dropped`) and an event (`bus.telemetry_dropped`) names the range of stored
+//! ids they fall in. Nothing was
 //! acknowledged on the strength of the bus: a device's PUBACK follows the registry's commit, so
 //! those messages stay in the telemetry store (and reach MQTT backends from there).
 
