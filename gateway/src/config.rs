@@ -77,7 +77,8 @@ pub struct NatsConfig {
     /// JetStream stream holding `fleetward.telemetry.>` (created if missing).
     pub telemetry_stream: String,
     /// Stored messages that may wait for JetStream (NATS away); past it they are counted as
-    /// dropped from the bus, with an event naming their stored ids.
+    /// dropped from the bus, with an event naming their stored ids. A telemetry commit holds at
+    /// most this many messages (the writer waits for that much room while NATS is up).
     pub telemetry_buffer: usize,
     /// The stream keeps messages this long (0: until telemetry_max_bytes).
     pub telemetry_max_age_secs: u64,
@@ -385,6 +386,7 @@ trust_ca = []
 telemetry_stream = "FLEETWARD_TELEMETRY"
 # Stored messages that may wait while NATS is away; past it they are counted as dropped from
 # the bus (bus_telemetry_dropped) and an event names their stored ids (they stay in the store).
+# A telemetry commit holds at most this many messages.
 telemetry_buffer = 100000
 telemetry_max_age_secs = 604800
 telemetry_max_bytes = -1

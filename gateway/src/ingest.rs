@@ -101,23 +101,21 @@ async fn writer(
         // LPWAN uplink commits between two prefixes. A failed commit is retried for what is not
         // stored yet (nothing of it was acknowledged), outside the turn.
         let mut backoff = Duration::from_millis(20);
-        // A JetStream relay slower than the devices slows them here, before the commit (their
-        // PUBACKs wait, as for a slow store), rather than dropping from the bus.
-        hub.wait_for_bus_room(batch.len()).await;
         while !batch.is_empty() {
+            // A JetStream relay slower than the devices slows them here, before the commit
+            // (their PUBACKs wait, as for a slow store), rather than dropping from the bus. A
+            // commit holds no more than the relay's buffer: room for more never comes.
+            let most = hub.telemetry_batch_limit(batch.len());
+            hub.wait_for_bus_room(most).await;
             let turn = hub.store_turn().await;
-            let ids = match registry.store_telemetry_prefix(&batch).await {
-                Ok(ids) if !ids.is_empty() && ids.len() <= batch.len() => {
+            let ids = match registry.store_telemetry_prefix(&batch[..most]).await {
+                Ok(ids) if !ids.is_empty() && ids.len() <= most => {
                     backoff = Duration::from_millis(20);
                     ids
                 }
                 Ok(ids) => {
                     // Cannot pair ids with messages; never acknowledge on a guess.
-                    tracing::error!(
-                        expected = batch.len(),
-                        got = ids.len(),
-                        "store returned an impossible id list"
-                    );
+                    tracing::error!(expected = most, got = ids.len(), "store returned an impossible id list");
                     batch.clear();
                     acks.clear();
                     break;
@@ -144,8 +142,13 @@ async fn writer(
                 stored.push(Arc::new(m.stored(id)));
             }
             for m in &stored {
-                let at = seen.entry(m.device_id.clone()).or_insert(m.received_at_ms);
-                *at = (*at).max(m.received_at_ms);
+                // The id is copied once per device per flush, not once per message.
+                match seen.get_mut(m.device_id.as_str()) {
+                    Some(at) => *at = (*at).max(m.received_at_ms),
+                    None => {
+                        seen.insert(m.device_id.clone(), m.received_at_ms);
+                    }
+                }
             }
             hub.fan_out(&stored);
             drop(turn);

@@ -3,9 +3,11 @@
 //! Each one either reaches JetStream once when NATS is back, or is counted as dropped (buffer
 //! full) and named by a `bus.telemetry_dropped` event.
 //!
-//! The test runs its own `nats-server` (JetStream, store in a temporary directory) on a free
-//! loopback port, kills it with SIGKILL and starts it again on the same port and store: the
-//! machine's shared NATS is not touched.
+//! And NATS up but slower than the devices: they are slowed, and nothing is dropped.
+//!
+//! The tests run their own `nats-server` (JetStream, store in a temporary directory) on a free
+//! loopback port; the first kills it with SIGKILL and starts it again on the same port and
+//! store. The machine's shared NATS is not touched.
 #![allow(
     clippy::unwrap_used,
     clippy::expect_used,
@@ -227,5 +229,88 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
             m.id
         );
     }
+    server.running.shutdown().await;
+}
+
+/// NATS up but the relay's buffer far smaller than what the devices have in flight: the
+/// telemetry writer waits for room (and commits no more than the buffer holds at once), so the
+/// devices are slowed and every message reaches JetStream; none is dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_slower_than_the_devices_slows_them_and_drops_nothing() {
+    const STREAM: &str = "FW_BUS_BACKPRESSURE";
+    const DEVICES: usize = 16;
+    const IN_FLIGHT: usize = 40;
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let url = format!("nats://127.0.0.1:{port}");
+    let _nats = NatsServer::start(port, store.path());
+
+    let ca = TestCa::stsafe_root("STM STSAFE-A BUS PRESSURE CA");
+    let server = common::start_with(&[&ca], |c| {
+        c.nats_url = Some(url.clone());
+        c.node_name = Some("pressed".into());
+        c.nats.telemetry_stream = STREAM.into();
+        // 640 messages in flight at once against room for 50.
+        c.nats.telemetry_buffer = 50;
+    })
+    .await;
+    let stats = server.running.stats.clone();
+    let bus = server.running.hub.bus().cloned().expect("the bus is configured");
+    wait_for("the gateway connects to NATS", Duration::from_secs(10), || {
+        bus.connected()
+    })
+    .await;
+
+    let devices: Vec<_> = (0..DEVICES)
+        .map(|i| ca.issue_stsafe_device("press", &[0x10, i as u8]))
+        .collect();
+    let mut clients = Vec::new();
+    for d in &devices {
+        let id = common::id_of(d);
+        let (c, code) = server.connect(d, &id, TlsProfile::Tls13).await.unwrap();
+        assert_eq!(code, 0);
+        clients.push((c, format!("devices/{id}/telemetry")));
+    }
+    // Every device writes its whole window before waiting for a single PUBACK.
+    let started = Instant::now();
+    futures_util::future::join_all(clients.iter_mut().map(|(c, topic)| async move {
+        let mut pkids = Vec::with_capacity(IN_FLIGHT);
+        for n in 0..IN_FLIGHT {
+            pkids.push(c.publish_nowait(topic, n.to_string().as_bytes(), 1).await.unwrap());
+        }
+        for pkid in pkids {
+            c.wait_puback(pkid, Duration::from_secs(30)).await.unwrap();
+        }
+    }))
+    .await;
+    let total = (DEVICES * IN_FLIGHT) as u64;
+    eprintln!("{total} messages acknowledged in {:?}", started.elapsed());
+    wait_for("every message is published", Duration::from_secs(30), || {
+        let s = stats.snapshot();
+        s.bus_telemetry_published + s.bus_telemetry_dropped >= total
+    })
+    .await;
+    let s = stats.snapshot();
+    assert_eq!(
+        s.bus_telemetry_dropped, 0,
+        "the relay dropped messages while NATS was up"
+    );
+    assert_eq!(s.bus_telemetry_published, total);
+
+    // The stream holds each stored message once.
+    let client = async_nats::connect(&url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(STREAM).await.unwrap();
+    assert_eq!(stream.info().await.unwrap().state.messages, total);
+    let stored: BTreeSet<i64> = server
+        .running
+        .registry
+        .telemetry_after(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(stored.len() as u64, total);
     server.running.shutdown().await;
 }

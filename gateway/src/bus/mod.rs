@@ -225,6 +225,11 @@ impl Bus {
         self.relay.wait_for_room(n, || self.connected()).await;
     }
 
+    /// The relay's buffer size: no commit may hand it more messages than this at once.
+    pub fn relay_capacity(&self) -> usize {
+        self.relay.capacity()
+    }
+
     /// Messages waiting in the relay's buffer.
     pub fn telemetry_backlog(&self) -> usize {
         self.relay.backlog()

@@ -141,6 +141,11 @@ impl Relay {
         }
     }
 
+    /// The buffer's size (`nats.telemetry_buffer`).
+    pub fn capacity(&self) -> usize {
+        self.tx.max_capacity()
+    }
+
     /// Messages waiting for JetStream.
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()

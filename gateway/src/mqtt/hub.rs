@@ -442,6 +442,15 @@ impl Hub {
         }
     }
 
+    /// How many of `n` waiting messages one telemetry commit may hold: no more than the relay's
+    /// buffer when there is a bus (waiting cannot make room for more).
+    pub fn telemetry_batch_limit(&self, n: usize) -> usize {
+        match self.bus.get() {
+            Some(bus) => n.min(bus.relay_capacity().max(1)),
+            None => n,
+        }
+    }
+
     /// Hands stored messages to every backend subscriber whose filters match. Never waits: a
     /// full queue marks the subscriber lagging, and it re-reads what it missed from the store.
     /// Call it under [`Hub::store_turn`], with the messages that turn committed.
