@@ -105,8 +105,7 @@ async fn writer(
             // A JetStream relay slower than the devices slows them here, before the commit
             // (their PUBACKs wait, as for a slow store), rather than dropping from the bus. A
             // commit holds no more than the relay's buffer: room for more never comes.
-            let most = hub.telemetry_batch_limit(batch.len());
-            hub.wait_for_bus_room(most).await;
+            let most = hub.wait_for_bus_room(batch.len()).await;
             let turn = hub.store_turn().await;
             let ids = match registry.store_telemetry_prefix(&batch[..most]).await {
                 Ok(ids) if !ids.is_empty() && ids.len() <= most => {

@@ -70,6 +70,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A nats-server of the test's own on a free port: its store (to start it again on), port and URL.
+fn own_nats() -> (tempfile::TempDir, u16, String, NatsServer) {
+    let store = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let nats = NatsServer::start(port, store.path());
+    (store, port, format!("nats://127.0.0.1:{port}"), nats)
+}
+
+/// A gateway trusting `ca` whose bus is the NATS at `url`, relaying telemetry to `stream`
+/// through a buffer of `buffer` messages.
+async fn gateway_on(url: &str, ca: &TestCa, node: &str, stream: &str, buffer: usize) -> common::Server {
+    common::start_with(&[ca], |c| {
+        c.nats_url = Some(url.to_owned());
+        c.node_name = Some(node.to_owned());
+        c.nats.telemetry_stream = stream.to_owned();
+        c.nats.telemetry_buffer = buffer;
+    })
+    .await
+}
+
 async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + within;
     while !done() {
@@ -80,20 +100,10 @@ async fn wait_for(what: &str, within: Duration, mut done: impl FnMut() -> bool) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
-    let store = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("nats://127.0.0.1:{port}");
-    let nats = NatsServer::start(port, store.path());
-
+    let (store, port, url, nats) = own_nats();
     let ca = TestCa::stsafe_root("STM STSAFE-A BUS FAULT CA");
-    let server = common::start_with(&[&ca], |c| {
-        c.nats_url = Some(url.clone());
-        c.node_name = Some("faulty".into());
-        c.nats.telemetry_stream = STREAM.into();
-        // Small, so that an outage overflows it.
-        c.nats.telemetry_buffer = 50;
-    })
-    .await;
+    // A buffer of 50: small, so that an outage overflows it.
+    let server = gateway_on(&url, &ca, "faulty", STREAM, 50).await;
     let stats = server.running.stats.clone();
     let bus = server.running.hub.bus().cloned().expect("the bus is configured");
 
@@ -240,20 +250,10 @@ async fn a_relay_slower_than_the_devices_slows_them_and_drops_nothing() {
     const STREAM: &str = "FW_BUS_BACKPRESSURE";
     const DEVICES: usize = 16;
     const IN_FLIGHT: usize = 40;
-    let store = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let url = format!("nats://127.0.0.1:{port}");
-    let _nats = NatsServer::start(port, store.path());
-
+    let (_store, _port, url, _nats) = own_nats();
     let ca = TestCa::stsafe_root("STM STSAFE-A BUS PRESSURE CA");
-    let server = common::start_with(&[&ca], |c| {
-        c.nats_url = Some(url.clone());
-        c.node_name = Some("pressed".into());
-        c.nats.telemetry_stream = STREAM.into();
-        // 640 messages in flight at once against room for 50.
-        c.nats.telemetry_buffer = 50;
-    })
-    .await;
+    // 640 messages in flight at once against room for 50.
+    let server = gateway_on(&url, &ca, "pressed", STREAM, 50).await;
     let stats = server.running.stats.clone();
     let bus = server.running.hub.bus().cloned().expect("the bus is configured");
     wait_for("the gateway connects to NATS", Duration::from_secs(10), || {

@@ -216,18 +216,14 @@ impl Bus {
         self.relay.offer(messages);
     }
 
-    /// Waits until the relay's buffer has room for `n` more messages (at most its size), as long
-    /// as NATS is connected and the relay keeps draining: a relay slower than the devices then
-    /// slows the devices, as a full telemetry store does, instead of dropping from the bus. When
-    /// NATS is away, or the relay has published nothing for [`RELAY_STALL`] (and not since), it
-    /// returns at once and the buffer fills and drops as documented (devices keep being served).
-    pub async fn wait_for_relay_room(&self, n: usize) {
-        self.relay.wait_for_room(n, || self.connected()).await;
-    }
-
-    /// The relay's buffer size: no commit may hand it more messages than this at once.
-    pub fn relay_capacity(&self) -> usize {
-        self.relay.capacity()
+    /// Of `n` messages about to be committed, how many one commit may hand the relay (at most
+    /// its buffer's size), once its buffer has room for them. It waits as long as NATS is
+    /// connected and the relay keeps draining: a relay slower than the devices then slows the
+    /// devices, as a full telemetry store does, instead of dropping from the bus. When NATS is
+    /// away, or the relay has published nothing for [`RELAY_STALL`] (and not since), it returns
+    /// at once and the buffer fills and drops as documented (devices keep being served).
+    pub async fn wait_for_relay_room(&self, n: usize) -> usize {
+        self.relay.wait_for_room(n, || self.connected()).await
     }
 
     /// Messages waiting in the relay's buffer.

@@ -13,9 +13,9 @@
 //! slowed rather than missing the bus. When NATS is away (or acknowledges nothing for
 //! [`crate::bus::RELAY_STALL`]) long enough to fill it, further messages are counted
 //! (`bus_telemetry_dropped`) and an event (`bus.telemetry_dropped`) names the range of stored
-//! ids they fall in. Nothing was
-//! acknowledged on the strength of the bus: a device's PUBACK follows the registry's commit, so
-//! those messages stay in the telemetry store (and reach MQTT backends from there).
+//! ids they fall in. Nothing was acknowledged on the strength of the bus: a device's PUBACK
+//! follows the registry's commit, so those messages stay in the telemetry store (and reach MQTT
+//! backends from there).
 
 use crate::eventlog::EventSink;
 use crate::locks::lock;
@@ -114,23 +114,25 @@ impl Relay {
         }
     }
 
-    /// Waits until the buffer has room for `n` more messages (at most its size) while
-    /// `connected()` and the task keeps publishing. After [`crate::bus::RELAY_STALL`] without a
-    /// publish it gives up, and gives up at once on later calls until something is published
-    /// again: a connected NATS whose JetStream acknowledges nothing slows no writer for long.
-    pub async fn wait_for_room(&self, n: usize, connected: impl Fn() -> bool) {
+    /// Of `n` messages about to be committed, how many one commit may hold (no more than the
+    /// buffer: waiting cannot make room for more), once the buffer has room for them, waiting
+    /// while `connected()` and the task keeps publishing. After [`crate::bus::RELAY_STALL`]
+    /// without a publish it gives up, and gives up at once on later calls until something is
+    /// published again: a connected NATS whose JetStream acknowledges nothing slows no writer
+    /// for long.
+    pub async fn wait_for_room(&self, n: usize, connected: impl Fn() -> bool) -> usize {
         use std::sync::atomic::Ordering;
         let published = || self.stats.bus_telemetry_published.load(Ordering::Acquire);
         let need = n.min(self.tx.max_capacity());
         if self.tx.capacity() >= need || self.stalled_at.load(Ordering::Acquire) == published() {
-            return;
+            return need;
         }
         let mut seen = published();
         let mut progress_at = crate::clock::monotonic();
         while self.tx.capacity() < need && connected() {
             if crate::clock::monotonic().saturating_duration_since(progress_at) >= crate::bus::RELAY_STALL {
                 self.stalled_at.store(seen, Ordering::Release);
-                return;
+                return need;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
             let now = published();
@@ -139,11 +141,7 @@ impl Relay {
                 progress_at = crate::clock::monotonic();
             }
         }
-    }
-
-    /// The buffer's size (`nats.telemetry_buffer`).
-    pub fn capacity(&self) -> usize {
-        self.tx.max_capacity()
+        need
     }
 
     /// Messages waiting for JetStream.

@@ -433,20 +433,13 @@ impl Hub {
         self.store_turn.lock().await
     }
 
-    /// Before a writer stores `n` messages: waits while the JetStream relay's buffer has no room
-    /// for them and the relay is draining it (see [`crate::bus::Bus::wait_for_relay_room`]), so
-    /// devices that outrun the relay are slowed instead of their messages missing the bus.
-    pub async fn wait_for_bus_room(&self, n: usize) {
-        if let Some(bus) = self.bus.get() {
-            bus.wait_for_relay_room(n).await;
-        }
-    }
-
-    /// How many of `n` waiting messages one telemetry commit may hold: no more than the relay's
-    /// buffer when there is a bus (waiting cannot make room for more).
-    pub fn telemetry_batch_limit(&self, n: usize) -> usize {
+    /// Before a writer stores `n` messages: how many of them one commit may hold (with a bus, no
+    /// more than the JetStream relay's buffer), once the relay has room for them. It waits while
+    /// the relay is draining (see [`crate::bus::Bus::wait_for_relay_room`]), so devices that
+    /// outrun the relay are slowed instead of their messages missing the bus.
+    pub async fn wait_for_bus_room(&self, n: usize) -> usize {
         match self.bus.get() {
-            Some(bus) => n.min(bus.relay_capacity().max(1)),
+            Some(bus) => bus.wait_for_relay_room(n).await,
             None => n,
         }
     }
