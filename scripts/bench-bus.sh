@@ -2,8 +2,8 @@
 # The scale-out bus at load: QoS 1 telemetry from DEVICES simulated devices, as fast as
 # acknowledged, through one `fleetward serve` with and without NATS JetStream configured. With
 # the bus, every stored message must also reach JetStream: the script waits for the relay's
-# backlog to drain and reports how many messages were published, dropped (buffer full) or
-# retried, and how long the relay needed after the load stopped.
+# backlog to drain and reports how many messages were published, deferred to the store (buffer
+# full; published from there) or retried, and how long the relay needed after the load stopped.
 #
 #   PROFILE=loadtest bash scripts/bench-bus.sh        # DEVICES=1000 DURATION=10s by default
 #
@@ -52,14 +52,14 @@ run() { # $1: label, rest: extra serve flags
     --server-ca "$dir/tls/server-ca.pem" --server-name localhost --mode telemetry --devices "$DEVICES" \
     --rate max --qos 1 --window 4 --connect-rate 1000 --bind 127.0.0.2,127.0.0.3,127.0.0.4,127.0.0.5 \
     --duration "$DURATION" --json >"$work/$label.json" 2>/dev/null || true
-  local stored published=0 dropped=0 backlog=0 retries=0 dups=0 waited=0
+  local stored published=0 deferred=0 backlog=0 retries=0 dups=0 waited=0
   stored=$(metric "$http" fleetward_messages_stored_total)
   if [ "$label" = bus ]; then
     for waited in $(seq 0 600); do
       published=$(metric "$http" fleetward_bus_telemetry_published_total)
-      dropped=$(metric "$http" fleetward_bus_telemetry_dropped_total)
+      deferred=$(metric "$http" fleetward_bus_telemetry_deferred_total)
       backlog=$(metric "$http" fleetward_bus_telemetry_backlog)
-      [ $(( published + dropped )) -ge "$stored" ] && [ "$backlog" = 0 ] && break
+      [ "$published" -ge "$stored" ] && [ "$backlog" = 0 ] && break
       sleep 0.1
     done
     retries=$(metric "$http" fleetward_bus_publish_retries_total)
@@ -68,11 +68,11 @@ run() { # $1: label, rest: extra serve flags
   printf '%-8s %10.0f %10.0f %12.0f %10s %10s %10s %8s %8s %10s\n' "$label" \
     "$(field 'r["messages_per_s"]' <"$work/$label.json")" "$(field 'r["gateway"]["cpu_percent"]' <"$work/$label.json")" \
     "$(field 'r["messages_acked"] / max(r["gateway"]["cpu_seconds"], 1e-9)' <"$work/$label.json")" \
-    "$stored" "$published" "$dropped" "$retries" "$dups" "$(( waited / 10 )).$(( waited % 10 ))s"
+    "$stored" "$published" "$deferred" "$retries" "$dups" "$(( waited / 10 )).$(( waited % 10 ))s"
   kill "$pid"; wait "$pid" 2>/dev/null || true
 }
 
 echo "== QoS 1 telemetry from $DEVICES devices, $DURATION, one gateway: without and with the JetStream relay"
-printf '%-8s %10s %10s %12s %10s %10s %10s %8s %8s %10s\n' run "msg/s" "CPU%" "msg/CPU-s" stored "to bus" dropped retries dups "drain"
+printf '%-8s %10s %10s %12s %10s %10s %10s %8s %8s %10s\n' run "msg/s" "CPU%" "msg/CPU-s" stored "to bus" deferred retries dups "drain"
 run plain
 run bus --nats-url "nats://127.0.0.1:$nats_port" --node-name bench

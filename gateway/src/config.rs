@@ -384,9 +384,9 @@ trust_ca = []
 [nats]
 # The JetStream stream for telemetry (created if missing), with its limits.
 telemetry_stream = "FLEETWARD_TELEMETRY"
-# Stored messages that may wait while NATS is away; past it they are counted as dropped from
-# the bus (bus_telemetry_dropped) and an event names their stored ids (they stay in the store).
-# A telemetry commit holds at most this many messages.
+# Stored messages that may wait in memory for JetStream; past it the relay publishes from the
+# store instead (bus_telemetry_deferred, and an event names their stored ids): slower, nothing
+# lost. A telemetry commit holds at most this many messages.
 telemetry_buffer = 100000
 telemetry_max_age_secs = 604800
 telemetry_max_bytes = -1

@@ -1,9 +1,13 @@
 //! NATS goes away under a running gateway: devices are still served (connect, register, publish,
-//! PUBACK after the registry's commit), and no stored message is silently lost from the bus.
-//! Each one either reaches JetStream once when NATS is back, or is counted as dropped (buffer
-//! full) and named by a `bus.telemetry_dropped` event.
+//! PUBACK after the registry's commit), and no stored message is lost from the bus: what the
+//! relay's buffer had no room for is counted as deferred, named by a `bus.telemetry_deferred`
+//! event, and published from the store when NATS is back; every stored message reaches
+//! JetStream once.
 //!
-//! And NATS up but slower than the devices: they are slowed, and nothing is dropped.
+//! NATS up but slower than the devices: they are slowed, and nothing is deferred.
+//!
+//! A gateway killed (`kill -9`) while its relay owes JetStream messages: its next start adopts
+//! the outbox and publishes them, once each.
 //!
 //! The tests run their own `nats-server` (JetStream, store in a temporary directory) on a free
 //! loopback port; the first kills it with SIGKILL and starts it again on the same port and
@@ -147,30 +151,91 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
     let stored = server.running.registry.telemetry_after(0, 10_000).await.unwrap().len();
     assert_eq!(stored, sent + 1, "everything acknowledged is in the telemetry store");
     wait_for("the overflow is counted", Duration::from_secs(10), || {
-        stats.snapshot().bus_telemetry_dropped > 0
+        stats.snapshot().bus_telemetry_deferred > 0
     })
     .await;
 
-    // NATS back on the same port and store: what waited is published.
+    // NATS back on the same port and store: what waited in the buffer, and what the store kept
+    // when the buffer was full, is published.
     let _nats = NatsServer::start(port, store.path());
     wait_for("the gateway reconnects", Duration::from_secs(20), || bus.connected()).await;
     let total = sent + 1;
     wait_for("the backlog is published", Duration::from_secs(30), || {
-        let s = stats.snapshot();
-        s.bus_telemetry_published + s.bus_telemetry_dropped >= total as u64
+        stats.snapshot().bus_telemetry_published >= total as u64
     })
     .await;
     let s = stats.snapshot();
     eprintln!(
-        "published {} (de-duplicated retries {}), dropped {} of {total}; retries {}",
-        s.bus_telemetry_published, s.bus_telemetry_duplicates, s.bus_telemetry_dropped, s.bus_publish_retries
+        "published {} (de-duplicated retries {}), deferred to the store {}, read from the store {} of {total}; retries {}",
+        s.bus_telemetry_published,
+        s.bus_telemetry_duplicates,
+        s.bus_telemetry_deferred,
+        s.bus_telemetry_from_store,
+        s.bus_publish_retries
     );
-    assert_eq!(s.bus_telemetry_published + s.bus_telemetry_dropped, total as u64);
+    assert!(
+        s.bus_telemetry_from_store >= s.bus_telemetry_deferred,
+        "every deferred message was read back from the store"
+    );
 
-    // The stream holds each published message once; the dropped ones are named by events.
-    let client = async_nats::connect(&url).await.unwrap();
+    // The stream holds every stored message, once.
+    let all: BTreeSet<i64> = server
+        .running
+        .registry
+        .telemetry_after(0, 10_000)
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.id)
+        .collect();
+    assert_eq!(all.len(), total);
+    let (ids, duplicates) = stream_ids(&url, STREAM).await;
+    assert_eq!(duplicates, 0, "a stored message twice in JetStream");
+    assert_eq!(ids, all, "the stream holds exactly the stored messages");
+    assert_eq!(ids.len() as u64, s.bus_telemetry_published - s.bus_telemetry_duplicates);
+
+    // The deferral was reported: events whose ranges hold every deferred message.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reported = loop {
+        let mut reported = 0u64;
+        for e in server
+            .running
+            .registry
+            .events(
+                &registry::EventFilter {
+                    kind: Some("bus.telemetry_deferred".into()),
+                    ..Default::default()
+                },
+                1000,
+            )
+            .await
+            .unwrap()
+        {
+            let d = e.detail.unwrap();
+            let (first, last) = (
+                d["first_stored_id"].as_i64().unwrap(),
+                d["last_stored_id"].as_i64().unwrap(),
+            );
+            assert!(first <= last && all.contains(&first) && all.contains(&last));
+            reported += d["messages"].as_u64().unwrap();
+        }
+        if reported >= s.bus_telemetry_deferred || Instant::now() > deadline {
+            break reported;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(
+        reported, s.bus_telemetry_deferred,
+        "every deferred message is in a reported range"
+    );
+    server.running.shutdown().await;
+}
+
+/// The stored ids in `stream` (its `Fleetward-Stored-Id` headers), and how many came twice.
+async fn stream_ids(url: &str, stream: &str) -> (BTreeSet<i64>, usize) {
+    let client = async_nats::connect(url).await.unwrap();
     let js = async_nats::jetstream::new(client);
-    let stream = js.get_stream(STREAM).await.unwrap();
+    let stream = js.get_stream(stream).await.unwrap();
     let consumer = stream
         .create_consumer(async_nats::jetstream::consumer::pull::Config {
             ack_policy: async_nats::jetstream::consumer::AckPolicy::None,
@@ -195,56 +260,12 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
             duplicates += 1;
         }
     }
-    assert_eq!(duplicates, 0, "a stored message twice in JetStream");
-    assert_eq!(ids.len() as u64, s.bus_telemetry_published - s.bus_telemetry_duplicates);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let (reported, named) = loop {
-        let mut reported = 0u64;
-        let mut named = BTreeSet::new();
-        for e in server
-            .running
-            .registry
-            .events(
-                &registry::EventFilter {
-                    kind: Some("bus.telemetry_dropped".into()),
-                    ..Default::default()
-                },
-                1000,
-            )
-            .await
-            .unwrap()
-        {
-            let d = e.detail.unwrap();
-            reported += d["messages"].as_u64().unwrap();
-            named.insert((
-                d["first_stored_id"].as_i64().unwrap(),
-                d["last_stored_id"].as_i64().unwrap(),
-            ));
-        }
-        if reported >= s.bus_telemetry_dropped || Instant::now() > deadline {
-            break (reported, named);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
-    assert_eq!(
-        reported, s.bus_telemetry_dropped,
-        "every dropped message is in a reported range"
-    );
-    // Every stored id is either in the stream or inside a reported range.
-    let all = server.running.registry.telemetry_after(0, 10_000).await.unwrap();
-    for m in &all {
-        assert!(
-            ids.contains(&m.id) || named.iter().any(|(a, b)| (*a..=*b).contains(&m.id)),
-            "stored message {} neither in JetStream nor reported dropped",
-            m.id
-        );
-    }
-    server.running.shutdown().await;
+    (ids, duplicates)
 }
 
 /// NATS up but the relay's buffer far smaller than what the devices have in flight: the
 /// telemetry writer waits for room (and commits no more than the buffer holds at once), so the
-/// devices are slowed and every message reaches JetStream; none is dropped.
+/// devices are slowed and every message reaches JetStream from the buffer; none is deferred.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_slower_than_the_devices_slows_them_and_drops_nothing() {
     const STREAM: &str = "FW_BUS_BACKPRESSURE";
@@ -287,13 +308,13 @@ async fn a_relay_slower_than_the_devices_slows_them_and_drops_nothing() {
     eprintln!("{total} messages acknowledged in {:?}", started.elapsed());
     wait_for("every message is published", Duration::from_secs(30), || {
         let s = stats.snapshot();
-        s.bus_telemetry_published + s.bus_telemetry_dropped >= total
+        s.bus_telemetry_published + s.bus_telemetry_deferred >= total
     })
     .await;
     let s = stats.snapshot();
     assert_eq!(
-        s.bus_telemetry_dropped, 0,
-        "the relay dropped messages while NATS was up"
+        s.bus_telemetry_deferred, 0,
+        "the relay's buffer overflowed into the store while NATS was up"
     );
     assert_eq!(s.bus_telemetry_published, total);
 
@@ -313,4 +334,169 @@ async fn a_relay_slower_than_the_devices_slows_them_and_drops_nothing() {
         .collect();
     assert_eq!(stored.len() as u64, total);
     server.running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_owing_jetstream_messages_publishes_them_at_its_restart_on_sqlite() {
+    killed_relay_restart(None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_owing_jetstream_messages_publishes_them_at_its_restart_on_postgresql() {
+    let db = common::process::Database::create("fw_relay_kill").await;
+    killed_relay_restart(Some(&db.url)).await;
+    db.drop_now().await;
+}
+
+/// `fleetward serve` processes on their own NATS: JetStream is frozen (SIGSTOP) while devices
+/// publish, so the relay owes it messages (in its buffer of 50, and past it in the store); the
+/// gateway is killed with SIGKILL and JetStream thawed. The restarted gateway (same node name)
+/// adopts the dead relay's outbox: every stored message ends up in the stream, once.
+async fn killed_relay_restart(db: Option<&str>) {
+    use common::process::{ServeProcess, device_tls, server_ca_der};
+    const STREAM: &str = "FW_RELAY_KILL";
+    const MESSAGES: usize = 300;
+    let (_store, _port, url, nats) = own_nats();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::stsafe_root("STM STSAFE-A RELAY KILL CA");
+    let ca_pem = dir.path().join("ca.pem");
+    std::fs::write(&ca_pem, ca.pem()).unwrap();
+    let config = dir.path().join("fleetward.toml");
+    std::fs::write(
+        &config,
+        format!("[nats]\ntelemetry_stream = \"{STREAM}\"\ntelemetry_buffer = 50\n"),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let mut args: Vec<String> = [
+        "--config",
+        &config.display().to_string(),
+        "--data-dir",
+        &data.display().to_string(),
+        "--trust-ca",
+        &ca_pem.display().to_string(),
+        "--nats-url",
+        &url,
+        "--node-name",
+        "gw-killed",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Some(db) = db {
+        args.extend(["--database-url".into(), db.to_owned()]);
+    }
+    let first = ServeProcess::start("fleetward serve (first)", &args);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let device = ca.issue_stsafe_device("relay", &[0x21]);
+    let id = common::id_of(&device);
+    let topic = format!("devices/{id}/telemetry");
+    let tls = device_tls(&server_ca_der(&data), &device);
+    let connect = |addr| {
+        let tls = tls.clone();
+        let id = id.clone();
+        async move {
+            let mut c = sim_devices::client::Client::connect(addr, &tls).await.unwrap();
+            let (_, code) = c
+                .mqtt_connect(&sim_devices::client::ConnectOptions {
+                    client_id: id,
+                    keep_alive_secs: 30,
+                    clean_session: true,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(code, 0);
+            c
+        }
+    };
+    let mut c = connect(first.mqtt).await;
+    // Some through a working JetStream first (the outbox's progress moves past them).
+    for n in 0..20 {
+        c.publish(&topic, format!("{n}").as_bytes(), 1).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // JetStream frozen: every publish is still acknowledged after the registry's commit.
+    signal(&nats, "STOP");
+    for n in 20..MESSAGES {
+        c.publish(&topic, format!("{n}").as_bytes(), 1).await.unwrap();
+    }
+    first.kill_9();
+    signal(&nats, "CONT");
+
+    let database = db.map_or_else(|| registry::Registry::sqlite_url(&data), str::to_owned);
+    let stored = stored_ids(&database).await;
+    assert_eq!(stored.len(), MESSAGES, "every acknowledged message is in the store");
+    let (before, duplicates) = stream_ids(&url, STREAM).await;
+    assert_eq!(duplicates, 0);
+    let owed = stored.difference(&before).count();
+    eprintln!("killed owing JetStream {owed} of {MESSAGES} stored messages");
+    assert!(owed > 0, "the kill left nothing unpublished: the test proves nothing");
+
+    // The restart adopts the dead relay's outbox and publishes what it owed.
+    let second = ServeProcess::start("fleetward serve (restart)", &args);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ids = loop {
+        let (ids, duplicates) = stream_ids(&url, STREAM).await;
+        assert_eq!(duplicates, 0, "a stored message twice in JetStream");
+        if ids.len() >= MESSAGES || Instant::now() > deadline {
+            break ids;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(ids, stored, "the stream holds exactly the stored messages");
+    // The adoption is on record, and the dead relay's outbox is gone.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while common::process::scalar(
+        &database,
+        "SELECT COUNT(*) FROM events WHERE kind = 'bus.outbox_adopted'",
+    )
+    .await
+        < 1
+    {
+        assert!(Instant::now() < deadline, "no bus.outbox_adopted event");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        common::process::scalar(&database, "SELECT COUNT(*) FROM relay_outboxes").await,
+        1,
+        "only the live relay's outbox is left"
+    );
+    // Devices keep publishing through the restarted gateway, live.
+    let mut c = connect(second.mqtt).await;
+    c.publish(&topic, b"after", 1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (ids, _) = stream_ids(&url, STREAM).await;
+        if ids.len() > MESSAGES {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a message after the restart did not reach JetStream"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(second);
+}
+
+/// Sends `SIG{name}` to the test's nats-server.
+fn signal(nats: &NatsServer, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), nats.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name} failed");
+}
+
+/// The ids in the telemetry store at `url`.
+async fn stored_ids(url: &str) -> BTreeSet<i64> {
+    sqlx::any::install_default_drivers();
+    let mut conn = <sqlx::AnyConnection as sqlx::Connection>::connect(url).await.unwrap();
+    sqlx::query_scalar::<_, i64>("SELECT id FROM telemetry")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap()
+        .into_iter()
+        .collect()
 }

@@ -36,6 +36,7 @@ mod health;
 mod lorawan_uplinks;
 mod lpwan;
 mod registrar;
+mod relay_outbox;
 mod seal;
 mod settings;
 mod sigfox_uplinks;
@@ -62,6 +63,7 @@ pub use lpwan::{
     LorawanDeviceInfo, LorawanRootKeys, LorawanSession, NewAbpDevice, NewLorawanDevice, SESSION_KEYS_LEN,
     SigfoxDeviceKeys, session_number,
 };
+pub use relay_outbox::RelayOutbox;
 pub use seal::{Kek, Keyring};
 pub use sigfox_uplinks::{
     MAX_QUEUED_SIGFOX_DOWNLINKS, NewSigfoxUplink, SigfoxDeviceInfo, SigfoxDownlink, SigfoxUplink, StoredSigfoxUplink,
@@ -123,6 +125,9 @@ pub struct Registry {
     url: Arc<str>,
     /// Whether the database answers (see [`health`]).
     health: Arc<health::Health>,
+    /// The JetStream outbox this process stamps on the telemetry it stores (0: none; see
+    /// [`relay_outbox`]).
+    relay_outbox: Arc<std::sync::atomic::AtomicI64>,
 }
 
 /// SQLite writers of this process, first come first served — except that bulk writes (the
@@ -380,6 +385,7 @@ impl Registry {
             registrar: Arc::default(),
             url: Arc::from(url),
             health: Arc::default(),
+            relay_outbox: Arc::default(),
         })
     }
 

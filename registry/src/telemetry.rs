@@ -369,10 +369,13 @@ impl Registry {
         };
         let mut ids = Vec::with_capacity(batch.len());
         let mut inserted = 0;
+        // The JetStream outbox the rows belong to (0: none), read once so that one batch is in
+        // one outbox.
+        let outbox = self.relay_outbox();
         for chunk in batch.chunks(rows.clamp(1, ROWS_PER_STATEMENT)) {
             let mut q = SqlBuilder::new(
                 self.backend(),
-                "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at) VALUES ",
+                "INSERT INTO telemetry (device_id, topic, payload, qos, source, received_at, relay_outbox) VALUES ",
             );
             for (i, m) in chunk.iter().enumerate() {
                 q.push(if i == 0 { "(" } else { ", (" });
@@ -381,7 +384,8 @@ impl Registry {
                 q.bind(m.payload.clone()).push(", ");
                 q.bind(i64::from(m.qos)).push(", ");
                 q.bind(m.source.as_str().to_owned()).push(", ");
-                q.bind(m.received_at_ms).push(")");
+                q.bind(m.received_at_ms).push(", ");
+                q.bind(outbox).push(")");
             }
             inserted += chunk.len();
             if sqlite {
@@ -495,7 +499,7 @@ async fn new_telemetry_ids(tx: &mut WriteTx, before: i64, n: usize) -> Result<Ve
     Ok(ids)
 }
 
-fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredMessage> {
+pub(crate) fn stored_from_row(r: &sqlx::any::AnyRow) -> Result<StoredMessage> {
     let source: String = r.try_get("source")?;
     Ok(StoredMessage {
         id: r.try_get("id")?,

@@ -45,6 +45,7 @@ both!(
     a_trust_change_committed_out_of_id_order_is_seen,
     grouped_registrations_answer_as_one_by_one_would,
     registrations_from_several_nodes_at_once,
+    relay_outboxes_keep_what_jetstream_is_owed,
 );
 
 /// The trust events written so far (the kinds `trust_state.changes` counts).
@@ -109,6 +110,7 @@ async fn migrations_from_empty(db: &TestDb) {
         "sigfox_devices",
         "settings",
         "lorawan_uplinks",
+        "relay_outboxes",
     ] {
         assert_eq!(count(db, table).await, 0, "{table}");
     }
@@ -2654,4 +2656,114 @@ async fn sqlite_upgrade_indexes_existing_telemetry() {
     let u = r.telemetry("u", 0, i64::MAX, 10).await.unwrap();
     assert_eq!(u.iter().map(|m| m.received_at_ms - NOW).collect::<Vec<_>>(), [7, 8, 10]);
     r.close().await;
+}
+
+/// A relay's outbox: the rows stored after it opened carry it, its progress never moves back, and
+/// when its relay is gone (same node restarted, or not alive for a while) exactly one other relay
+/// claims it and reads back what it still owes.
+async fn relay_outboxes_keep_what_jetstream_is_owed(db: &TestDb) {
+    let r = &db.registry;
+    r.store_telemetry(&[msg("before", 0)]).await.unwrap();
+    let head = r.telemetry_head().await.unwrap();
+    // Node "a"'s relay: opens its outbox, past the rows stored before.
+    let a = r.open_relay_outbox("a", NOW).await.unwrap();
+    assert_eq!(a.published_through, head);
+    assert_eq!(r.relay_outbox(), a.id);
+    let ids = r
+        .store_telemetry_returning_ids(&(1..=5).map(|i| msg("x", i)).collect::<Vec<_>>())
+        .await
+        .unwrap();
+    let owed = r.relay_outbox_rows(a.id, a.published_through, 100).await.unwrap();
+    assert_eq!(
+        owed.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids,
+        "the earlier row is in no outbox"
+    );
+    assert_eq!(owed[0].payload, msg("x", 1).payload);
+    r.relay_outbox_progress(a.id, ids[1], NOW + 1000).await.unwrap();
+    r.relay_outbox_progress(a.id, ids[0], NOW + 2000).await.unwrap();
+    assert_eq!(
+        db.raw_scalar(&format!(
+            "SELECT published_through FROM relay_outboxes WHERE id = {}",
+            a.id
+        ))
+        .await,
+        ids[1],
+        "progress never moves back"
+    );
+    assert_eq!(
+        r.relay_outbox_rows(a.id, ids[1], 2).await.unwrap().len(),
+        2,
+        "the limit holds"
+    );
+
+    // Another process (node "b") opens its own; "a"'s relay is alive (beat at NOW + 2000).
+    let other = db.reopen(common::keyring()).await;
+    let b = other.open_relay_outbox("b", NOW + 2000).await.unwrap();
+    assert_ne!(b.id, a.id);
+    let stale_before = NOW + 2000 - 30_000;
+    assert_eq!(
+        other
+            .claim_relay_outbox(b.id, "b", NOW + 2000, stale_before, NOW + 2500)
+            .await
+            .unwrap(),
+        None
+    );
+    // Another relay named "a", started at NOW + 1500 while "a"'s was beating (two nodes given one
+    // name): it may not take a live relay's outbox.
+    assert_eq!(
+        other
+            .claim_relay_outbox(b.id, "a", NOW + 1500, stale_before, NOW + 2500)
+            .await
+            .unwrap(),
+        None
+    );
+    // "a" restarted under the same name: its new relay claims the old outbox at once.
+    let a2 = other.open_relay_outbox("a", NOW + 3000).await.unwrap();
+    let claimed = other
+        .claim_relay_outbox(a2.id, "a", NOW + 3000, stale_before, NOW + 3000)
+        .await
+        .unwrap()
+        .expect("the same node's old outbox");
+    assert_eq!(
+        claimed,
+        registry::RelayOutbox {
+            id: a.id,
+            node: "a".into(),
+            published_through: ids[1]
+        }
+    );
+    // Nothing else to adopt: "b"'s relay is alive, and the claim refreshed "a"'s.
+    assert_eq!(
+        other
+            .claim_relay_outbox(a2.id, "a", NOW + 3000, stale_before, NOW + 3000)
+            .await
+            .unwrap(),
+        None
+    );
+    // "b" stops cleanly (alive_at 0): any relay may adopt it at once; of two, one does.
+    other.relay_outbox_progress(b.id, 0, 0).await.unwrap();
+    let (x, y) = tokio::join!(
+        r.claim_relay_outbox(a.id, "c", NOW, stale_before, NOW + 4000),
+        other.claim_relay_outbox(a2.id, "d", NOW, stale_before, NOW + 4000)
+    );
+    let winners: Vec<_> = [x.unwrap(), y.unwrap()].into_iter().flatten().collect();
+    assert_eq!(winners.len(), 1, "one adopter: {winners:?}");
+    assert_eq!(winners[0].id, b.id);
+    // "a"'s old outbox published by its adopter: deleted.
+    r.close_relay_outbox(a.id).await.unwrap();
+    // A relay silent past the stale limit is adopted too.
+    let later = NOW + 3000 + 30_001;
+    let stale = r
+        .claim_relay_outbox(b.id, "e", NOW, later - 30_000, later)
+        .await
+        .unwrap()
+        .expect("a2 has not beaten since NOW + 3000");
+    assert_eq!(stale.id, a2.id);
+    // Published and deleted.
+    for o in [b.id, a2.id] {
+        r.close_relay_outbox(o).await.unwrap();
+    }
+    assert_eq!(count(db, "relay_outboxes").await, 0);
+    other.close().await;
 }

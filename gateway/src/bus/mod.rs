@@ -17,7 +17,7 @@
 //!
 //! Nothing on a device's path waits for NATS: announcements go through a bounded queue to one
 //! publisher task, telemetry through the relay's buffer. With NATS down, devices are served;
-//! what could not be published is counted and reported by an event naming the stored ids.
+//! their telemetry waits in the store and is published from there when NATS is back.
 
 pub mod presence;
 pub mod telemetry;
@@ -151,13 +151,15 @@ impl Bus {
             .await
             .map_err(|e| anyhow::anyhow!("cannot use NATS at {}: {e}", settings.url))?;
         let (announce, announce_rx) = mpsc::channel(ANNOUNCE_QUEUE);
-        let (relay, relay_task) = telemetry::Relay::start(
+        let (relay, relay_tasks) = telemetry::Relay::start(
             async_nats::jetstream::new(client.clone()),
+            ctx.registry.clone(),
             settings.telemetry.clone(),
             ctx.stats.clone(),
             ctx.events.clone(),
             stop.clone(),
-        );
+        )
+        .await?;
         let bus = Arc::new(Bus {
             client: client.clone(),
             node,
@@ -165,10 +167,8 @@ impl Bus {
             relay,
             stats: ctx.stats.clone(),
         });
-        let mut tasks = vec![
-            relay_task,
-            tokio::spawn(publisher(client.clone(), announce_rx, stop.clone())),
-        ];
+        let mut tasks = relay_tasks;
+        tasks.push(tokio::spawn(publisher(client.clone(), announce_rx, stop.clone())));
         let commands = client
             .subscribe(format!("{COMMANDS_PREFIX}>"))
             .await
@@ -209,6 +209,12 @@ impl Bus {
     /// Is the connection to NATS up right now (readiness, metrics)?
     pub fn connected(&self) -> bool {
         matches!(self.client.connection_state(), async_nats::connection::State::Connected)
+    }
+
+    /// Every message committed from now on is offered ([`Bus::offer_telemetry`]): the relay may
+    /// take them from the writers rather than from the store.
+    pub fn attach_relay(&self) {
+        self.relay.attach();
     }
 
     /// Hands stored messages to the JetStream relay (never waits; see [`telemetry::Relay`]).

@@ -7,21 +7,31 @@
 //! first attempt did land is dropped by JetStream's de-duplication window, so a stored message
 //! lands once.
 //!
-//! The buffer between the writers and the task is bounded (`nats.telemetry_buffer`). While NATS
-//! is connected and the relay drains it, the MQTT telemetry writer waits for room before its
-//! next commit ([`crate::bus::Bus::wait_for_relay_room`]), so devices faster than the relay are
-//! slowed rather than missing the bus. When NATS is away (or acknowledges nothing for
-//! [`crate::bus::RELAY_STALL`]) long enough to fill it, further messages are counted
-//! (`bus_telemetry_dropped`) and an event (`bus.telemetry_dropped`) names the range of stored
-//! ids they fall in. Nothing was acknowledged on the strength of the bus: a device's PUBACK
-//! follows the registry's commit, so those messages stay in the telemetry store (and reach MQTT
-//! backends from there).
+//! The store is the relay's outbox ([`registry::RelayOutbox`]): every telemetry row this process
+//! stores carries the relay's outbox id, and the relay records every second how far it has
+//! published. So nothing the store acknowledged is lost from the bus:
+//!
+//! - The buffer between the writers and the task is bounded (`nats.telemetry_buffer`). While NATS
+//!   is connected and the relay drains it, the MQTT telemetry writer waits for room before its
+//!   next commit ([`crate::bus::Bus::wait_for_relay_room`]), so devices faster than the relay are
+//!   slowed. When NATS is away (or acknowledges nothing for [`crate::bus::RELAY_STALL`]) long
+//!   enough to fill it, the relay stops taking messages from the writers (they are counted,
+//!   `bus_telemetry_deferred`, and an event `bus.telemetry_deferred` names the range of stored
+//!   ids) and, once it has published what its buffer held, reads them back from the store in id
+//!   order until it has caught up, then takes them from the writers again.
+//! - A relay killed with messages unpublished (`kill -9`, a crash, a shutdown NATS did not let it
+//!   finish) leaves them in its outbox. The relay of the same node adopts it when it starts
+//!   again, and any node's relay adopts an outbox whose relay has not been alive for
+//!   [`ADOPT_AFTER`]; it publishes the rest from the store under the original ids
+//!   (`bus_telemetry_republished`; an event `bus.outbox_adopted`), so JetStream drops what the
+//!   dead relay had published in the last two minutes without recording it.
 
 use crate::eventlog::EventSink;
 use crate::locks::lock;
 use crate::stats::{Stats, add, inc};
 use async_nats::jetstream;
-use registry::{NewEvent, StoredMessage};
+use registry::{NewEvent, Registry, StoredMessage};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -31,8 +41,14 @@ use tokio::task::JoinHandle;
 pub const MAX_BATCH: usize = 256;
 /// How long the relay keeps publishing its buffer after shutdown starts.
 const DRAIN_AT_SHUTDOWN: Duration = Duration::from_secs(5);
-/// How often dropped ranges are reported.
+/// How often deferred ranges are reported.
 const REPORT_EVERY: Duration = Duration::from_secs(5);
+/// How often the relay records its progress in its outbox (also its heartbeat).
+const PROGRESS_EVERY: Duration = Duration::from_secs(1);
+/// An outbox whose relay has not recorded its progress for this long is adopted by another.
+pub const ADOPT_AFTER: Duration = Duration::from_secs(30);
+/// How often a relay looks for outboxes to adopt.
+const ADOPT_EVERY: Duration = Duration::from_secs(10);
 
 /// The stream and the buffer.
 #[derive(Clone, Debug)]
@@ -53,9 +69,9 @@ pub struct RelaySettings {
     pub node: String,
 }
 
-/// Stored ids not published because the buffer was full, not yet reported.
+/// Stored ids the writers' buffer had no room for, not yet reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct DroppedRange {
+struct DeferredRange {
     first: i64,
     last: i64,
     count: u64,
@@ -65,71 +81,122 @@ struct DroppedRange {
 #[derive(Debug)]
 pub struct Relay {
     tx: mpsc::Sender<Arc<StoredMessage>>,
+    /// Whether the relay takes messages from the writers; false while it reads from the store.
+    live: Arc<AtomicBool>,
+    /// Set once the hub offers every committed message (the relay reads the store until then).
+    attached: watch::Sender<bool>,
     /// `bus_telemetry_published` when a writer last gave up waiting for room (`u64::MAX`: never).
-    stalled_at: std::sync::atomic::AtomicU64,
-    dropped: Arc<Mutex<Option<DroppedRange>>>,
+    stalled_at: AtomicU64,
+    deferred: Arc<Mutex<Option<DeferredRange>>>,
     stats: Arc<Stats>,
 }
 
 impl Relay {
-    /// Starts the publishing task.
-    pub fn start(
+    /// Opens this node's outbox in `registry` (from now on the telemetry this process stores is
+    /// stamped with it) and starts the publishing task and the adopting task. The relay reads
+    /// from the store until [`Relay::attach`].
+    pub async fn start(
         js: jetstream::Context,
+        registry: Registry,
         settings: RelaySettings,
         stats: Arc<Stats>,
         events: EventSink,
         stop: watch::Receiver<bool>,
-    ) -> (Relay, JoinHandle<()>) {
+    ) -> anyhow::Result<(Relay, Vec<JoinHandle<()>>)> {
+        let started_ms = crate::clock::now_ms();
+        let outbox = registry
+            .open_relay_outbox(&settings.node, started_ms)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot open the JetStream relay's outbox in the registry: {e}"))?;
         let (tx, rx) = mpsc::channel(settings.buffer.max(1));
-        let dropped = Arc::new(Mutex::new(None));
-        let task = tokio::spawn(
-            Publisher {
-                js,
-                settings,
-                stats: stats.clone(),
-                events,
-                dropped: dropped.clone(),
-                stream_ready: false,
-            }
-            .run(rx, stop),
-        );
-        (
+        let deferred = Arc::new(Mutex::new(None));
+        let live = Arc::new(AtomicBool::new(false));
+        let (attached, attached_rx) = watch::channel(false);
+        let publisher = Publisher {
+            js,
+            registry,
+            settings,
+            stats: stats.clone(),
+            events,
+            deferred: deferred.clone(),
+            stream_ready: false,
+            adopted: false,
+        };
+        let adopter = Adopter {
+            publisher: publisher.clone_for(None),
+            own: outbox.id,
+            started_ms,
+        };
+        let tasks = vec![
+            tokio::spawn(Forwarder::new(publisher, &outbox, live.clone()).run(rx, attached_rx.clone(), stop.clone())),
+            tokio::spawn(adopter.run(attached_rx, stop)),
+        ];
+        Ok((
             Relay {
                 tx,
-                stalled_at: std::sync::atomic::AtomicU64::new(u64::MAX),
-                dropped,
+                live,
+                attached,
+                stalled_at: AtomicU64::new(u64::MAX),
+                deferred,
                 stats,
             },
-            task,
-        )
+            tasks,
+        ))
     }
 
-    /// Queues committed messages for JetStream. Never waits: past the buffer, a message is
-    /// counted as dropped and its id joins the range the next report names.
+    /// From now on every committed message is offered: the relay may take them from the
+    /// writers instead of the store.
+    pub fn attach(&self) {
+        let _ = self.attached.send(true);
+    }
+
+    /// Queues committed messages for JetStream. Never waits: past the buffer (or while the relay
+    /// reads from the store), a message is left to the store, counted as deferred, and its id
+    /// joins the range the next report names.
     pub fn offer(&self, messages: &[Arc<StoredMessage>]) {
-        for m in messages {
-            if self.tx.try_send(m.clone()).is_err() {
-                note_dropped(&self.dropped, &self.stats, m.id, 1);
+        let mut from = messages.len();
+        if self.live.load(Ordering::Acquire) {
+            for (i, m) in messages.iter().enumerate() {
+                if self.tx.try_send(m.clone()).is_err() {
+                    // Nothing more from the writers until the relay has read this one, and what
+                    // follows, from the store.
+                    self.live.store(false, Ordering::Release);
+                    from = i;
+                    break;
+                }
             }
+        } else {
+            from = 0;
+        }
+        if let (Some(first), Some(last)) = (messages.get(from), messages.last()) {
+            note_deferred(
+                &self.deferred,
+                &self.stats,
+                first.id,
+                last.id,
+                (messages.len() - from) as u64,
+            );
         }
     }
 
     /// Of `n` messages about to be committed, how many one commit may hold (no more than the
-    /// buffer: waiting cannot make room for more), once the buffer has room for them, waiting
-    /// while `connected()` and the task keeps publishing. After [`crate::bus::RELAY_STALL`]
+    /// buffer: waiting cannot make room for more), once the buffer has room for them and the
+    /// relay takes from the writers, waiting while `connected()` and the task keeps publishing. After [`crate::bus::RELAY_STALL`]
     /// without a publish it gives up, and gives up at once on later calls until something is
     /// published again: a connected NATS whose JetStream acknowledges nothing slows no writer
     /// for long.
     pub async fn wait_for_room(&self, n: usize, connected: impl Fn() -> bool) -> usize {
-        use std::sync::atomic::Ordering;
         let published = || self.stats.bus_telemetry_published.load(Ordering::Acquire);
         let need = n.min(self.tx.max_capacity());
-        if self.tx.capacity() >= need || self.stalled_at.load(Ordering::Acquire) == published() {
+        // No room either while the relay catches up from the store: what a commit offers it
+        // then is left to the store, and writers faster than that read would keep it behind.
+        let room = || self.tx.capacity() >= need && self.live.load(Ordering::Acquire);
+        if room() || self.stalled_at.load(Ordering::Acquire) == published() {
             return need;
         }
         let mut seen = published();
         let mut progress_at = crate::clock::monotonic();
-        while self.tx.capacity() < need && connected() {
+        while !room() && connected() {
             if crate::clock::monotonic().saturating_duration_since(progress_at) >= crate::bus::RELAY_STALL {
                 self.stalled_at.store(seen, Ordering::Release);
                 return need;
@@ -144,77 +211,132 @@ impl Relay {
         need
     }
 
-    /// Messages waiting for JetStream.
+    /// Messages waiting in the buffer for JetStream.
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
 }
 
-fn note_dropped(dropped: &Mutex<Option<DroppedRange>>, stats: &Stats, id: i64, count: u64) {
-    add(&stats.bus_telemetry_dropped, count);
-    let mut range = lock(dropped);
+fn note_deferred(deferred: &Mutex<Option<DeferredRange>>, stats: &Stats, first: i64, last: i64, count: u64) {
+    add(&stats.bus_telemetry_deferred, count);
+    let mut range = lock(deferred);
     *range = Some(match *range {
-        None => DroppedRange {
-            first: id,
-            last: id,
-            count,
-        },
-        Some(r) => DroppedRange {
-            first: r.first.min(id),
-            last: r.last.max(id),
+        None => DeferredRange { first, last, count },
+        Some(r) => DeferredRange {
+            first: r.first.min(first),
+            last: r.last.max(last),
             count: r.count + count,
         },
     });
 }
 
-struct Publisher {
-    js: jetstream::Context,
-    settings: RelaySettings,
-    stats: Arc<Stats>,
-    events: EventSink,
-    dropped: Arc<Mutex<Option<DroppedRange>>>,
-    stream_ready: bool,
+/// Where the relay takes its next messages from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Source {
+    /// The writers' buffer.
+    Live,
+    /// The store (the buffer's messages first: they precede the first deferred one).
+    Store,
+    /// The store once more after taking from the writers again: what was committed before
+    /// that and not offered since.
+    LastRead,
 }
 
-impl Publisher {
-    async fn run(mut self, mut rx: mpsc::Receiver<Arc<StoredMessage>>, mut stop: watch::Receiver<bool>) {
+/// The publishing task of this node's outbox.
+struct Forwarder {
+    publisher: Publisher,
+    outbox: i64,
+    live: Arc<AtomicBool>,
+    /// Every message of the outbox up to this id is in JetStream.
+    through: i64,
+    source: Source,
+    saved_at: std::time::Instant,
+}
+
+impl Forwarder {
+    fn new(publisher: Publisher, outbox: &registry::RelayOutbox, live: Arc<AtomicBool>) -> Self {
+        Forwarder {
+            publisher,
+            outbox: outbox.id,
+            live,
+            through: outbox.published_through,
+            source: Source::Store,
+            saved_at: crate::clock::monotonic(),
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut rx: mpsc::Receiver<Arc<StoredMessage>>,
+        mut attached: watch::Receiver<bool>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        // Until every committed message is offered, only the store knows them all.
+        tokio::select! {
+            _ = attached.wait_for(|a| *a) => {}
+            _ = stop.wait_for(|s| *s) => {}
+        }
         let mut batch: Vec<Arc<StoredMessage>> = Vec::with_capacity(MAX_BATCH);
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(50);
-        let mut deadline: Option<tokio::time::Instant> = None;
+        let mut deadline: Option<tokio::time::Instant> = if *stop.borrow() { Some(now()) } else { None };
+        // The newest id of the batch being published.
+        let mut batch_through = self.through;
         loop {
+            if crate::clock::monotonic().saturating_duration_since(self.saved_at) >= PROGRESS_EVERY {
+                self.save(crate::clock::now_ms()).await;
+            }
             if batch.is_empty() {
-                if deadline.is_some() && rx.is_empty() {
+                if deadline.is_some() && (self.source != Source::Live || rx.is_empty()) {
                     break;
                 }
-                tokio::select! {
-                    biased;
-                    _ = stop.changed(), if deadline.is_none() => {
-                        deadline = Some(tokio::time::Instant::from_std(crate::clock::monotonic()) + DRAIN_AT_SHUTDOWN);
-                        continue;
+                if self.source == Source::Live && !self.live.load(Ordering::Acquire) && rx.is_empty() {
+                    // A writer found the buffer full: what it could not hand over is in the store.
+                    self.source = Source::Store;
+                }
+                if self.source == Source::Live {
+                    tokio::select! {
+                        biased;
+                        _ = stop.changed(), if deadline.is_none() => {
+                            deadline = Some(now() + DRAIN_AT_SHUTDOWN);
+                            continue;
+                        }
+                        n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
+                        _ = report.tick() => { self.publisher.report_deferred(); continue; }
+                        _ = tokio::time::sleep(PROGRESS_EVERY) => continue,
                     }
-                    n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
-                    _ = report.tick() => { self.report_dropped(); continue; }
+                } else if let Err(e) = self.next_from_store(&mut rx, &mut batch).await {
+                    tracing::warn!(error = %e, "cannot read the JetStream outbox from the registry; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed(), if deadline.is_none() => {
+                            deadline = Some(now() + DRAIN_AT_SHUTDOWN);
+                        }
+                    }
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+                // Messages the last store read already covered.
+                let through = self.through;
+                batch.retain(|m| m.id > through);
+                match batch.last() {
+                    Some(last) => batch_through = last.id,
+                    None => continue,
                 }
             }
-            if let Some(d) = deadline
-                && tokio::time::Instant::from_std(crate::clock::monotonic()) >= d
-            {
-                // Shutting down and NATS is not taking them: count what is left.
-                rx.close();
-                while let Ok(m) = rx.try_recv() {
-                    batch.push(m);
-                }
-                for m in batch.drain(..) {
-                    note_dropped(&self.dropped, &self.stats, m.id, 1);
-                }
+            if deadline.is_some_and(|d| now() >= d) {
+                // Shutting down and NATS is not taking them: they stay in the outbox, for this
+                // node's next start or another node to publish.
                 break;
             }
-            if self.publish(&mut batch).await {
+            if self.publisher.publish(&mut batch).await {
                 backoff = Duration::from_millis(50);
+                // The whole batch, also when its last message was acknowledged in an earlier try.
+                self.through = self.through.max(batch_through);
+                batch.clear();
             } else {
-                inc(&self.stats.bus_publish_retries);
+                inc(&self.publisher.stats.bus_publish_retries);
                 let pause = if deadline.is_some() {
                     Duration::from_millis(200)
                 } else {
@@ -223,18 +345,232 @@ impl Publisher {
                 tokio::select! {
                     _ = tokio::time::sleep(pause) => {}
                     _ = stop.changed(), if deadline.is_none() => {
-                        deadline = Some(tokio::time::Instant::from_std(crate::clock::monotonic()) + DRAIN_AT_SHUTDOWN);
+                        deadline = Some(now() + DRAIN_AT_SHUTDOWN);
                     }
                 }
                 backoff = (backoff * 2).min(Duration::from_secs(5));
-                self.report_dropped();
+                self.publisher.report_deferred();
             }
         }
-        self.report_dropped();
+        self.publisher.report_deferred();
+        // Stopped: the outbox may be adopted at once (by this node's next start, say).
+        self.save(0).await;
+    }
+
+    /// The next messages when the writers' buffer is not the source: the buffer's leftovers
+    /// first (they precede the first message left to the store), then the store.
+    async fn next_from_store(
+        &mut self,
+        rx: &mut mpsc::Receiver<Arc<StoredMessage>>,
+        batch: &mut Vec<Arc<StoredMessage>>,
+    ) -> registry::Result<()> {
+        if self.source == Source::Store {
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(m) => batch.push(m),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                return Ok(());
+            }
+        }
+        let rows = self
+            .publisher
+            .registry
+            .relay_outbox_rows(self.outbox, self.through, MAX_BATCH as u32)
+            .await?;
+        let caught_up = rows.len() < MAX_BATCH;
+        if !rows.is_empty() {
+            add(&self.publisher.stats.bus_telemetry_from_store, rows.len() as u64);
+        }
+        batch.extend(rows.into_iter().map(Arc::new));
+        if caught_up {
+            self.source = match self.source {
+                Source::Store => {
+                    // Take from the writers again, then read once more: what was committed
+                    // before they saw this and not offered since.
+                    self.live.store(true, Ordering::Release);
+                    Source::LastRead
+                }
+                _ if self.live.load(Ordering::Acquire) => Source::Live,
+                _ => Source::Store,
+            };
+        }
+        Ok(())
+    }
+
+    /// Records the progress (`alive_at_ms` 0: stopped).
+    async fn save(&mut self, alive_at_ms: i64) {
+        self.saved_at = crate::clock::monotonic();
+        if let Err(e) = self
+            .publisher
+            .registry
+            .relay_outbox_progress(self.outbox, self.through, alive_at_ms)
+            .await
+        {
+            tracing::warn!(error = %e, "cannot record the JetStream relay's progress in the registry");
+        }
+    }
+}
+
+/// Resolves once `stop` is set.
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+fn now() -> tokio::time::Instant {
+    tokio::time::Instant::from_std(crate::clock::monotonic())
+}
+
+/// Publishes the outboxes of relays that are gone.
+struct Adopter {
+    publisher: Publisher,
+    own: i64,
+    /// When this relay's outbox opened: an outbox of this node not alive since was a previous
+    /// run's.
+    started_ms: i64,
+}
+
+impl Adopter {
+    async fn run(self, mut attached: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
+        tokio::select! {
+            _ = attached.wait_for(|a| *a) => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        loop {
+            let now_ms = crate::clock::now_ms();
+            let stale_before = now_ms.saturating_sub(ADOPT_AFTER.as_millis() as i64);
+            let claimed = self
+                .publisher
+                .registry
+                .claim_relay_outbox(
+                    self.own,
+                    &self.publisher.settings.node,
+                    self.started_ms,
+                    stale_before,
+                    now_ms,
+                )
+                .await;
+            match claimed {
+                Ok(Some(outbox)) => {
+                    if self.publish_outbox(outbox, &mut stop).await {
+                        continue;
+                    }
+                    return;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::warn!(error = %e, "cannot look for JetStream outboxes to adopt"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(ADOPT_EVERY) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    /// Publishes what `outbox` still owes JetStream, then deletes it; false when stopped first
+    /// (the outbox is left for the next adopter).
+    async fn publish_outbox(&self, outbox: registry::RelayOutbox, stop: &mut watch::Receiver<bool>) -> bool {
+        let mut publisher = self.publisher.clone_for(Some(outbox.node.clone()));
+        let registry = publisher.registry.clone();
+        let mut through = outbox.published_through;
+        let mut republished = 0u64;
+        let mut backoff = Duration::from_millis(50);
+        tracing::info!(outbox = outbox.id, node = %outbox.node, "adopting a JetStream outbox whose relay is gone");
+        loop {
+            if *stop.borrow() {
+                let _ = registry.relay_outbox_progress(outbox.id, through, 0).await;
+                return false;
+            }
+            let mut batch = match registry.relay_outbox_rows(outbox.id, through, MAX_BATCH as u32).await {
+                Ok(rows) => rows.into_iter().map(Arc::new).collect::<Vec<_>>(),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read an adopted JetStream outbox; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            };
+            let Some(last) = batch.last().map(|m| m.id) else {
+                break;
+            };
+            let count = batch.len() as u64;
+            while !publisher.publish(&mut batch).await {
+                inc(&publisher.stats.bus_publish_retries);
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stopped(stop) => {
+                        let _ = registry.relay_outbox_progress(outbox.id, through, 0).await;
+                        return false;
+                    }
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            backoff = Duration::from_millis(50);
+            through = last;
+            republished += count;
+            if let Err(e) = registry
+                .relay_outbox_progress(outbox.id, through, crate::clock::now_ms())
+                .await
+            {
+                tracing::warn!(error = %e, "cannot record an adopted JetStream outbox's progress");
+            }
+        }
+        if let Err(e) = registry.close_relay_outbox(outbox.id).await {
+            tracing::warn!(error = %e, "cannot delete an adopted JetStream outbox; it will be adopted again");
+        }
+        tracing::info!(outbox = outbox.id, node = %outbox.node, messages = republished, "adopted JetStream outbox published");
+        publisher.events.emit(
+            NewEvent::new("bus.outbox_adopted", "gateway")
+                .reason(format!(
+                    "{republished} stored messages a stopped relay had not published were published to JetStream"
+                ))
+                .detail(serde_json::json!({
+                    "messages": republished,
+                    "from_node": outbox.node,
+                    "published_through": outbox.published_through,
+                    "stream": publisher.settings.stream,
+                    "node": self.publisher.settings.node,
+                })),
+        );
+        true
+    }
+}
+
+struct Publisher {
+    js: jetstream::Context,
+    registry: Registry,
+    settings: RelaySettings,
+    stats: Arc<Stats>,
+    events: EventSink,
+    deferred: Arc<Mutex<Option<DeferredRange>>>,
+    stream_ready: bool,
+    /// Publishing another relay's outbox (counted as republished).
+    adopted: bool,
+}
+
+impl Publisher {
+    /// A publisher on the same stream; with `node`, for an adopted outbox of that node.
+    fn clone_for(&self, node: Option<String>) -> Publisher {
+        let mut settings = self.settings.clone();
+        if let Some(node) = &node {
+            settings.node.clone_from(node);
+        }
+        Publisher {
+            js: self.js.clone(),
+            registry: self.registry.clone(),
+            settings,
+            stats: self.stats.clone(),
+            events: self.events.clone(),
+            deferred: self.deferred.clone(),
+            stream_ready: false,
+            adopted: node.is_some(),
+        }
     }
 
     /// Publishes `batch` and waits for the acks; leaves in it what must be tried again.
-    /// Returns whether everything was acknowledged.
+    /// Returns whether everything was acknowledged (`batch` is then as it was).
     async fn publish(&mut self, batch: &mut Vec<Arc<StoredMessage>>) -> bool {
         if !self.stream_ready {
             match self.ensure_stream().await {
@@ -247,12 +583,12 @@ impl Publisher {
         }
         let mut acks = Vec::with_capacity(batch.len());
         let mut failed = Vec::new();
-        for m in batch.drain(..) {
-            match self.js.send_publish(subject(&m), self.message(&m)).await {
+        for m in batch.iter() {
+            match self.js.send_publish(subject(m), self.message(m)).await {
                 Ok(ack) => acks.push((m, ack)),
                 Err(e) => {
                     tracing::debug!(id = m.id, error = %e, "JetStream publish failed");
-                    failed.push(m);
+                    failed.push(m.clone());
                 }
             }
         }
@@ -260,7 +596,11 @@ impl Publisher {
         for (m, ack) in acks {
             match ack.await {
                 Ok(ack) => {
-                    inc(&self.stats.bus_telemetry_published);
+                    inc(if self.adopted {
+                        &self.stats.bus_telemetry_republished
+                    } else {
+                        &self.stats.bus_telemetry_published
+                    });
                     if ack.duplicate {
                         inc(&self.stats.bus_telemetry_duplicates);
                     }
@@ -270,7 +610,7 @@ impl Publisher {
                         missing_stream = true;
                     }
                     tracing::debug!(id = m.id, error = %e, "no JetStream acknowledgement");
-                    failed.push(m);
+                    failed.push(m.clone());
                 }
             }
         }
@@ -321,20 +661,20 @@ impl Publisher {
             .map_err(|e| e.to_string())
     }
 
-    fn report_dropped(&self) {
-        let Some(range) = lock(&self.dropped).take() else {
+    fn report_deferred(&self) {
+        let Some(range) = lock(&self.deferred).take() else {
             return;
         };
         tracing::warn!(
             messages = range.count,
             first_id = range.first,
             last_id = range.last,
-            "telemetry not published to JetStream (buffer full); it is in the telemetry store"
+            "JetStream relay's buffer full: telemetry is published from the store instead"
         );
         self.events.emit(
-            NewEvent::new("bus.telemetry_dropped", "gateway")
+            NewEvent::new("bus.telemetry_deferred", "gateway")
                 .reason(format!(
-                    "{} stored messages were not published to JetStream: its buffer was full",
+                    "{} stored messages found the JetStream relay's buffer full; they are published from the store",
                     range.count
                 ))
                 .detail(serde_json::json!({
@@ -358,20 +698,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn dropped_ranges_widen_and_count() {
+    fn deferred_ranges_widen_and_count() {
         let stats = Stats::default();
-        let dropped = Mutex::new(None);
-        note_dropped(&dropped, &stats, 7, 1);
-        note_dropped(&dropped, &stats, 3, 1);
-        note_dropped(&dropped, &stats, 9, 2);
+        let deferred = Mutex::new(None);
+        note_deferred(&deferred, &stats, 7, 7, 1);
+        note_deferred(&deferred, &stats, 3, 3, 1);
+        note_deferred(&deferred, &stats, 8, 9, 2);
         assert_eq!(
-            *lock(&dropped),
-            Some(DroppedRange {
+            *lock(&deferred),
+            Some(DeferredRange {
                 first: 3,
                 last: 9,
                 count: 4
             })
         );
-        assert_eq!(stats.snapshot().bus_telemetry_dropped, 4);
+        assert_eq!(stats.snapshot().bus_telemetry_deferred, 4);
     }
 }

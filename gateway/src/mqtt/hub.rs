@@ -141,7 +141,10 @@ impl Hub {
 
     /// Joins the hub to the scale-out bus (once, at start).
     pub fn set_bus(&self, bus: Arc<crate::bus::Bus>) {
-        let _ = self.bus.set(bus);
+        if self.bus.set(bus.clone()).is_ok() {
+            // From here on fan_out offers every commit to it.
+            bus.attach_relay();
+        }
     }
 
     pub fn bus(&self) -> Option<&Arc<crate::bus::Bus>> {
