@@ -279,6 +279,9 @@ impl Forwarder {
         let mut batch: Vec<Arc<StoredMessage>> = Vec::with_capacity(MAX_BATCH);
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Wakes an idle relay to record its progress (its heartbeat).
+        let mut beat = tokio::time::interval(PROGRESS_EVERY);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut backoff = Duration::from_millis(50);
         let mut deadline: Option<tokio::time::Instant> = if *stop.borrow() { Some(now()) } else { None };
         // The newest id of the batch being published.
@@ -304,7 +307,7 @@ impl Forwarder {
                         }
                         n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
                         _ = report.tick() => { self.publisher.report_deferred(); continue; }
-                        _ = tokio::time::sleep(PROGRESS_EVERY) => continue,
+                        _ = beat.tick() => continue,
                     }
                 } else if let Err(e) = self.next_from_store(&mut rx, &mut batch).await {
                     tracing::warn!(error = %e, "cannot read the JetStream outbox from the registry; retrying");
