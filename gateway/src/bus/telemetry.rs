@@ -524,10 +524,14 @@ impl Adopter {
             tracing::warn!(error = %e, "cannot delete an adopted JetStream outbox; it will be adopted again");
         }
         tracing::info!(outbox = outbox.id, node = %outbox.node, messages = republished, "adopted JetStream outbox published");
+        if republished == 0 {
+            // A relay that stopped with nothing owed (a clean shutdown): nothing to record.
+            return true;
+        }
         publisher.events.emit(
             NewEvent::new("bus.outbox_adopted", "gateway")
                 .reason(format!(
-                    "{republished} stored messages a stopped relay had not published were published to JetStream"
+                    "{republished} stored messages past a stopped relay's recorded progress were published to JetStream from the store (it drops those it already held)"
                 ))
                 .detail(serde_json::json!({
                     "messages": republished,
