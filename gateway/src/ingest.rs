@@ -103,7 +103,7 @@ async fn writer(
         let mut backoff = Duration::from_millis(20);
         while !batch.is_empty() {
             // A JetStream relay slower than the devices slows them here, before the commit
-            // (their PUBACKs wait, as for a slow store), rather than dropping from the bus. A
+            // (their PUBACKs wait, as for a slow store), rather than the relay falling behind. A
             // commit holds no more than the relay's buffer: room for more never comes.
             let most = hub.wait_for_bus_room(batch.len()).await;
             let turn = hub.store_turn().await;

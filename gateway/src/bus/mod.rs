@@ -223,11 +223,12 @@ impl Bus {
     }
 
     /// Of `n` messages about to be committed, how many one commit may hand the relay (at most
-    /// its buffer's size), once its buffer has room for them. It waits as long as NATS is
-    /// connected and the relay keeps draining: a relay slower than the devices then slows the
-    /// devices, as a full telemetry store does, instead of dropping from the bus. When NATS is
-    /// away, or the relay has published nothing for [`RELAY_STALL`] (and not since), it returns
-    /// at once and the buffer fills and drops as documented (devices keep being served).
+    /// its buffer's size), once its buffer has room for them and the relay takes from the
+    /// writers. It waits as long as NATS is connected and the relay keeps draining: a relay
+    /// slower than the devices then slows the devices, as a full telemetry store does, instead
+    /// of falling behind into the store. When NATS is away, or the relay has published nothing
+    /// for [`RELAY_STALL`] (and not since), it returns at once; past the buffer the relay defers
+    /// to the store and publishes from there later (devices keep being served).
     pub async fn wait_for_relay_room(&self, n: usize) -> usize {
         self.relay.wait_for_room(n, || self.connected()).await
     }

@@ -181,10 +181,10 @@ impl Relay {
 
     /// Of `n` messages about to be committed, how many one commit may hold (no more than the
     /// buffer: waiting cannot make room for more), once the buffer has room for them and the
-    /// relay takes from the writers, waiting while `connected()` and the task keeps publishing. After [`crate::bus::RELAY_STALL`]
-    /// without a publish it gives up, and gives up at once on later calls until something is
-    /// published again: a connected NATS whose JetStream acknowledges nothing slows no writer
-    /// for long.
+    /// relay takes from the writers, waiting while `connected()` and the task keeps publishing.
+    /// After [`crate::bus::RELAY_STALL`] without a publish it gives up, and gives up at once on
+    /// later calls until something is published again: a connected NATS whose JetStream
+    /// acknowledges nothing slows no writer for long.
     pub async fn wait_for_room(&self, n: usize, connected: impl Fn() -> bool) -> usize {
         let published = || self.stats.bus_telemetry_published.load(Ordering::Acquire);
         let need = n.min(self.tx.max_capacity());
