@@ -203,6 +203,16 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         );
         let _ = writeln!(out, "# TYPE fleetward_bus_telemetry_backlog gauge");
         let _ = writeln!(out, "fleetward_bus_telemetry_backlog {}", bus.telemetry_backlog());
+        let _ = writeln!(
+            out,
+            "# HELP fleetward_bus_telemetry_unpublished messages this node stored that JetStream has not acknowledged yet (the relay's buffer and what it deferred to the store)"
+        );
+        let _ = writeln!(out, "# TYPE fleetward_bus_telemetry_unpublished gauge");
+        let _ = writeln!(
+            out,
+            "fleetward_bus_telemetry_unpublished {}",
+            bus.telemetry_unpublished()
+        );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
 }

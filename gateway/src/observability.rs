@@ -191,6 +191,29 @@ pub fn export_metrics(stats: Arc<Stats>, hub: Arc<crate::mqtt::hub::Hub>, regist
         crate::stats::HANDSHAKE_DURATION_HELP,
     );
     stats.handshake.export_to(handshake, Vec::new());
+    // The bus's gauges, once the bus is joined (nothing is observed without NATS).
+    let bus_gauge = |name: &'static str, description: &'static str, read: fn(&crate::bus::Bus) -> u64| {
+        let hub = hub.clone();
+        meter
+            .u64_observable_gauge(name)
+            .with_description(description)
+            .with_callback(move |o| {
+                if let Some(bus) = hub.bus() {
+                    o.observe(read(bus), &[]);
+                }
+            })
+            .build();
+    };
+    bus_gauge(
+        "fleetward.bus.telemetry_backlog",
+        "stored messages waiting in the JetStream relay's buffer",
+        |bus| bus.telemetry_backlog() as u64,
+    );
+    bus_gauge(
+        "fleetward.bus.telemetry_unpublished",
+        "messages this node stored that JetStream has not acknowledged yet (the relay's buffer and what it deferred to the store)",
+        crate::bus::Bus::telemetry_unpublished,
+    );
     meter
         .u64_observable_gauge("fleetward.devices_online")
         .with_description("MQTT device sessions open now")

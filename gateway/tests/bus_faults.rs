@@ -154,6 +154,10 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
         stats.snapshot().bus_telemetry_deferred > 0
     })
     .await;
+    // What JetStream is owed is a gauge: the deferred messages count, not only the buffer's 50.
+    let owed = (sent + 1 - 20) as u64;
+    assert_eq!(unpublished(&server).await, owed);
+    assert_eq!(bus.telemetry_backlog(), 50);
 
     // NATS back on the same port and store: what waited in the buffer, and what the store kept
     // when the buffer was full, is published.
@@ -165,6 +169,7 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
     })
     .await;
     let s = stats.snapshot();
+    assert_eq!(unpublished(&server).await, 0, "JetStream is owed nothing");
     eprintln!(
         "published {} (de-duplicated retries {}), deferred to the store {}, read from the store {} of {total}; retries {}",
         s.bus_telemetry_published,
@@ -229,6 +234,18 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
         "every deferred message is in a reported range"
     );
     server.running.shutdown().await;
+}
+
+/// `fleetward_bus_telemetry_unpublished` from the server's `/metrics`.
+async fn unpublished(server: &common::Server) -> u64 {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let metrics = reqwest::get(format!("http://{}/metrics", server.running.http_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    common::series_value(&metrics, "fleetward_bus_telemetry_unpublished").expect("the gauge is exposed")
 }
 
 /// The stored ids in `stream` (its `Fleetward-Stored-Id` headers), and how many came twice.
@@ -353,7 +370,7 @@ async fn a_gateway_killed_owing_jetstream_messages_publishes_them_at_its_restart
 /// gateway is killed with SIGKILL and JetStream thawed. The restarted gateway (same node name)
 /// adopts the dead relay's outbox: every stored message ends up in the stream, once.
 async fn killed_relay_restart(db: Option<&str>) {
-    use common::process::{ServeProcess, device_tls, server_ca_der};
+    use common::process::{ServeProcess, device_tls, mqtt_session, server_ca_der};
     const STREAM: &str = "FW_RELAY_KILL";
     const MESSAGES: usize = 300;
     let (_store, _port, url, nats) = own_nats();
@@ -392,23 +409,10 @@ async fn killed_relay_restart(db: Option<&str>) {
     let id = common::id_of(&device);
     let topic = format!("devices/{id}/telemetry");
     let tls = device_tls(&server_ca_der(&data), &device);
-    let connect = |addr| {
-        let tls = tls.clone();
-        let id = id.clone();
-        async move {
-            let mut c = sim_devices::client::Client::connect(addr, &tls).await.unwrap();
-            let (_, code) = c
-                .mqtt_connect(&sim_devices::client::ConnectOptions {
-                    client_id: id,
-                    keep_alive_secs: 30,
-                    clean_session: true,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            assert_eq!(code, 0);
-            c
-        }
+    let connect = async |addr| {
+        let (c, code) = mqtt_session(addr, &tls, &id).await.unwrap();
+        assert_eq!(code, 0);
+        c
     };
     let mut c = connect(first.mqtt).await;
     // Some through a working JetStream first (the outbox's progress moves past them).

@@ -14,9 +14,9 @@
 mod common;
 
 use common::id_of;
-use common::process::{Database, device_tls as tls, get_all, serve_trusting, server_ca_der};
+use common::process::{Database, device_tls as tls, get_all, mqtt_session, serve_trusting, server_ca_der};
 use fleetward_test_support::{TestCa, TestDevice};
-use sim_devices::client::{Client, ClientTls, ConnectOptions};
+use sim_devices::client::ClientTls;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -41,24 +41,10 @@ async fn kill_9_during_an_onboarding_storm_loses_and_duplicates_nothing_on_postg
 
 /// TLS + CONNECT; true when the gateway answered CONNACK 0 (the device is registered).
 async fn onboard(addr: std::net::SocketAddr, tls: &ClientTls, id: &str) -> bool {
-    let attempt = async {
-        let mut c = Client::connect(addr, tls).await.ok()?;
-        let (_, code) = c
-            .mqtt_connect(&ConnectOptions {
-                client_id: id.to_owned(),
-                keep_alive_secs: 30,
-                clean_session: true,
-                ..Default::default()
-            })
-            .await
-            .ok()?;
-        Some(code == 0)
-    };
-    tokio::time::timeout(Duration::from_secs(20), attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+    matches!(
+        tokio::time::timeout(Duration::from_secs(20), mqtt_session(addr, tls, id)).await,
+        Ok(Ok((_, 0)))
+    )
 }
 
 async fn storm_kill_restart(db: Option<&str>) {

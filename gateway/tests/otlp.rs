@@ -16,7 +16,6 @@ use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequ
 use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
 use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use prost::Message;
-use sim_devices::client::{Client, ClientTls, ConnectOptions, TlsProfile};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -171,21 +170,9 @@ async fn traces_and_metrics_reach_an_otlp_collector_and_logs_are_json() {
     let server_ca_der = common::process::server_ca_der(&data);
     let device = ca.issue_stsafe_device("otlp", &[0x01]);
     let id = id_of(&device);
-    let tls = ClientTls {
-        server_ca_der,
-        server_name: "localhost".into(),
-        profile: TlsProfile::Stm32Tls12,
-        identity: Some((vec![device.der.clone()], device.key.serialize_der())),
-        bind: None,
-    };
-    let mut c = Client::connect(server.mqtt, &tls).await.unwrap();
-    let opts = ConnectOptions {
-        client_id: id.clone(),
-        keep_alive_secs: 30,
-        clean_session: true,
-        ..Default::default()
-    };
-    assert_eq!(c.mqtt_connect(&opts).await.unwrap().1, 0);
+    let tls = common::process::device_tls(&server_ca_der, &device);
+    let (mut c, code) = common::process::mqtt_session(server.mqtt, &tls, &id).await.unwrap();
+    assert_eq!(code, 0);
     c.publish(&format!("devices/{id}/telemetry"), b"{\"t\":21}", 1)
         .await
         .unwrap();

@@ -24,6 +24,14 @@ macro_rules! trust_event_kinds {
     };
 }
 
+/// The columns [`telemetry::stored_from_row`] reads a [`StoredMessage`] from, as a `SELECT` list
+/// of `telemetry`: every query that returns stored messages names them through this.
+macro_rules! stored_message_columns {
+    () => {
+        "id, device_id, topic, payload, qos, source, received_at"
+    };
+}
+
 mod attestation;
 mod audit;
 mod cas;

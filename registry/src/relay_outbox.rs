@@ -119,10 +119,11 @@ impl Registry {
     /// The rows of `outbox` with an id above `after`, in id order, at most `limit` (capped at
     /// 10,000).
     pub async fn relay_outbox_rows(&self, outbox: i64, after: i64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let rows = sqlx::query(
-            "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
-             WHERE id > $1 AND relay_outbox = $2 ORDER BY id LIMIT $3",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stored_message_columns!(),
+            " FROM telemetry WHERE id > $1 AND relay_outbox = $2 ORDER BY id LIMIT $3"
+        ))
         .bind(after)
         .bind(outbox)
         .bind(i64::from(limit.min(10_000)))

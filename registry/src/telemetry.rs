@@ -130,21 +130,24 @@ impl Registry {
             // id range: NOT INDEXED keeps the planner off `telemetry_time`). One statement, so
             // one snapshot: the mark and the index agree. Each arm is in (received_at, id) order,
             // so the merge stops at the limit.
-            crate::Backend::Sqlite => {
+            crate::Backend::Sqlite => concat!(
                 "SELECT d.id, t.device_id, t.topic, t.payload, t.qos, t.source, d.received_at \
                  FROM telemetry_by_device d JOIN telemetry t ON t.id = d.id \
                  WHERE d.device_id = $1 AND d.received_at >= $2 AND d.received_at < $3 \
                  AND d.id <= (SELECT indexed_through FROM telemetry_index_state WHERE id = 1) \
-                 UNION ALL \
-                 SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry NOT INDEXED \
+                 UNION ALL SELECT ",
+                stored_message_columns!(),
+                " FROM telemetry NOT INDEXED \
                  WHERE id > (SELECT indexed_through FROM telemetry_index_state WHERE id = 1) \
                  AND device_id = $1 AND received_at >= $2 AND received_at < $3 \
                  ORDER BY 7, 1 LIMIT $4"
-            }
-            crate::Backend::Postgres => {
-                "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
+            ),
+            crate::Backend::Postgres => concat!(
+                "SELECT ",
+                stored_message_columns!(),
+                " FROM telemetry \
                  WHERE device_id = $1 AND received_at >= $2 AND received_at < $3 ORDER BY received_at, id LIMIT $4"
-            }
+            ),
         };
         let rows = sqlx::query(sql)
             .bind(device_id)
@@ -286,10 +289,11 @@ impl Registry {
     /// Stored messages with `id > after_id`, in id order, at most `limit` (capped at 10,000):
     /// how a backend subscriber that fell behind catches up from the durable store.
     pub async fn telemetry_after(&self, after_id: i64, limit: u32) -> Result<Vec<StoredMessage>> {
-        let rows = sqlx::query(
-            "SELECT id, device_id, topic, payload, qos, source, received_at FROM telemetry \
-             WHERE id > $1 ORDER BY id LIMIT $2",
-        )
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            stored_message_columns!(),
+            " FROM telemetry WHERE id > $1 ORDER BY id LIMIT $2"
+        ))
         .bind(after_id)
         .bind(i64::from(limit.min(10_000)))
         .fetch_all(self.pool())

@@ -2702,26 +2702,17 @@ async fn relay_outboxes_keep_what_jetstream_is_owed(db: &TestDb) {
     let b = other.open_relay_outbox("b", NOW + 2000).await.unwrap();
     assert_ne!(b.id, a.id);
     let stale_before = NOW + 2000 - 30_000;
-    assert_eq!(
-        other
-            .claim_relay_outbox(b.id, "b", NOW + 2000, stale_before, NOW + 2500)
-            .await
-            .unwrap(),
-        None
-    );
+    // What `other`'s relay (outbox `own`, of `node`, started at `started`) adopts at `at`.
+    let claim = |own: i64, node: &'static str, started: i64, at: i64| {
+        other.claim_relay_outbox(own, node, started, stale_before, at)
+    };
+    assert_eq!(claim(b.id, "b", NOW + 2000, NOW + 2500).await.unwrap(), None);
     // Another relay named "a", started at NOW + 1500 while "a"'s was beating (two nodes given one
     // name): it may not take a live relay's outbox.
-    assert_eq!(
-        other
-            .claim_relay_outbox(b.id, "a", NOW + 1500, stale_before, NOW + 2500)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(claim(b.id, "a", NOW + 1500, NOW + 2500).await.unwrap(), None);
     // "a" restarted under the same name: its new relay claims the old outbox at once.
     let a2 = other.open_relay_outbox("a", NOW + 3000).await.unwrap();
-    let claimed = other
-        .claim_relay_outbox(a2.id, "a", NOW + 3000, stale_before, NOW + 3000)
+    let claimed = claim(a2.id, "a", NOW + 3000, NOW + 3000)
         .await
         .unwrap()
         .expect("the same node's old outbox");
@@ -2734,13 +2725,7 @@ async fn relay_outboxes_keep_what_jetstream_is_owed(db: &TestDb) {
         }
     );
     // Nothing else to adopt: "b"'s relay is alive, and the claim refreshed "a"'s.
-    assert_eq!(
-        other
-            .claim_relay_outbox(a2.id, "a", NOW + 3000, stale_before, NOW + 3000)
-            .await
-            .unwrap(),
-        None
-    );
+    assert_eq!(claim(a2.id, "a", NOW + 3000, NOW + 3000).await.unwrap(), None);
     // "b" stops cleanly (alive_at 0): any relay may adopt it at once; of two, one does.
     other.relay_outbox_progress(b.id, 0, 0).await.unwrap();
     let (x, y) = tokio::join!(

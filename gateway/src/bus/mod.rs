@@ -238,6 +238,11 @@ impl Bus {
         self.relay.backlog()
     }
 
+    /// Stored messages JetStream has not acknowledged yet, the deferred ones included.
+    pub fn telemetry_unpublished(&self) -> u64 {
+        self.relay.unpublished()
+    }
+
     /// Queues an announcement for the publisher task (never waits).
     fn announce(&self, subject: String, payload: Vec<u8>) {
         if self.announce.try_send((subject, Bytes::from(payload))).is_err() {

@@ -31,7 +31,7 @@ use crate::locks::lock;
 use crate::stats::{Stats, add, inc};
 use async_nats::jetstream;
 use registry::{NewEvent, Registry, StoredMessage};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
@@ -87,6 +87,8 @@ pub struct Relay {
     attached: watch::Sender<bool>,
     /// `bus_telemetry_published` when a writer last gave up waiting for room (`u64::MAX`: never).
     stalled_at: AtomicU64,
+    /// Messages offered since the start, taken or deferred.
+    offered: AtomicU64,
     deferred: Arc<Mutex<Option<DeferredRange>>>,
     stats: Arc<Stats>,
 }
@@ -137,6 +139,7 @@ impl Relay {
                 live,
                 attached,
                 stalled_at: AtomicU64::new(u64::MAX),
+                offered: AtomicU64::new(0),
                 deferred,
                 stats,
             },
@@ -154,6 +157,7 @@ impl Relay {
     /// reads from the store), a message is left to the store, counted as deferred, and its id
     /// joins the range the next report names.
     pub fn offer(&self, messages: &[Arc<StoredMessage>]) {
+        self.offered.fetch_add(messages.len() as u64, Ordering::Relaxed);
         let mut from = messages.len();
         if self.live.load(Ordering::Acquire) {
             for (i, m) in messages.iter().enumerate() {
@@ -215,6 +219,14 @@ impl Relay {
     pub fn backlog(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
     }
+
+    /// Messages this node stored since the relay started that JetStream has not acknowledged
+    /// yet: those in the buffer and those deferred to the store (which [`Relay::backlog`] does
+    /// not count).
+    pub fn unpublished(&self) -> u64 {
+        let published = self.stats.bus_telemetry_published.load(Ordering::Acquire);
+        self.offered.load(Ordering::Relaxed).saturating_sub(published)
+    }
 }
 
 fn note_deferred(deferred: &Mutex<Option<DeferredRange>>, stats: &Stats, first: i64, last: i64, count: u64) {
@@ -247,21 +259,25 @@ struct Forwarder {
     publisher: Publisher,
     outbox: i64,
     live: Arc<AtomicBool>,
-    /// Every message of the outbox up to this id is in JetStream.
-    through: i64,
+    /// How far the outbox is published; recorded every second.
+    progress: Progress,
     source: Source,
-    saved_at: std::time::Instant,
+    backoff: Backoff,
+    /// Set when shutdown starts: the buffer is published until then.
+    deadline: Option<tokio::time::Instant>,
 }
 
 impl Forwarder {
     fn new(publisher: Publisher, outbox: &registry::RelayOutbox, live: Arc<AtomicBool>) -> Self {
+        let progress = Progress::start(publisher.registry.clone(), outbox, "the JetStream relay's");
         Forwarder {
             publisher,
             outbox: outbox.id,
             live,
-            through: outbox.published_through,
+            progress,
             source: Source::Store,
-            saved_at: crate::clock::monotonic(),
+            backoff: Backoff::new(),
+            deadline: None,
         }
     }
 
@@ -274,152 +290,281 @@ impl Forwarder {
         // Until every committed message is offered, only the store knows them all.
         tokio::select! {
             _ = attached.wait_for(|a| *a) => {}
-            _ = stop.wait_for(|s| *s) => {}
+            _ = stopped(&mut stop) => {}
+        }
+        if *stop.borrow() {
+            self.deadline = Some(now());
         }
         let mut batch: Vec<Arc<StoredMessage>> = Vec::with_capacity(MAX_BATCH);
         let mut report = tokio::time::interval(REPORT_EVERY);
         report.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        // Wakes an idle relay to record its progress (its heartbeat).
-        let mut beat = tokio::time::interval(PROGRESS_EVERY);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut backoff = Duration::from_millis(50);
-        let mut deadline: Option<tokio::time::Instant> = if *stop.borrow() { Some(now()) } else { None };
-        // The newest id of the batch being published.
-        let mut batch_through = self.through;
         loop {
-            if crate::clock::monotonic().saturating_duration_since(self.saved_at) >= PROGRESS_EVERY {
-                self.save(crate::clock::now_ms()).await;
-            }
-            if batch.is_empty() {
-                if deadline.is_some() && (self.source != Source::Live || rx.is_empty()) {
-                    break;
-                }
-                if self.source == Source::Live && !self.live.load(Ordering::Acquire) && rx.is_empty() {
+            if self.source == Source::Live {
+                if !self.live.load(Ordering::Acquire) && rx.is_empty() {
                     // A writer found the buffer full: what it could not hand over is in the store.
                     self.source = Source::Store;
-                }
-                if self.source == Source::Live {
-                    tokio::select! {
-                        biased;
-                        _ = stop.changed(), if deadline.is_none() => {
-                            deadline = Some(now() + DRAIN_AT_SHUTDOWN);
-                            continue;
-                        }
-                        n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
-                        _ = report.tick() => { self.publisher.report_deferred(); continue; }
-                        _ = beat.tick() => continue,
-                    }
-                } else if let Err(e) = self.next_from_store(&mut rx, &mut batch).await {
-                    tracing::warn!(error = %e, "cannot read the JetStream outbox from the registry; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = stop.changed(), if deadline.is_none() => {
-                            deadline = Some(now() + DRAIN_AT_SHUTDOWN);
-                        }
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
                     continue;
                 }
-                // Messages the last store read already covered.
-                let through = self.through;
-                batch.retain(|m| m.id > through);
-                match batch.last() {
-                    Some(last) => batch_through = last.id,
-                    None => continue,
+                if self.deadline.is_some() && rx.is_empty() {
+                    break;
                 }
-            }
-            if deadline.is_some_and(|d| now() >= d) {
-                // Shutting down and NATS is not taking them: they stay in the outbox, for this
-                // node's next start or another node to publish.
-                break;
-            }
-            if self.publisher.publish(&mut batch).await {
-                backoff = Duration::from_millis(50);
-                // The whole batch, also when its last message was acknowledged in an earlier try.
-                self.through = self.through.max(batch_through);
-                batch.clear();
-            } else {
-                inc(&self.publisher.stats.bus_publish_retries);
-                let pause = if deadline.is_some() {
-                    Duration::from_millis(200)
-                } else {
-                    backoff
-                };
                 tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.changed(), if deadline.is_none() => {
-                        deadline = Some(now() + DRAIN_AT_SHUTDOWN);
+                    biased;
+                    _ = stopped(&mut stop), if self.deadline.is_none() => {
+                        self.deadline = Some(now() + DRAIN_AT_SHUTDOWN);
+                        continue;
+                    }
+                    n = rx.recv_many(&mut batch, MAX_BATCH) => if n == 0 { break },
+                    _ = report.tick() => { self.publisher.report_deferred(); continue; }
+                }
+            } else {
+                if self.deadline.is_some() || *stop.borrow() {
+                    // What the store still holds stays in the outbox, for this node's next start
+                    // or another node to publish.
+                    break;
+                }
+                if self.source == Source::Store {
+                    // The buffer's leftovers precede the first message left to the store.
+                    while batch.len() < MAX_BATCH {
+                        match rx.try_recv() {
+                            Ok(m) => batch.push(m),
+                            Err(_) => break,
+                        }
                     }
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-                self.publisher.report_deferred();
+                if batch.is_empty() {
+                    match drain_store(&mut self.publisher, self.outbox, &self.progress, &mut stop).await {
+                        Some(read) => add(&self.publisher.stats.bus_telemetry_from_store, read),
+                        None => break,
+                    }
+                    self.source = match self.source {
+                        // Take from the writers again, then read once more: what was committed
+                        // before they saw this and not offered since.
+                        Source::Store => {
+                            self.live.store(true, Ordering::Release);
+                            Source::LastRead
+                        }
+                        _ if self.live.load(Ordering::Acquire) => Source::Live,
+                        _ => Source::Store,
+                    };
+                    continue;
+                }
+            }
+            // Messages a store read already covered.
+            let through = self.progress.through();
+            batch.retain(|m| m.id > through);
+            if !self.publish_batch(&mut batch, &mut stop).await {
+                break;
             }
         }
         self.publisher.report_deferred();
         // Stopped: the outbox may be adopted at once (by this node's next start, say).
-        self.save(0).await;
+        self.progress.finish(true).await;
     }
 
-    /// The next messages when the writers' buffer is not the source: the buffer's leftovers
-    /// first (they precede the first message left to the store), then the store.
-    async fn next_from_store(
-        &mut self,
-        rx: &mut mpsc::Receiver<Arc<StoredMessage>>,
-        batch: &mut Vec<Arc<StoredMessage>>,
-    ) -> registry::Result<()> {
-        if self.source == Source::Store {
-            while batch.len() < MAX_BATCH {
-                match rx.try_recv() {
-                    Ok(m) => batch.push(m),
-                    Err(_) => break,
+    /// Publishes `batch` (in id order, the outbox's next messages) until JetStream acknowledges
+    /// all of it, retrying with back-off; false when shutdown's drain time ran out first.
+    async fn publish_batch(&mut self, batch: &mut Vec<Arc<StoredMessage>>, stop: &mut watch::Receiver<bool>) -> bool {
+        let Some(last) = batch.last().map(|m| m.id) else {
+            return true;
+        };
+        loop {
+            if self.deadline.is_some_and(|d| now() >= d) {
+                // Shutting down and NATS is not taking them: they stay in the outbox.
+                return false;
+            }
+            if self.publisher.publish(batch).await {
+                self.backoff.reset();
+                // The whole batch, also when its last message was acknowledged in an earlier try.
+                self.progress.advance(last);
+                batch.clear();
+                return true;
+            }
+            inc(&self.publisher.stats.bus_publish_retries);
+            match self.deadline {
+                Some(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                None => {
+                    if sleep_unless_stopped(self.backoff.next(), stop).await {
+                        self.deadline = Some(now() + DRAIN_AT_SHUTDOWN);
+                    }
                 }
             }
-            if !batch.is_empty() {
-                return Ok(());
-            }
+            self.publisher.report_deferred();
         }
-        let rows = self
-            .publisher
-            .registry
-            .relay_outbox_rows(self.outbox, self.through, MAX_BATCH as u32)
-            .await?;
-        let caught_up = rows.len() < MAX_BATCH;
-        if !rows.is_empty() {
-            add(&self.publisher.stats.bus_telemetry_from_store, rows.len() as u64);
-        }
-        batch.extend(rows.into_iter().map(Arc::new));
-        if caught_up {
-            self.source = match self.source {
-                Source::Store => {
-                    // Take from the writers again, then read once more: what was committed
-                    // before they saw this and not offered since.
-                    self.live.store(true, Ordering::Release);
-                    Source::LastRead
-                }
-                _ if self.live.load(Ordering::Acquire) => Source::Live,
-                _ => Source::Store,
-            };
-        }
-        Ok(())
     }
+}
 
-    /// Records the progress (`alive_at_ms` 0: stopped).
-    async fn save(&mut self, alive_at_ms: i64) {
-        self.saved_at = crate::clock::monotonic();
-        if let Err(e) = self
-            .publisher
+/// Publishes the rows of `outbox` above `progress` from the store, in id order, [`MAX_BATCH`]
+/// at a time, until a read finds fewer (caught up); retries reads and publishes with back-off.
+/// The number published, or `None` when `stop` was set first (the rest stays in the outbox).
+async fn drain_store(
+    publisher: &mut Publisher,
+    outbox: i64,
+    progress: &Progress,
+    stop: &mut watch::Receiver<bool>,
+) -> Option<u64> {
+    let mut backoff = Backoff::new();
+    let mut published = 0u64;
+    loop {
+        if *stop.borrow() {
+            return None;
+        }
+        let rows = match publisher
             .registry
-            .relay_outbox_progress(self.outbox, self.through, alive_at_ms)
+            .relay_outbox_rows(outbox, progress.through(), MAX_BATCH as u32)
             .await
         {
-            tracing::warn!(error = %e, "cannot record the JetStream relay's progress in the registry");
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(outbox, error = %e, "cannot read a JetStream outbox from the registry; retrying");
+                if sleep_unless_stopped(backoff.next(), stop).await {
+                    return None;
+                }
+                continue;
+            }
+        };
+        let caught_up = rows.len() < MAX_BATCH;
+        if let Some(last) = rows.last().map(|m| m.id) {
+            let count = rows.len() as u64;
+            let mut batch: Vec<_> = rows.into_iter().map(Arc::new).collect();
+            while !publisher.publish(&mut batch).await {
+                inc(&publisher.stats.bus_publish_retries);
+                publisher.report_deferred();
+                if sleep_unless_stopped(backoff.next(), stop).await {
+                    return None;
+                }
+            }
+            backoff.reset();
+            progress.advance(last);
+            published += count;
         }
+        if caught_up {
+            return Some(published);
+        }
+    }
+}
+
+/// Retry pauses: 50 ms, doubling up to 5 s; back to 50 ms after a success.
+struct Backoff(Duration);
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(50);
+    const MOST: Duration = Duration::from_secs(5);
+
+    fn new() -> Self {
+        Backoff(Self::FIRST)
+    }
+
+    fn reset(&mut self) {
+        self.0 = Self::FIRST;
+    }
+
+    /// The pause to take now; the next is twice as long.
+    fn next(&mut self) -> Duration {
+        let pause = self.0;
+        self.0 = (pause * 2).min(Self::MOST);
+        pause
+    }
+}
+
+/// How far an outbox is published, recorded in the registry every [`PROGRESS_EVERY`] by a task
+/// of its own (the record is also the relay's heartbeat), so that a slow registry write never
+/// holds up publishing.
+struct Progress {
+    through: Arc<AtomicI64>,
+    /// Sends whether to record the outbox as stopped.
+    done: Option<tokio::sync::oneshot::Sender<bool>>,
+    task: JoinHandle<()>,
+}
+
+impl Progress {
+    /// Starts recording `outbox`'s progress; `whose` names it in warnings.
+    fn start(registry: Registry, outbox: &registry::RelayOutbox, whose: &'static str) -> Progress {
+        let through = Arc::new(AtomicI64::new(outbox.published_through));
+        let (done, mut done_rx) = tokio::sync::oneshot::channel::<bool>();
+        let id = outbox.id;
+        let task = tokio::spawn({
+            let through = through.clone();
+            async move {
+                let mut beat = tokio::time::interval(PROGRESS_EVERY);
+                beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut failures = 0u64;
+                let record_stop = loop {
+                    tokio::select! {
+                        biased;
+                        // Finished, or the publishing task is gone (recorded as stopped).
+                        done = &mut done_rx => break done.unwrap_or(true),
+                        _ = beat.tick() => {}
+                    }
+                    let at = through.load(Ordering::Acquire);
+                    match registry.relay_outbox_progress(id, at, crate::clock::now_ms()).await {
+                        Ok(()) if failures > 0 => {
+                            tracing::info!(
+                                outbox = id,
+                                failures,
+                                "{whose} progress is recorded in the registry again"
+                            );
+                            failures = 0;
+                        }
+                        Ok(()) => {}
+                        Err(e) => {
+                            // Once per outage, not once a second.
+                            if failures == 0 {
+                                tracing::warn!(outbox = id, error = %e, "cannot record {whose} progress in the registry; retrying every second");
+                            }
+                            failures += 1;
+                        }
+                    }
+                };
+                if !record_stop {
+                    return;
+                }
+                // Stopped (alive_at 0): the outbox may be adopted at once.
+                if let Err(e) = registry
+                    .relay_outbox_progress(id, through.load(Ordering::Acquire), 0)
+                    .await
+                {
+                    tracing::warn!(outbox = id, error = %e, "cannot record that {whose} outbox stopped; it is adopted once silent for {ADOPT_AFTER:?}");
+                }
+            }
+        });
+        Progress {
+            through,
+            done: Some(done),
+            task,
+        }
+    }
+
+    /// Every message of the outbox up to this id is in JetStream.
+    fn through(&self) -> i64 {
+        self.through.load(Ordering::Acquire)
+    }
+
+    fn advance(&self, through: i64) {
+        self.through.fetch_max(through, Ordering::AcqRel);
+    }
+
+    /// Stops the heartbeat after its last record. With `record_stop`, records the outbox as
+    /// stopped (adoptable at once); without, records nothing more (it is about to be deleted).
+    async fn finish(mut self, record_stop: bool) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(record_stop);
+        }
+        let _ = (&mut self.task).await;
     }
 }
 
 /// Resolves once `stop` is set.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Sleeps for `pause`; true, early, when `stop` is set first (or already).
+async fn sleep_unless_stopped(pause: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    tokio::select! {
+        _ = tokio::time::sleep(pause) => false,
+        _ = stopped(stop) => true,
+    }
 }
 
 fn now() -> tokio::time::Instant {
@@ -439,7 +584,7 @@ impl Adopter {
     async fn run(self, mut attached: watch::Receiver<bool>, mut stop: watch::Receiver<bool>) {
         tokio::select! {
             _ = attached.wait_for(|a| *a) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stopped(&mut stop) => return,
         }
         loop {
             let now_ms = crate::clock::now_ms();
@@ -465,62 +610,24 @@ impl Adopter {
                 Ok(None) => {}
                 Err(e) => tracing::warn!(error = %e, "cannot look for JetStream outboxes to adopt"),
             }
-            tokio::select! {
-                _ = tokio::time::sleep(ADOPT_EVERY) => {}
-                _ = stop.wait_for(|s| *s) => return,
+            if sleep_unless_stopped(ADOPT_EVERY, &mut stop).await {
+                return;
             }
         }
     }
 
     /// Publishes what `outbox` still owes JetStream, then deletes it; false when stopped first
-    /// (the outbox is left for the next adopter).
+    /// (the outbox is left, adoptable at once, for the next adopter).
     async fn publish_outbox(&self, outbox: registry::RelayOutbox, stop: &mut watch::Receiver<bool>) -> bool {
         let mut publisher = self.publisher.clone_for(Some(outbox.node.clone()));
-        let registry = publisher.registry.clone();
-        let mut through = outbox.published_through;
-        let mut republished = 0u64;
-        let mut backoff = Duration::from_millis(50);
+        let progress = Progress::start(publisher.registry.clone(), &outbox, "an adopted JetStream outbox's");
         tracing::info!(outbox = outbox.id, node = %outbox.node, "adopting a JetStream outbox whose relay is gone");
-        loop {
-            if *stop.borrow() {
-                let _ = registry.relay_outbox_progress(outbox.id, through, 0).await;
-                return false;
-            }
-            let mut batch = match registry.relay_outbox_rows(outbox.id, through, MAX_BATCH as u32).await {
-                Ok(rows) => rows.into_iter().map(Arc::new).collect::<Vec<_>>(),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot read an adopted JetStream outbox; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
-                }
-            };
-            let Some(last) = batch.last().map(|m| m.id) else {
-                break;
-            };
-            let count = batch.len() as u64;
-            while !publisher.publish(&mut batch).await {
-                inc(&publisher.stats.bus_publish_retries);
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = stopped(stop) => {
-                        let _ = registry.relay_outbox_progress(outbox.id, through, 0).await;
-                        return false;
-                    }
-                }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-            backoff = Duration::from_millis(50);
-            through = last;
-            republished += count;
-            if let Err(e) = registry
-                .relay_outbox_progress(outbox.id, through, crate::clock::now_ms())
-                .await
-            {
-                tracing::warn!(error = %e, "cannot record an adopted JetStream outbox's progress");
-            }
-        }
-        if let Err(e) = registry.close_relay_outbox(outbox.id).await {
+        let Some(republished) = drain_store(&mut publisher, outbox.id, &progress, stop).await else {
+            progress.finish(true).await;
+            return false;
+        };
+        progress.finish(false).await;
+        if let Err(e) = publisher.registry.close_relay_outbox(outbox.id).await {
             tracing::warn!(error = %e, "cannot delete an adopted JetStream outbox; it will be adopted again");
         }
         tracing::info!(outbox = outbox.id, node = %outbox.node, messages = republished, "adopted JetStream outbox published");
@@ -570,7 +677,8 @@ impl Publisher {
             settings,
             stats: self.stats.clone(),
             events: self.events.clone(),
-            deferred: self.deferred.clone(),
+            // Only the relay's own writers defer (an adopter's range stays empty).
+            deferred: Arc::default(),
             stream_ready: false,
             adopted: node.is_some(),
         }

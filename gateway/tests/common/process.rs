@@ -2,7 +2,7 @@
 //! backup and restore), and fresh PostgreSQL databases.
 
 use fleetward_test_support::TestDevice;
-use sim_devices::client::{ClientTls, TlsProfile};
+use sim_devices::client::{Client, ClientError, ClientTls, TlsProfile};
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -126,6 +126,14 @@ pub fn device_tls(server_ca_der: &[u8], device: &TestDevice) -> ClientTls {
         identity: Some((vec![device.der.clone()], device.key.serialize_der())),
         bind: None,
     }
+}
+
+/// A device's session at `addr`: mTLS with `tls`, then MQTT CONNECT as `id` (clean session,
+/// keep-alive 30 s). The client and the CONNACK's return code.
+pub async fn mqtt_session(addr: SocketAddr, tls: &ClientTls, id: &str) -> Result<(Client, u8), ClientError> {
+    let mut c = Client::connect(addr, tls).await?;
+    let (_, code) = c.mqtt_connect(&super::options(id)).await?;
+    Ok((c, code))
 }
 
 /// A `fleetward serve` child process on loopback port 0; killed (SIGKILL) when dropped.
