@@ -54,13 +54,27 @@ impl Registry {
     /// Records that every row of `outbox` up to `published_through` is in JetStream (never
     /// moving back) and that its relay is alive at `alive_at_ms` (0: it stopped, and the outbox
     /// may be adopted at once).
-    pub async fn relay_outbox_progress(&self, outbox: i64, published_through: i64, alive_at_ms: i64) -> Result<()> {
+    ///
+    /// An outbox that is gone is recorded again, under its id: another node took this relay for
+    /// dead (its records failed for longer than the adopters wait, a partition from the
+    /// database, say), published the outbox and deleted it. The relay is alive and goes on
+    /// stamping rows with it, so the outbox must stay adoptable should it die later.
+    pub async fn relay_outbox_progress(
+        &self,
+        outbox: &RelayOutbox,
+        published_through: i64,
+        alive_at_ms: i64,
+    ) -> Result<()> {
         let _turn = self.write_turn().await;
         sqlx::query(
-            "UPDATE relay_outboxes SET published_through = CASE WHEN published_through > $2 \
-             THEN published_through ELSE $2 END, alive_at = $3 WHERE id = $1",
+            "INSERT INTO relay_outboxes (id, node, published_through, alive_at) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (id) DO UPDATE SET published_through = CASE \
+             WHEN relay_outboxes.published_through > excluded.published_through \
+             THEN relay_outboxes.published_through ELSE excluded.published_through END, \
+             alive_at = excluded.alive_at",
         )
-        .bind(outbox)
+        .bind(outbox.id)
+        .bind(&outbox.node)
         .bind(published_through)
         .bind(alive_at_ms)
         .execute(self.pool())

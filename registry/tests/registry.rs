@@ -2680,8 +2680,8 @@ async fn relay_outboxes_keep_what_jetstream_is_owed(db: &TestDb) {
         "the earlier row is in no outbox"
     );
     assert_eq!(owed[0].payload, msg("x", 1).payload);
-    r.relay_outbox_progress(a.id, ids[1], NOW + 1000).await.unwrap();
-    r.relay_outbox_progress(a.id, ids[0], NOW + 2000).await.unwrap();
+    r.relay_outbox_progress(&a, ids[1], NOW + 1000).await.unwrap();
+    r.relay_outbox_progress(&a, ids[0], NOW + 2000).await.unwrap();
     assert_eq!(
         db.raw_scalar(&format!(
             "SELECT published_through FROM relay_outboxes WHERE id = {}",
@@ -2727,7 +2727,7 @@ async fn relay_outboxes_keep_what_jetstream_is_owed(db: &TestDb) {
     // Nothing else to adopt: "b"'s relay is alive, and the claim refreshed "a"'s.
     assert_eq!(claim(a2.id, "a", NOW + 3000, NOW + 3000).await.unwrap(), None);
     // "b" stops cleanly (alive_at 0): any relay may adopt it at once; of two, one does.
-    other.relay_outbox_progress(b.id, 0, 0).await.unwrap();
+    other.relay_outbox_progress(&b, 0, 0).await.unwrap();
     let (x, y) = tokio::join!(
         r.claim_relay_outbox(a.id, "c", NOW, stale_before, NOW + 4000),
         other.claim_relay_outbox(a2.id, "d", NOW, stale_before, NOW + 4000)
@@ -2749,6 +2749,24 @@ async fn relay_outboxes_keep_what_jetstream_is_owed(db: &TestDb) {
     for o in [b.id, a2.id] {
         r.close_relay_outbox(o).await.unwrap();
     }
+    assert_eq!(count(db, "relay_outboxes").await, 0);
+    // a2's relay was alive after all (cut off from the database for longer than the adopters
+    // wait): its next record brings its outbox back, under its id, so it stays adoptable.
+    other.relay_outbox_progress(&a2, ids[1], later + 500).await.unwrap();
+    let back = r
+        .claim_relay_outbox(b.id, "e", NOW, later + 501, later + 501)
+        .await
+        .unwrap()
+        .expect("the outbox recorded again");
+    assert_eq!(
+        back,
+        registry::RelayOutbox {
+            id: a2.id,
+            node: "a".into(),
+            published_through: ids[1]
+        }
+    );
+    r.close_relay_outbox(a2.id).await.unwrap();
     assert_eq!(count(db, "relay_outboxes").await, 0);
     other.close().await;
 }

@@ -483,6 +483,7 @@ impl Progress {
         let through = Arc::new(AtomicI64::new(outbox.published_through));
         let (done, mut done_rx) = tokio::sync::oneshot::channel::<bool>();
         let id = outbox.id;
+        let outbox = outbox.clone();
         let task = tokio::spawn({
             let through = through.clone();
             async move {
@@ -497,7 +498,10 @@ impl Progress {
                         _ = beat.tick() => {}
                     }
                     let at = through.load(Ordering::Acquire);
-                    match registry.relay_outbox_progress(id, at, crate::clock::now_ms()).await {
+                    match registry
+                        .relay_outbox_progress(&outbox, at, crate::clock::now_ms())
+                        .await
+                    {
                         Ok(()) if failures > 0 => {
                             tracing::info!(
                                 outbox = id,
@@ -521,10 +525,10 @@ impl Progress {
                 }
                 // Stopped (alive_at 0): the outbox may be adopted at once.
                 if let Err(e) = registry
-                    .relay_outbox_progress(id, through.load(Ordering::Acquire), 0)
+                    .relay_outbox_progress(&outbox, through.load(Ordering::Acquire), 0)
                     .await
                 {
-                    tracing::warn!(outbox = id, error = %e, "cannot record that {whose} outbox stopped; it is adopted once silent for {ADOPT_AFTER:?}");
+                    tracing::warn!(outbox = id, error = %e, "cannot record that {whose} publishing stopped; it is adopted once silent for {ADOPT_AFTER:?}");
                 }
             }
         });
