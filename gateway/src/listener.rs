@@ -229,8 +229,9 @@ async fn open_session(
         .peer_certificates()
         .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect());
 
-    // The device behind the certificate: this handshake's verdict, or (resumed session, which
-    // skipped the verifier) a fresh verification against the current trust store.
+    // The device behind the certificate: this handshake's verdict, or (a resumed session, which
+    // skipped the verifier; `tls::server_config` offers none, this stays as a second line) a
+    // fresh verification against the current trust store.
     let device = match &chain {
         Some(chain) if !chain.is_empty() => {
             let leaf = &chain[0];

@@ -726,3 +726,59 @@ async fn silent_clients_are_dropped_at_one_and_a_half_keep_alives_and_their_will
     );
     server.running.shutdown().await;
 }
+
+/// The gateway resumes no TLS session: a device whose TLS stack keeps sessions (TLS 1.2 session
+/// ids and tickets, TLS 1.3 tickets) still makes a full handshake on every connection, so every
+/// connection proves possession of the key in its secure element.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_is_a_full_handshake_even_for_clients_that_keep_sessions() {
+    use rustls::client::Resumption;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let ca = stsafe_fleet();
+    let server = start(&[&ca]).await;
+    let device = ca.issue_stsafe_device("resume", &[0x52]);
+    let id = id_of(&device);
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(server.server_ca_der.clone())).unwrap();
+    for version in [&rustls::version::TLS12, &rustls::version::TLS13] {
+        let mut config = rustls::ClientConfig::builder_with_protocol_versions(&[version])
+            .with_root_certificates(roots.clone())
+            .with_client_auth_cert(
+                vec![CertificateDer::from(device.der.clone())],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(device.key.serialize_der())),
+            )
+            .unwrap();
+        // What a client that wants to resume keeps (rustls' default, stated).
+        config.resumption = Resumption::in_memory_sessions(16);
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        for attempt in 0..3 {
+            let tcp = tokio::net::TcpStream::connect(server.addr()).await.unwrap();
+            let mut tls = connector
+                .connect(ServerName::try_from("localhost").unwrap(), tcp)
+                .await
+                .unwrap();
+            let (_, conn) = tls.get_ref();
+            assert_eq!(
+                conn.handshake_kind(),
+                Some(rustls::HandshakeKind::Full),
+                "{version:?}, connection {attempt}"
+            );
+            // MQTT 3.1.1 CONNECT (clean session, keep-alive 30 s) and its CONNACK: the client
+            // reads everything the server sent after the handshake (TLS 1.3 tickets included).
+            let mut connect = vec![0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x1e];
+            connect.extend_from_slice(&(id.len() as u16).to_be_bytes());
+            connect.extend_from_slice(id.as_bytes());
+            let mut packet = vec![0x10, connect.len() as u8];
+            packet.extend_from_slice(&connect);
+            tls.write_all(&packet).await.unwrap();
+            let mut connack = [0u8; 4];
+            tls.read_exact(&mut connack).await.unwrap();
+            assert_eq!(connack, [0x20, 0x02, 0x00, 0x00], "{version:?}, connection {attempt}");
+            let _ = tls.write_all(&[0xe0, 0x00]).await;
+            let _ = tls.shutdown().await;
+        }
+    }
+    server.running.shutdown().await;
+}

@@ -62,6 +62,15 @@ pub fn server_config(
         );
         config.max_fragment_size = Some(size);
     }
+    // No session resumption: every connection is a full handshake, so every connection proves
+    // possession of the device's key, which never leaves its secure element (the
+    // CertificateVerify signature). A resumed session would prove only knowledge of a session
+    // secret that lived in the microcontroller's RAM, where an attacker who has the board can
+    // read it. It also spares each TLS 1.3 handshake the two NewSessionTicket messages rustls
+    // sends by default (bytes over a device's radio link) and each TLS 1.2 handshake an entry in
+    // a 256-session cache, which no fleet would hit.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     config.alpn_protocols = vec![b"mqtt".to_vec(), b"x-amzn-mqtt-ca".to_vec()];
     Ok(Arc::new(config))
 }
