@@ -1,6 +1,7 @@
 //! Real third-party MQTT clients against the endpoint: Debian's `mosquitto_pub`/`mosquitto_sub`
-//! (OpenSSL TLS with a client certificate; MQTT 3.1.1 and 5). `.ci/run` installs them and sets
-//! FLEETWARD_REQUIRE_INTEROP=1, so in CI a missing client fails instead of skipping.
+//! (OpenSSL TLS with a client certificate; MQTT 3.1.1 and 5), and `openssl s_client -reconnect`
+//! offering its sessions back. `.ci/run` installs them and sets FLEETWARD_REQUIRE_INTEROP=1, so in
+//! CI a missing client fails instead of skipping.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::print_stderr)]
 
 mod common;
@@ -152,5 +153,53 @@ async fn mosquitto_clients_publish_with_a_client_certificate_and_subscribe_with_
     ]);
     let out = run(counterfeit).await;
     assert!(!out.status.success(), "a counterfeit device got in");
+    server.running.shutdown().await;
+}
+
+/// OpenSSL's `s_client -reconnect` (a first connection, then five that offer its session) finds
+/// nothing to resume: every connection, TLS 1.2 and 1.3, is a full handshake with the device's key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openssl_reconnects_are_full_handshakes_never_resumed_sessions() {
+    if Command::new("openssl").arg("version").output().is_err() {
+        assert!(
+            std::env::var("FLEETWARD_REQUIRE_INTEROP").is_err(),
+            "openssl not installed (apt-get install openssl)"
+        );
+        eprintln!("skipping: openssl not installed");
+        return;
+    }
+    let ca = TestCa::stsafe_root("STM STSAFE-A TEST CA 01");
+    let server = start(&[&ca]).await;
+    let dir = server.dir.path();
+    let device = ca.issue_stsafe_device("eval3", &[0x02, 0x09, 0x56, 0x78]);
+    std::fs::write(dir.join("dev.pem"), device.pem()).unwrap();
+    std::fs::write(dir.join("dev.key"), device.key.serialize_pem()).unwrap();
+    for version in ["-tls1_2", "-tls1_3"] {
+        let mut cmd = Command::new("openssl");
+        cmd.args([
+            "s_client",
+            "-connect",
+            &server.addr().to_string(),
+            "-servername",
+            "localhost",
+        ])
+        .arg("-CAfile")
+        .arg(server.server_ca_path())
+        .arg("-cert")
+        .arg(dir.join("dev.pem"))
+        .arg("-key")
+        .arg(dir.join("dev.key"))
+        .args([version, "-reconnect", "-verify_return_error"]);
+        let out = run(cmd).await;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let new = stdout.lines().filter(|l| l.starts_with("New, TLS")).count();
+        let reused = stdout.lines().filter(|l| l.starts_with("Reused, TLS")).count();
+        assert_eq!(
+            (new, reused),
+            (6, 0),
+            "{version}: six full handshakes, none resumed\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
     server.running.shutdown().await;
 }
