@@ -139,9 +139,12 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
     let _ = writeln!(out, "# HELP {handshake} {HANDSHAKE_DURATION_HELP}");
     let _ = writeln!(out, "# TYPE {handshake} histogram");
     state.stats.handshake.render(&mut out, handshake, "");
-    let _ = writeln!(out, "# HELP fleetward_devices_online MQTT device sessions open now");
-    let _ = writeln!(out, "# TYPE fleetward_devices_online gauge");
-    let _ = writeln!(out, "fleetward_devices_online {}", state.hub.online_devices());
+    gauge(
+        &mut out,
+        "fleetward_devices_online",
+        "MQTT device sessions open now",
+        state.hub.online_devices(),
+    );
     let _ = writeln!(
         out,
         "# HELP fleetward_rejections_total refusals (handshakes, CONNACKs, uplinks, callbacks) by the check that failed"
@@ -155,66 +158,66 @@ async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
         );
     }
     if let Some(d) = state.registry.probe_latency() {
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_db_probe_seconds round trip of the database probe (SELECT 1 on its own connection)"
+        gauge(
+            &mut out,
+            "fleetward_db_probe_seconds",
+            "round trip of the database probe (SELECT 1 on its own connection)",
+            format_args!("{:.6}", d.as_secs_f64()),
         );
-        let _ = writeln!(out, "# TYPE fleetward_db_probe_seconds gauge");
-        let _ = writeln!(out, "fleetward_db_probe_seconds {:.6}", d.as_secs_f64());
     }
-    let _ = writeln!(
-        out,
-        "# HELP fleetward_db_reachable 1 while the database probe gets answers"
-    );
-    let _ = writeln!(out, "# TYPE fleetward_db_reachable gauge");
-    let _ = writeln!(
-        out,
-        "fleetward_db_reachable {}",
-        u8::from(!state.registry.unreachable())
+    gauge(
+        &mut out,
+        "fleetward_db_reachable",
+        "1 while the database probe gets answers",
+        u8::from(!state.registry.unreachable()),
     );
     let (open, idle, max) = state.registry.pool_stats();
-    for (name, help, v) in [
-        (
-            "fleetward_db_pool_connections",
-            "database connections this node has open (its probe's not counted)",
-            open,
-        ),
-        ("fleetward_db_pool_idle", "open database connections not in use", idle),
-        (
-            "fleetward_db_pool_max_connections",
-            "the most database connections this node opens (database_max_connections)",
-            max,
-        ),
-    ] {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} gauge");
-        let _ = writeln!(out, "{name} {v}");
-    }
+    gauge(
+        &mut out,
+        "fleetward_db_pool_connections",
+        "database connections this node has open (its probe's not counted)",
+        open,
+    );
+    gauge(
+        &mut out,
+        "fleetward_db_pool_idle",
+        "open database connections not in use",
+        idle,
+    );
+    gauge(
+        &mut out,
+        "fleetward_db_pool_max_connections",
+        "the most database connections this node opens (database_max_connections)",
+        max,
+    );
     if let Some(bus) = state.hub.bus() {
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_bus_connected 1 while the connection to NATS is up"
+        gauge(
+            &mut out,
+            "fleetward_bus_connected",
+            "1 while the connection to NATS is up",
+            u8::from(bus.connected()),
         );
-        let _ = writeln!(out, "# TYPE fleetward_bus_connected gauge");
-        let _ = writeln!(out, "fleetward_bus_connected {}", u8::from(bus.connected()));
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_bus_telemetry_backlog stored messages waiting for JetStream"
+        gauge(
+            &mut out,
+            "fleetward_bus_telemetry_backlog",
+            "stored messages waiting for JetStream",
+            bus.telemetry_backlog(),
         );
-        let _ = writeln!(out, "# TYPE fleetward_bus_telemetry_backlog gauge");
-        let _ = writeln!(out, "fleetward_bus_telemetry_backlog {}", bus.telemetry_backlog());
-        let _ = writeln!(
-            out,
-            "# HELP fleetward_bus_telemetry_unpublished messages this node stored that JetStream has not acknowledged yet (the relay's buffer and what it deferred to the store)"
-        );
-        let _ = writeln!(out, "# TYPE fleetward_bus_telemetry_unpublished gauge");
-        let _ = writeln!(
-            out,
-            "fleetward_bus_telemetry_unpublished {}",
-            bus.telemetry_unpublished()
+        gauge(
+            &mut out,
+            "fleetward_bus_telemetry_unpublished",
+            "messages this node stored that JetStream has not acknowledged yet (the relay's buffer and what it deferred to the store)",
+            bus.telemetry_unpublished(),
         );
     }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out)
+}
+
+/// One gauge in the Prometheus text format: its HELP, its TYPE and its value.
+fn gauge(out: &mut String, name: &str, help: &str, value: impl std::fmt::Display) {
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} gauge");
+    let _ = writeln!(out, "{name} {value}");
 }
 
 /// Longest wait for a request's headers (slowloris), and for open connections at shutdown.

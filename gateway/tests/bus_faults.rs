@@ -238,14 +238,7 @@ async fn nats_down_devices_are_served_and_no_stored_message_is_silently_lost() {
 
 /// `fleetward_bus_telemetry_unpublished` from the server's `/metrics`.
 async fn unpublished(server: &common::Server) -> u64 {
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let metrics = reqwest::get(format!("http://{}/metrics", server.running.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    common::series_value(&metrics, "fleetward_bus_telemetry_unpublished").expect("the gauge is exposed")
+    common::series_value(&server.metrics().await, "fleetward_bus_telemetry_unpublished").expect("the gauge is exposed")
 }
 
 /// The stored ids in `stream` (its `Fleetward-Stored-Id` headers), and how many came twice.

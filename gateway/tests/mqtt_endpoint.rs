@@ -73,13 +73,7 @@ async fn stm32_tls12_device_registers_in_its_first_connection_and_qos1_is_stored
     assert_eq!(record.tls_version.as_deref(), Some("TLSv1_3"));
     // Each connection's latency, accept to CONNACK, is in the histogram of its kind: the first
     // (which registered the device) under device="new", the second under "known".
-    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
-    let metrics = reqwest::get(format!("http://{}/metrics", server.running.http_addr))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = server.metrics().await;
     let value = |series: &str| -> f64 {
         common::series_value(&metrics, series).unwrap_or_else(|| panic!("no {series} in /metrics:\n{metrics}"))
     };

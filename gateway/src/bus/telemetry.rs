@@ -257,9 +257,8 @@ enum Source {
 /// The publishing task of this node's outbox.
 struct Forwarder {
     publisher: Publisher,
-    outbox: i64,
     live: Arc<AtomicBool>,
-    /// How far the outbox is published; recorded every second.
+    /// This node's outbox, and how far it is published; recorded every second.
     progress: Progress,
     source: Source,
     backoff: Backoff,
@@ -272,7 +271,6 @@ impl Forwarder {
         let progress = Progress::start(publisher.registry.clone(), outbox, "the JetStream relay's");
         Forwarder {
             publisher,
-            outbox: outbox.id,
             live,
             progress,
             source: Source::Store,
@@ -333,7 +331,7 @@ impl Forwarder {
                     }
                 }
                 if batch.is_empty() {
-                    match drain_store(&mut self.publisher, self.outbox, &self.progress, &mut stop).await {
+                    match drain_store(&mut self.publisher, &self.progress, &mut stop).await {
                         Some(read) => add(&self.publisher.stats.bus_telemetry_from_store, read),
                         None => break,
                     }
@@ -394,15 +392,10 @@ impl Forwarder {
     }
 }
 
-/// Publishes the rows of `outbox` above `progress` from the store, in id order, [`MAX_BATCH`]
+/// Publishes the rows of `progress`'s outbox above its progress from the store, in id order, [`MAX_BATCH`]
 /// at a time, until a read finds fewer (caught up); retries reads and publishes with back-off.
 /// The number published, or `None` when `stop` was set first (the rest stays in the outbox).
-async fn drain_store(
-    publisher: &mut Publisher,
-    outbox: i64,
-    progress: &Progress,
-    stop: &mut watch::Receiver<bool>,
-) -> Option<u64> {
+async fn drain_store(publisher: &mut Publisher, progress: &Progress, stop: &mut watch::Receiver<bool>) -> Option<u64> {
     let mut backoff = Backoff::new();
     let mut published = 0u64;
     loop {
@@ -411,12 +404,12 @@ async fn drain_store(
         }
         let rows = match publisher
             .registry
-            .relay_outbox_rows(outbox, progress.through(), MAX_BATCH as u32)
+            .relay_outbox_rows(progress.outbox, progress.through(), MAX_BATCH as u32)
             .await
         {
             Ok(rows) => rows,
             Err(e) => {
-                tracing::warn!(outbox, error = %e, "cannot read a JetStream outbox from the registry; retrying");
+                tracing::warn!(outbox = progress.outbox, error = %e, "cannot read a JetStream outbox from the registry; retrying");
                 if sleep_unless_stopped(backoff.next(), stop).await {
                     return None;
                 }
@@ -471,6 +464,8 @@ impl Backoff {
 /// of its own (the record is also the relay's heartbeat), so that a slow registry write never
 /// holds up publishing.
 struct Progress {
+    /// The outbox's id.
+    outbox: i64,
     through: Arc<AtomicI64>,
     /// Sends whether to record the outbox as stopped.
     done: Option<tokio::sync::oneshot::Sender<bool>>,
@@ -533,6 +528,7 @@ impl Progress {
             }
         });
         Progress {
+            outbox: id,
             through,
             done: Some(done),
             task,
@@ -626,7 +622,7 @@ impl Adopter {
         let mut publisher = self.publisher.clone_for(Some(outbox.node.clone()));
         let progress = Progress::start(publisher.registry.clone(), &outbox, "an adopted JetStream outbox's");
         tracing::info!(outbox = outbox.id, node = %outbox.node, "adopting a JetStream outbox whose relay is gone");
-        let Some(republished) = drain_store(&mut publisher, outbox.id, &progress, stop).await else {
+        let Some(republished) = drain_store(&mut publisher, &progress, stop).await else {
             progress.finish(true).await;
             return false;
         };

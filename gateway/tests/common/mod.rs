@@ -127,6 +127,17 @@ impl Server {
         (status, r.json().await.unwrap_or(serde_json::Value::Null))
     }
 
+    /// The server's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+        reqwest::get(format!("http://{}/metrics", self.running.http_addr))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn count_events(&self, kind: &str) -> usize {
         self.running
             .registry
